@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install everything cfn needs on a fresh Debian machine; safe to run again.
+#   - Debian packages (redis-server, redis-tools) when missing
+#   - a virtualenv at .venv with cfn and its dev tools, reinstalled only when
+#     pyproject.toml changes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+APT_PACKAGES=(redis-server redis-tools)
+
+need=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    need+=("$pkg")
+  fi
+done
+if ((${#need[@]})); then
+  echo "[bootstrap] installing Debian packages: ${need[*]}"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  # apt-get update only when the package lists cannot offer what we need
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+  # Debian's package may start a system-wide redis-server where an init
+  # system exists; cfn runs its own, so leave the system one alone.
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[bootstrap] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.cfn-installed
+want="$(sha256sum pyproject.toml | cut -c1-64)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[bootstrap] installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,3 @@
+from cfn.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``cfn`` command line: thin Typer commands over the package."""

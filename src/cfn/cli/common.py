@@ -1,0 +1,59 @@
+"""What every command shares: consoles, the Redis manager, error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from cfn.coordination.connection import RedisManager
+from cfn.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def with_redis(operation: Callable[[RedisManager], Awaitable[T]]) -> T:
+    """Run ``operation`` with a manager built from the settings, then close it."""
+
+    async def main() -> T:
+        manager = RedisManager.from_settings(settings())
+        try:
+            if not settings().redis_lazy_connect:
+                await manager.connect()
+            return await operation(manager)
+        finally:
+            await manager.close()
+
+    return asyncio.run(main())
+
+
+def print_json(value: Any) -> None:
+    out.print_json(json.dumps(value), highlight=False) if out.is_terminal else print_plain(
+        json.dumps(value)
+    )
+
+
+def print_plain(text: str) -> None:
+    out.out(text, highlight=False)

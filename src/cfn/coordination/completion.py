@@ -1,0 +1,370 @@
+"""Agent completions and result collection (seed: signal_completion,
+wait_for_loop_completion, collect-results.sh).
+
+Wire format, exactly the seed's, so a bash agent with plain ``redis-cli`` and
+a Python agent are interchangeable::
+
+    LPUSH coord:{task}:complete        "{agent}:{result}"
+    LPUSH coord:{task}:payload:{agent} "<json with confidence>"
+
+We also keep the payload at ``swarm:{task}:result:{agent}``. Python agents
+write all three in one MULTI, payload first; the seed's bash writes the
+completion before the payload, so a collector gives a completion without a
+payload a short grace period (``payload_grace``) before it counts it failed.
+
+``coord:{task}:complete`` is the durable record: collectors never remove
+entries. They read only what is new (``LRANGE key 0 -(seen+1)``, since new
+entries are pushed at the head) and wake on keyspace notifications. A killed
+collector started again re-reads the list and finds every result; the seed's
+LLEN-counting waiter keeps working beside ours.
+
+A result counts as successful only when its result word is ``success`` and
+its payload carries a ``confidence`` that is a JSON number in [0, 1]. Missing,
+non-numeric, NaN or out-of-range confidence is a failed report, never a
+default value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cfn import keys
+from cfn.coordination.connection import RedisManager
+from cfn.coordination.validation import (
+    check_count,
+    check_fraction,
+    check_json,
+    check_timeout,
+)
+from cfn.coordination.watch import KeyWatch
+from cfn.errors import InvalidInputError, WaitTimeoutError
+
+SUCCESS = "success"
+RESULT_WORD = keys.ID_PATTERN  # result words follow the id rules (no ':')
+DEFAULT_MAX_BYTES = 1024 * 1024
+DEFAULT_PAYLOAD_GRACE = 1.0
+
+
+@dataclass
+class AgentResult:
+    """One agent's completion as a collector saw it."""
+
+    agent_id: str
+    result: str
+    confidence: float | None = None
+    payload: Any = None
+    reason: str | None = None
+    seen_at: float = field(default=0.0, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.confidence is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "result": self.result,
+            "confidence": self.confidence,
+            "ok": self.ok,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class CollectReport:
+    """What ``collect_results`` found: arrivals, confidences, and the verdict."""
+
+    task_id: str
+    expected: int
+    threshold: float
+    results: list[AgentResult]
+    timed_out: bool
+    elapsed: float
+
+    @property
+    def arrived(self) -> int:
+        return len(self.results)
+
+    @property
+    def succeeded(self) -> list[AgentResult]:
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[AgentResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def confidences(self) -> list[float]:
+        return [r.confidence for r in self.succeeded if r.confidence is not None]
+
+    @property
+    def mean(self) -> float | None:
+        values = self.confidences
+        return sum(values) / len(values) if values else None
+
+    @property
+    def min(self) -> float | None:
+        values = self.confidences
+        return min(values) if values else None
+
+    @property
+    def met(self) -> bool:
+        """All expected agents arrived, none failed, and the mean meets the threshold."""
+        mean = self.mean
+        return (
+            self.arrived >= self.expected
+            and not self.failed
+            and mean is not None
+            and mean >= self.threshold
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "expected": self.expected,
+            "arrived": self.arrived,
+            "threshold": self.threshold,
+            "mean": self.mean,
+            "min": self.min,
+            "failed": len(self.failed),
+            "met": self.met,
+            "timed_out": self.timed_out,
+            "elapsed": round(self.elapsed, 6),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def parse_confidence(payload: Any) -> tuple[float | None, str | None]:
+    """``(confidence, None)`` or ``(None, why it is unusable)``."""
+    if not isinstance(payload, dict):
+        return None, "payload is not a JSON object"
+    if "confidence" not in payload:
+        return None, "payload has no confidence"
+    value = payload["confidence"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"confidence {value!r} is not a number"
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return None, f"confidence {value!r} is outside [0, 1]"
+    return float(value), None
+
+
+def _check_result_word(result: str) -> str:
+    if not isinstance(result, str) or RESULT_WORD.fullmatch(result) is None:
+        raise InvalidInputError(
+            f"invalid result {result!r}: use 1 to 128 characters from A-Z a-z 0-9 . _ - "
+            "(e.g. success, error)"
+        )
+    return result
+
+
+async def signal_completion(
+    redis: RedisManager,
+    task_id: str,
+    agent_id: str,
+    result: str = SUCCESS,
+    payload: str | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> None:
+    """Report an agent's completion; payload (JSON) first, all in one transaction."""
+    complete = keys.coord_complete(task_id)
+    payload_key = keys.coord_payload(task_id, agent_id)
+    result_key = keys.swarm_result(task_id, agent_id)
+    _check_result_word(result)
+    if payload is not None:
+        check_json(payload, "completion payload", max_bytes)
+
+    async def write(r: Any) -> None:
+        async with r.pipeline(transaction=True) as pipe:
+            if payload is not None:
+                pipe.lpush(payload_key, payload)
+                pipe.set(result_key, payload)
+            pipe.lpush(complete, f"{agent_id}:{result}")
+            await pipe.execute()
+
+    await redis.run(write)
+
+
+def parse_entry(entry: str) -> tuple[str, str] | None:
+    """``"agent:result"`` → ``(agent, result)``; None for entries we cannot read."""
+    agent, sep, result = entry.partition(":")
+    if not sep or keys.ID_PATTERN.fullmatch(agent) is None:
+        return None
+    return agent, result
+
+
+class CompletionReader:
+    """Reads new entries of ``coord:{task}:complete`` without consuming them."""
+
+    def __init__(self, redis: RedisManager, task_id: str) -> None:
+        self.redis = redis
+        self.key = keys.coord_complete(task_id)
+        self.seen = 0
+        self.generation = redis.generation
+
+    async def read_new(self) -> list[str]:
+        """Entries pushed since the last call, oldest first.
+
+        After a failover the other server holds a different list: start over
+        (callers keep one result per agent, so re-reading is harmless).
+        """
+        if self.redis.generation != self.generation:
+            self.generation = self.redis.generation
+            self.seen = 0
+        stop = -(self.seen + 1)
+        new = [str(e) for e in await self.redis.run(lambda r: r.lrange(self.key, 0, stop))]
+        self.seen += len(new)
+        new.reverse()
+        return new
+
+
+async def _read_payloads(
+    redis: RedisManager, task_id: str, agent_ids: list[str]
+) -> dict[str, str | None]:
+    if not agent_ids:
+        return {}
+
+    async def read(r: Any) -> list[Any]:
+        async with r.pipeline(transaction=False) as pipe:
+            for agent in agent_ids:
+                pipe.lindex(keys.coord_payload(task_id, agent), 0)
+                pipe.get(keys.swarm_result(task_id, agent))
+            result: list[Any] = await pipe.execute()
+            return result
+
+    values = await redis.run(read)
+    return {
+        agent: values[2 * i] if values[2 * i] is not None else values[2 * i + 1]
+        for i, agent in enumerate(agent_ids)
+    }
+
+
+async def collect_results(
+    redis: RedisManager,
+    task_id: str,
+    expected: int,
+    threshold: float,
+    timeout: float,
+    *,
+    agent_ids: Iterable[str] | None = None,
+    payload_grace: float = DEFAULT_PAYLOAD_GRACE,
+    on_update: Callable[[CollectReport], None] | None = None,
+) -> CollectReport:
+    """Wait for ``expected`` agents' results (or ``timeout``) and judge them.
+
+    ``agent_ids`` restricts the count to those agents (one completion list
+    serves a whole task, across loops and iterations); later completions of
+    the same agent replace earlier ones (an idempotent re-send counts once).
+    """
+    keys.validate_id(task_id, "task id")
+    check_count(expected, "expected")
+    check_fraction(threshold, "threshold")
+    check_timeout(timeout)
+    wanted = {keys.validate_id(a, "agent id") for a in agent_ids} if agent_ids is not None else None
+
+    start = time.monotonic()
+    deadline = start + timeout
+    reader = CompletionReader(redis, task_id)
+    results: dict[str, AgentResult] = {}
+    pending: set[str] = set()  # arrived, payload not yet readable
+
+    def report(timed_out: bool) -> CollectReport:
+        ordered = sorted(results.values(), key=lambda r: r.seen_at)
+        return CollectReport(
+            task_id, expected, threshold, ordered, timed_out, time.monotonic() - start
+        )
+
+    patterns = [keys.coord_complete(task_id), keys.coord_payload_pattern(task_id)]
+    async with KeyWatch(redis, patterns) as watch:
+        while True:
+            now = time.monotonic()
+            for entry in await reader.read_new():
+                parsed = parse_entry(entry)
+                if parsed is None:
+                    continue
+                agent, word = parsed
+                if wanted is not None and agent not in wanted:
+                    continue
+                results[agent] = AgentResult(agent, word, seen_at=now)
+                pending.add(agent)
+            if pending:
+                payloads = await _read_payloads(redis, task_id, sorted(pending))
+                for agent, raw in payloads.items():
+                    item = results[agent]
+                    if raw is None:
+                        if now - item.seen_at < payload_grace and now < deadline:
+                            continue
+                        item.reason = "no payload (confidence missing)"
+                    else:
+                        _judge(item, raw)
+                    pending.discard(agent)
+                if on_update is not None:
+                    on_update(report(False))
+            done = len(results) >= expected and not pending
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                for agent in pending:
+                    results[agent].reason = "no payload (confidence missing)"
+                return report(not done)
+            wake_in = remaining
+            if pending:
+                oldest = min(results[a].seen_at for a in pending)
+                wake_in = min(remaining, max(0.0, oldest + payload_grace - time.monotonic()))
+            await watch.wait(wake_in if wake_in > 0 else 0.001)
+
+
+def _judge(item: AgentResult, raw: str) -> None:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        item.reason = "payload is not JSON"
+        return
+    item.payload = payload
+    confidence, why = parse_confidence(payload)
+    if why is not None:
+        item.reason = why
+        return
+    if item.result != SUCCESS:
+        item.reason = f"agent reported {item.result!r}"
+        item.confidence = confidence
+        return
+    item.confidence = confidence
+
+
+async def wait_for_loop_completion(
+    redis: RedisManager,
+    task_id: str,
+    expected_agents: int,
+    timeout: float = 600.0,
+    *,
+    agent_ids: Iterable[str] | None = None,
+) -> int:
+    """The seed's waiter, event-driven: returns once ``expected_agents`` distinct
+    agents have completed; raises WaitTimeoutError at ``timeout``."""
+    keys.validate_id(task_id, "task id")
+    check_count(expected_agents, "expected agents")
+    check_timeout(timeout)
+    wanted = {keys.validate_id(a, "agent id") for a in agent_ids} if agent_ids is not None else None
+    deadline = time.monotonic() + timeout
+    reader = CompletionReader(redis, task_id)
+    done: set[str] = set()
+    async with KeyWatch(redis, [keys.coord_complete(task_id)]) as watch:
+        while True:
+            for entry in await reader.read_new():
+                parsed = parse_entry(entry)
+                if parsed and (wanted is None or parsed[0] in wanted):
+                    done.add(parsed[0])
+            if len(done) >= expected_agents:
+                return len(done)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(
+                    f"timeout waiting for agent completion: {len(done)} of {expected_agents} "
+                    f"agents completed on {reader.key} within {timeout:g} s"
+                )
+            await watch.wait(remaining)

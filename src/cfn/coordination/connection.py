@@ -1,0 +1,290 @@
+"""Redis connections: a primary, an optional fallback, or a Sentinel-watched master.
+
+This is the seed's ``RedisManager.withFallback``: an operation that fails on
+the primary with a connection-level error is run again on the fallback, with
+one warning logged at the switch. Unlike the seed, the manager then *stays* on
+the fallback (it does not hammer a dead primary on every call) and only goes
+back when the fallback fails in turn. When both fail the caller gets one
+``RedisUnavailableError`` naming both URLs, passwords masked.
+
+With Sentinel (``redis+sentinel://`` in REDIS_URL, or CFN_REDIS_SENTINELS) the
+primary is whatever master the sentinels name, re-discovered on reconnect, so
+the manager follows the master through a failover.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ConstantBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ReadOnlyError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cfn.errors import ConfigError, RedisUnavailableError
+from cfn.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors that mean "this server cannot serve us now": worth the fallback.
+FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    OSError,
+)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[user:pass@]h1:p1[,h2:p2]/master[/db]``."""
+    rest = url.split("://", 1)[1]
+    auth, _, hosts_and_path = rest.rpartition("@")
+    hosts, _, path = hosts_and_path.partition("/")
+    username = password = None
+    if auth:
+        user, _, pw = auth.partition(":")
+        username, password = unquote(user) or None, unquote(pw) or None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"sentinel URL {mask_url(url)}: {item!r} is not host:port")
+        sentinels.append((host, int(port)))
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        raise ConfigError(f"sentinel URL {mask_url(url)} names no master (…/mymaster)")
+    db = 0
+    if len(segments) > 1:
+        if not segments[1].isdigit():
+            raise ConfigError(f"sentinel URL {mask_url(url)}: db {segments[1]!r} is not a number")
+        db = int(segments[1])
+    return SentinelTarget(sentinels, segments[0], db, username, password)
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        # No read timeout: BLPOP and pub/sub waits block for as long as asked.
+        "socket_timeout": None,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(
+            ConstantBackoff(settings.redis_retry_delay_on_failover),
+            settings.redis_max_retries_per_request,
+        ),
+        "decode_responses": True,
+    }
+
+
+def _client_from_url(url: str, settings: Settings) -> tuple[aioredis.Redis, int]:
+    options = _client_options(settings)
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"unsupported Redis URL {mask_url(url)}: use redis://, rediss://, unix:// "
+            "or redis+sentinel://"
+        )
+    if parts.username is None and settings.redis_username:
+        options["username"] = settings.redis_username
+    if parts.password is None and settings.redis_password:
+        options["password"] = settings.redis_password
+    try:
+        client = aioredis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+    db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+    return client, db
+
+
+def _client_from_sentinel(target: SentinelTarget, settings: Settings) -> aioredis.Redis:
+    options = _client_options(settings)
+    username = target.username or settings.redis_username or None
+    password = target.password or settings.redis_password or None
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        target.sentinels,
+        sentinel_kwargs={"socket_connect_timeout": settings.redis_connect_timeout},
+        **options,
+    )
+    client: aioredis.Redis = sentinel.master_for(
+        target.master, db=target.db, username=username, password=password
+    )
+    return client
+
+
+@dataclass
+class _Member:
+    label: str
+    client: aioredis.Redis
+    db: int
+
+
+class RedisManager:
+    """Runs Redis operations on the active server, failing over when it dies."""
+
+    def __init__(self, primary: _Member, fallback: _Member | None = None) -> None:
+        self._members = [primary] + ([fallback] if fallback else [])
+        self._active = 0
+        #: Bumped at every switch between servers, so readers can start over.
+        self.generation = 0
+
+    # --- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls, url: str, settings: Settings | None = None, fallback_url: str | None = None
+    ) -> RedisManager:
+        settings = settings or Settings()
+        primary = cls._member(url, settings, "primary")
+        fallback = cls._member(fallback_url, settings, "fallback") if fallback_url else None
+        return cls(primary, fallback)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisManager:
+        """Primary from REDIS_URL / CFN_REDIS_SENTINELS, else the embedded redis-server."""
+        if settings.cfn_redis_sentinels:
+            target = SentinelTarget(
+                [
+                    (h, int(p))
+                    for h, _, p in (s.rpartition(":") for s in settings.cfn_redis_sentinels)
+                ],
+                settings.cfn_redis_sentinel_master,
+                0,
+                None,
+                None,
+            )
+            label = "sentinel " + ",".join(settings.cfn_redis_sentinels) + f"/{target.master}"
+            primary = _Member(label, _client_from_sentinel(target, settings), 0)
+        elif settings.redis_url:
+            primary = cls._member(settings.redis_url, settings, "primary")
+        else:
+            from cfn.coordination.embedded import EmbeddedRedis
+
+            url = EmbeddedRedis(settings).ensure_running()
+            client, db = _client_from_url(url, settings)
+            primary = _Member(mask_url(url), client, db)
+        fallback = (
+            cls._member(settings.redis_fallback_1, settings, "fallback")
+            if settings.redis_fallback_1
+            else None
+        )
+        return cls(primary, fallback)
+
+    @staticmethod
+    def _member(url: str, settings: Settings, _role: str) -> _Member:
+        if url.startswith("redis+sentinel://"):
+            target = parse_sentinel_url(url)
+            return _Member(mask_url(url), _client_from_sentinel(target, settings), target.db)
+        client, db = _client_from_url(url, settings)
+        return _Member(mask_url(url), client, db)
+
+    # --- use ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The server operations currently go to."""
+        return self._members[self._active].client
+
+    @property
+    def db(self) -> int:
+        return self._members[self._active].db
+
+    @property
+    def active_label(self) -> str:
+        return self._members[self._active].label
+
+    @property
+    def has_fallback(self) -> bool:
+        return len(self._members) > 1
+
+    async def connect(self) -> None:
+        """Connect now rather than on first use (REDIS_LAZY_CONNECT=false)."""
+        await self.run(lambda r: r.ping())
+
+    async def run(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run ``operation`` on the active server; on failure, on the other one."""
+        errors: list[tuple[str, BaseException]] = []
+        order = [self._active] + [i for i in range(len(self._members)) if i != self._active]
+        for index in order:
+            member = self._members[index]
+            try:
+                result = await operation(member.client)
+            except FAILOVER_ERRORS as exc:
+                errors.append((member.label, exc))
+                continue
+            if index != self._active:
+                failed = self._members[self._active]
+                log.warning(
+                    "Redis %s failed (%s); using %s from now on",
+                    failed.label,
+                    _describe(errors[0][1]),
+                    member.label,
+                )
+                self._active = index
+                self.generation += 1
+            return result
+        raise RedisUnavailableError(
+            "Redis unavailable: "
+            + "; ".join(f"{label} ({_describe(exc)})" for label, exc in errors)
+            + ". Check that the server runs (`cfn redis status` for the embedded one) "
+            "and that REDIS_URL / REDIS_FALLBACK_1 point at it."
+        )
+
+    def report_failure(self, client: aioredis.Redis, exc: BaseException) -> None:
+        """A long-lived user (a subscriber) saw ``client`` die: move to the other one."""
+        if len(self._members) < 2 or client is not self.client:
+            return
+        failed = self._members[self._active]
+        self._active = (self._active + 1) % len(self._members)
+        self.generation += 1
+        log.warning(
+            "Redis %s failed (%s); using %s from now on",
+            failed.label,
+            _describe(exc),
+            self._members[self._active].label,
+        )
+
+    async def close(self) -> None:
+        for member in self._members:
+            await member.client.aclose()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."

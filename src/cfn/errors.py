@@ -1,0 +1,54 @@
+"""One exception hierarchy for the whole package.
+
+Every message tells the user what went wrong and, where it can, what to do.
+The CLI maps ``exit_code`` to the process exit status: 2 for bad input (as
+argument parsers do), 1 for everything that failed at run time.
+"""
+
+from __future__ import annotations
+
+
+class CfnError(Exception):
+    """Base class: a failure with a message meant for a person."""
+
+    exit_code: int = 1
+
+
+class InvalidInputError(CfnError, ValueError):
+    """Input (an id, a flag, a payload, a config value) is not acceptable."""
+
+    exit_code = 2
+
+
+class InvalidIdError(InvalidInputError):
+    """An id that would be unsafe as part of a Redis key or a path."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A value over the configured size limit."""
+
+
+class ConfigError(CfnError):
+    """The configuration (environment, settings file) is not usable."""
+
+    exit_code = 2
+
+
+class RedisUnavailableError(CfnError):
+    """Neither the primary nor the fallback Redis could serve a request."""
+
+
+class RedisServerMissingError(CfnError):
+    """The redis-server binary needed for the embedded Redis is not installed."""
+
+
+class WaitTimeoutError(CfnError):
+    """A wait (signal, results, lock) ran out of time."""
+
+
+class LockNotHeldError(CfnError):
+    """A lock operation by someone who does not hold the lock."""
+
+
+class PortUnavailableError(CfnError):
+    """No free port could be found for a service."""

@@ -1,0 +1,124 @@
+"""The Redis key schema, in one place (seed: "Key Naming Conventions").
+
+Nothing else in cfn formats a Redis key. Every id is validated here before it
+becomes part of a key, so a task id like ``*`` or ``a:b`` can never widen a
+SCAN, collide with another task's keys or smuggle a separator in.
+
+The seed writes locks as ``lock:${RESOURCE_NAME}:${EXPIRY}``; we keep the
+expiry as the key's TTL instead, because a second acquirer cannot find a lock
+whose name holds an expiry it does not know.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cfn.errors import InvalidIdError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+CHANNEL_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+CHANNEL_MAX = 64
+HASH_PATTERN = re.compile(r"[0-9a-f]{16,128}")
+
+# Channels the CFN Loop itself uses (seed: coord:${TASK_ID}:loop3:complete ...).
+LOOP3_COMPLETE = "loop3:complete"
+LOOP2_START = "loop2:start"
+DECISION = "decision"
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is 1..128 of ``[A-Za-z0-9._-]``, else raise."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise InvalidIdError(
+            f"invalid {what} {value!r}: use 1 to 128 characters from A-Z a-z 0-9 . _ -"
+        )
+    if value in {".", ".."}:
+        raise InvalidIdError(f"invalid {what} {value!r}: '.' and '..' are reserved")
+    return value
+
+
+def validate_channel(value: object) -> str:
+    """A channel: ``:``-separated segments of ``[A-Za-z0-9._-]``, 1..64 chars in all."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= CHANNEL_MAX
+        or not all(CHANNEL_SEGMENT.fullmatch(seg) for seg in value.split(":"))
+    ):
+        raise InvalidIdError(
+            f"invalid channel {value!r}: use 1 to {CHANNEL_MAX} characters from "
+            "A-Z a-z 0-9 . _ - in ':'-separated segments (e.g. 'loop2:start')"
+        )
+    return value
+
+
+# --- coordination -------------------------------------------------------------
+
+
+def coord(task_id: str, channel: str) -> str:
+    """``coord:{task}:{channel}``: a signal channel (loop3:complete, loop2:start, ...)."""
+    return f"coord:{validate_id(task_id, 'task id')}:{validate_channel(channel)}"
+
+
+def coord_complete(task_id: str) -> str:
+    """``coord:{task}:complete``: the durable list of ``{agent}:{result}`` entries."""
+    return f"coord:{validate_id(task_id, 'task id')}:complete"
+
+
+def coord_error(task_id: str) -> str:
+    return f"coord:{validate_id(task_id, 'task id')}:error"
+
+
+def coord_payload(task_id: str, agent_id: str) -> str:
+    """``coord:{task}:payload:{agent}``: a list, newest payload at the head (seed: LPUSH)."""
+    return f"coord:{validate_id(task_id, 'task id')}:payload:{validate_id(agent_id, 'agent id')}"
+
+
+def coord_payload_pattern(task_id: str) -> str:
+    """Glob matching every agent's payload list of one task."""
+    return f"coord:{validate_id(task_id, 'task id')}:payload:*"
+
+
+def coord_signal(task_id: str, agent_id: str) -> str:
+    return f"coord:{validate_id(task_id, 'task id')}:signal:{validate_id(agent_id, 'agent id')}"
+
+
+def coord_pattern(task_id: str) -> str:
+    """Glob matching every ``coord:`` key of one task (safe: ids hold no glob chars)."""
+    return f"coord:{validate_id(task_id, 'task id')}:*"
+
+
+def swarm_signal(task_id: str, agent_id: str) -> str:
+    return f"swarm:{validate_id(task_id, 'task id')}:signal:{validate_id(agent_id, 'agent id')}"
+
+
+def swarm_result(task_id: str, agent_id: str) -> str:
+    return f"swarm:{validate_id(task_id, 'task id')}:result:{validate_id(agent_id, 'agent id')}"
+
+
+def context(task_id: str, key: str) -> str:
+    """``context:{task}:{key}`` (the seed's ``deliverables`` and ``metadata``, or any id)."""
+    return f"context:{validate_id(task_id, 'task id')}:{validate_id(key, 'context key')}"
+
+
+def lock(resource: str) -> str:
+    return f"lock:{validate_id(resource, 'lock resource')}"
+
+
+def lock_fence(resource: str) -> str:
+    """The fencing counter of a lock; never expires, so numbers only grow."""
+    return f"lock:{validate_id(resource, 'lock resource')}:fence"
+
+
+def cache_query(digest: str) -> str:
+    if not isinstance(digest, str) or HASH_PATTERN.fullmatch(digest) is None:
+        raise InvalidIdError(f"invalid query hash {digest!r}: expected lowercase hex")
+    return f"cache:query:{digest}"
+
+
+def session(task_id: str) -> str:
+    return f"session:{validate_id(task_id, 'task id')}"
+
+
+def keyspace_channel(db: int, key: str) -> str:
+    """The pub/sub channel Redis publishes keyspace notifications for ``key`` on."""
+    return f"__keyspace@{db}__:{key}"
