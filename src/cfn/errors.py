@@ -52,3 +52,38 @@ class LockNotHeldError(CfnError):
 
 class PortUnavailableError(CfnError):
     """No free port could be found for a service."""
+
+
+# --- providers (issue 4) ------------------------------------------------------------
+
+
+class ProviderError(CfnError):
+    """An LLM call failed (after retries and fallbacks, where those apply)."""
+
+
+class UnknownProviderError(InvalidInputError):
+    """A provider or model name that the route table does not know."""
+
+
+class RouteFormatError(InvalidInputError):
+    """A route string that is not ``provider:model``, or a bad fallback chain."""
+
+
+class ProfileError(InvalidInputError):
+    """An agent profile whose fields are missing or wrong."""
+
+
+class MissingCredentialsError(ConfigError):
+    """A provider was chosen whose API key variable is not set."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """Every provider of a fallback chain failed; the message lists each hop."""
+
+
+class ProviderRequestError(ProviderError):
+    """A provider refused the request itself (4xx other than 429): retrying cannot help."""
+
+
+class BudgetExceededError(ProviderError):
+    """The task's CFN_TASK_BUDGET_USD is spent; no further LLM calls for it."""

@@ -9,11 +9,12 @@ seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cfn.errors import ConfigError
@@ -80,11 +81,97 @@ class Settings(BaseSettings):
     agent_memory_limit: str = "1g"
     agent_timeout: int = Field(default=300, gt=0, le=7 * 24 * 3600)
 
+    # --- Providers (seed: "Provider Routing") -------------------------------
+    cfn_custom_routing: bool = Field(
+        default=False,
+        description="true: route per agent profile and task (the seed's selectProvider); "
+        "otherwise every call goes to DEFAULT_PROVIDER.",
+    )
+    provider_routes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="provider:model routes (comma/space separated) over the config file's.",
+    )
+    default_provider: str = "kimi"
+    high_complexity_provider: str = "anthropic"
+    cost_provider: str = "zai"
+    cfn_providers_file: Path | None = Field(
+        default=None,
+        description="JSON routes/fallbacks/prices/providers; default <checkout>/.claude/"
+        "providers.json when it exists.",
+    )
+    cfn_provider_fallbacks: str | None = Field(
+        default=None, description="Fallback chains, e.g. 'zai=kimi,openrouter;kimi=zai'."
+    )
+    cfn_agents_dir: Path | None = Field(
+        default=None, description="Agent profiles (*.json); default <checkout>/.claude/agents"
+    )
+    cfn_offline_when_no_keys: bool = Field(
+        default=True,
+        description="Use the offline provider when no real provider has credentials.",
+    )
+    cfn_task_budget_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+    cfn_price_table: str | None = Field(
+        default=None,
+        description='Price overrides, JSON: {"model": [input_usd_per_mtok, output_usd_per_mtok]}.',
+    )
+    cfn_provider_timeout: float = Field(default=120.0, gt=0, le=3600)
+    cfn_provider_max_retries: int = Field(default=2, ge=0, le=20)
+    cfn_provider_backoff: float = Field(default=0.5, ge=0, le=60)
+    cfn_provider_backoff_max: float = Field(default=8.0, ge=0, le=600)
+    cfn_retry_after_max: float = Field(
+        default=60.0, ge=0, le=3600, description="A longer Retry-After moves on at once."
+    )
+    zai_api_key: SecretStr | None = None
+    moonshot_api_key: SecretStr | None = None
+    kimi_api_key: SecretStr | None = None
+    openrouter_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    max_api_key: SecretStr | None = Field(
+        default=None, description="Key for the `max` route; ANTHROPIC_API_KEY when unset."
+    )
+    gemini_api_key: SecretStr | None = None
+    xai_api_key: SecretStr | None = None
+    vllm_api_key: SecretStr | None = None
+    zai_api_style: Literal["openai", "anthropic"] = "openai"
+    zai_base_url: str = "https://api.z.ai/api/paas/v4"
+    zai_anthropic_base_url: str = "https://api.z.ai/api/anthropic"
+    kimi_base_url: str = "https://api.moonshot.ai/v1"
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    max_base_url: str = "https://api.anthropic.com"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta/openai/"
+    xai_base_url: str = "https://api.x.ai/v1"
+    ollama_base_url: str = "http://127.0.0.1:11434/v1"
+    vllm_base_url: str = "http://127.0.0.1:8000/v1"
+
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("provider_routes", mode="before")
+    @classmethod
+    def _split_routes(cls, value: object) -> object:
+        # A bash array cannot be exported, so accept commas, spaces, newlines and
+        # the seed's own `( "zai:glm-4.6" ... )` spelling.
+        if isinstance(value, str):
+            cleaned = value.strip().removeprefix("(").removesuffix(")")
+            return [p.strip().strip("\"'") for p in re.split(r"[,\s]+", cleaned) if p.strip()]
+        return value
+
+    @field_validator(
+        "cfn_provider_timeout",
+        "cfn_provider_backoff",
+        "cfn_provider_backoff_max",
+        "cfn_retry_after_max",
+        "cfn_task_budget_usd",
+    )
+    @classmethod
+    def _finite_provider(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
         return value
 
     @field_validator("cfn_redis_sentinels")
