@@ -119,6 +119,24 @@ def session(task_id: str) -> str:
     return f"session:{validate_id(task_id, 'task id')}"
 
 
+# --- LLM usage (issue 4) -------------------------------------------------------------
+
+
+def usage(task_id: str) -> str:
+    """``usage:{task}``: hash of the task's LLM spend (cost_usd, tokens, calls); the budget."""
+    return f"usage:{validate_id(task_id, 'task id')}"
+
+
+def usage_agent(task_id: str, agent_id: str) -> str:
+    """``usage:{task}:agent:{agent}``: the same counters for one agent of the task."""
+    return f"usage:{validate_id(task_id, 'task id')}:agent:{validate_id(agent_id, 'agent id')}"
+
+
+def usage_calls(task_id: str) -> str:
+    """``usage:{task}:calls``: capped list of JSON call records, newest first."""
+    return f"usage:{validate_id(task_id, 'task id')}:calls"
+
+
 def keyspace_channel(db: int, key: str) -> str:
     """The pub/sub channel Redis publishes keyspace notifications for ``key`` on."""
     return f"__keyspace@{db}__:{key}"
