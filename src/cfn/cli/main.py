@@ -37,15 +37,21 @@ app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print_plain(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     setup_logging(verbose)
-    if version:
-        print_plain(__version__)
-        raise typer.Exit(0)
 
 
 # --- redis ------------------------------------------------------------------------

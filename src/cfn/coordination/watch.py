@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -35,14 +36,14 @@ log = logging.getLogger(__name__)
 REQUIRED_FLAGS = "Klgx"
 POLL_MIN, POLL_MAX = 0.01, 0.25
 
-_checked: dict[int, bool] = {}
+#: Per client: whether its server publishes the events we need (checked once).
+_checked: weakref.WeakKeyDictionary[aioredis.Redis, bool] = weakref.WeakKeyDictionary()
 
 
 async def ensure_notifications(client: aioredis.Redis) -> bool:
     """True when ``client``'s server publishes the keyspace events cfn waits on."""
-    key = id(client)
-    if key in _checked:
-        return _checked[key]
+    if client in _checked:
+        return _checked[client]
     try:
         current = (await client.config_get("notify-keyspace-events")).get(
             "notify-keyspace-events", ""
@@ -61,7 +62,7 @@ async def ensure_notifications(client: aioredis.Redis) -> bool:
             int(POLL_MAX * 1000),
         )
         ok = False
-    _checked[key] = ok
+    _checked[client] = ok
     return ok
 
 
