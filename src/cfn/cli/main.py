@@ -88,6 +88,29 @@ def redis_status() -> None:
         raise typer.Exit(1)
 
 
+@redis_app.command("env")
+def redis_env() -> None:
+    """Print shell exports so plain redis-cli (and the seed's bash scripts) reach it.
+
+    Use as ``eval "$(cfn redis env)"``; it prints the password, so don't log it.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    url = settings().redis_url or EmbeddedRedis(settings()).ensure_running()
+    parts = urlsplit(url)
+    exports = {
+        "REDIS_URL": url,
+        "REDISCLI_AUTH": unquote(parts.password or ""),
+        "CFN_REDIS_HOST": parts.hostname or "127.0.0.1",
+        "CFN_REDIS_PORT": str(parts.port or 6379),
+    }
+    import shlex
+
+    for name, value in exports.items():
+        if value:
+            print_plain(f"export {name}={shlex.quote(value)}")
+
+
 @redis_app.command("stop")
 def redis_stop() -> None:
     """Stop the embedded redis-server (its AOF keeps the data)."""
