@@ -1,0 +1,1 @@
+"""The CFN Loop: modes, gate, consensus, decisions and the orchestrator."""
