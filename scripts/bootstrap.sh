@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(redis-server redis-tools)
+APT_PACKAGES=(redis-server redis-tools postgresql)
 
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -87,3 +87,11 @@ class ProviderRequestError(ProviderError):
 
 class BudgetExceededError(ProviderError):
     """The task's CFN_TASK_BUDGET_USD is spent; no further LLM calls for it."""
+
+
+class DatabaseError(CfnError):
+    """The SQL database could not be reached, or refused a statement."""
+
+
+class NotFoundError(CfnError):
+    """A named record (a skill, a task, an agent) does not exist."""

@@ -115,6 +115,22 @@ def cache_query(digest: str) -> str:
     return f"cache:query:{digest}"
 
 
+def cache_tag(digest: str) -> str:
+    """``cache:tag:{hash}``: the version counter of one table or row set the cache reads.
+
+    A query's cache key includes the versions of every tag it read; a write bumps
+    them, so every entry built on the old rows becomes unreachable at once.
+    """
+    if not isinstance(digest, str) or HASH_PATTERN.fullmatch(digest) is None:
+        raise InvalidIdError(f"invalid cache tag hash {digest!r}: expected lowercase hex")
+    return f"cache:tag:{digest}"
+
+
+def cache_stats() -> str:
+    """``cache:stats``: a hash of query-cache ``lookups`` and ``misses`` (the hit ratio)."""
+    return "cache:stats"
+
+
 def session(task_id: str) -> str:
     return f"session:{validate_id(task_id, 'task id')}"
 

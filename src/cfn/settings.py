@@ -144,6 +144,31 @@ class Settings(BaseSettings):
     ollama_base_url: str = "http://127.0.0.1:11434/v1"
     vllm_base_url: str = "http://127.0.0.1:8000/v1"
 
+    # --- Database (seed: "Database Integration") ---------------------------
+    db_path: Path | None = Field(
+        default=None, description="SQLite database file (seed: DB_PATH); default <state>/cfn.db"
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy/libpq URL, e.g. postgresql://user:pw@host:5432/cfn; "
+        "wins over DB_PATH.",
+    )
+    cfn_db_busy_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds SQLite waits for a lock."
+    )
+    cfn_db_connect_timeout: int = Field(
+        default=10, gt=0, le=300, description="Seconds to wait for PostgreSQL to accept."
+    )
+    cfn_db_auto_migrate: bool = Field(
+        default=True, description="Bring the schema up to date on first use."
+    )
+    cfn_query_cache_ttl: int = Field(
+        default=300, gt=0, le=7 * 24 * 3600, description="TTL of cache:query:{hash} entries."
+    )
+    cfn_session_ttl: int = Field(
+        default=3600, gt=0, le=30 * 24 * 3600, description="TTL of session:{task} data."
+    )
+
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:

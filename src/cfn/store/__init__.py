@@ -1,0 +1,54 @@
+"""SQL persistence (layer 2) and the Redis cache layer (layer 1) of cfn.
+
+See docs/store.md. The public surface:
+
+- :class:`Store` (``Store.open(settings)``): every SQL read and write.
+- :func:`record_llm_call`: the provider code's way to log token usage.
+- :mod:`cfn.store.skills`: the skills registry (files in the project).
+- :class:`QueryCache`, :class:`CachedStore`, :class:`SessionStore`: Redis layer 1.
+- :mod:`cfn.store.migrate`: Alembic upgrade / downgrade / current.
+"""
+
+from __future__ import annotations
+
+from cfn.store.cache import CachedStore, CacheStats, QueryCache, SessionStore
+from cfn.store.engine import database_url, make_engine
+from cfn.store.records import (
+    AgentRecord,
+    AgentSpec,
+    ApprovalInput,
+    ApprovalRecord,
+    DecisionRecord,
+    EventRecord,
+    IterationRecord,
+    LlmCallRecord,
+    SkillChange,
+    SkillRecord,
+    TaskRecord,
+    UsageSummary,
+)
+from cfn.store.repository import Store, default_store, record_llm_call
+
+__all__ = [
+    "AgentRecord",
+    "AgentSpec",
+    "ApprovalInput",
+    "ApprovalRecord",
+    "CacheStats",
+    "CachedStore",
+    "DecisionRecord",
+    "EventRecord",
+    "IterationRecord",
+    "LlmCallRecord",
+    "QueryCache",
+    "SessionStore",
+    "SkillChange",
+    "SkillRecord",
+    "Store",
+    "TaskRecord",
+    "UsageSummary",
+    "database_url",
+    "default_store",
+    "make_engine",
+    "record_llm_call",
+]

@@ -1,0 +1,122 @@
+"""Schema migrations with Alembic, driven from code (no ``alembic.ini``).
+
+The seed keeps each migration's rollback SQL in a ``migrations`` table and
+replays it by hand. Alembic's revisions replace that: every revision under
+``migrations/versions`` has an ``upgrade()`` and a working ``downgrade()``,
+and the ``alembic_version`` table records where a database stands.
+
+Every run happens in one transaction that first takes a migration lock
+(``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on
+PostgreSQL), so two processes opening a fresh database at once do not both
+create the tables; the second one waits, then finds nothing to do. Both
+engines have transactional DDL, so a migration that fails half-way leaves
+the schema where it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, text
+
+from cfn.errors import InvalidInputError
+from cfn.store.engine import WRITE_OPTION
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+#: Arbitrary constant naming cfn's migration lock among PostgreSQL advisory locks.
+PG_LOCK_KEY = 0x0CF5_0003
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def head() -> str:
+    """The newest revision shipped with this cfn."""
+    heads = script().get_heads()
+    if len(heads) != 1:  # pragma: no cover - a packaging mistake, caught by the tests
+        raise RuntimeError(f"migrations have {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def revisions() -> list[str]:
+    """All revisions, oldest first."""
+    return [rev.revision for rev in reversed(list(script().walk_revisions()))]
+
+
+def _current_on(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def current(engine: Engine) -> str | None:
+    """The revision the database is at; None for an empty database."""
+    with engine.connect() as connection:
+        return _current_on(connection)
+
+
+def _locked(engine: Engine) -> Connection:
+    connection = engine.connect().execution_options(**{WRITE_OPTION: True})
+    connection.begin()
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+    return connection
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade to ``revision``; returns (before, after)."""
+    return _run(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str = "-1") -> tuple[str | None, str | None]:
+    """Downgrade to ``revision`` (default: undo the newest applied one); (before, after)."""
+    return _run(engine, "downgrade", revision)
+
+
+def _run(engine: Engine, direction: str, revision: str) -> tuple[str | None, str | None]:
+    connection = _locked(engine)
+    try:
+        before = _current_on(connection)
+        if direction == "downgrade" and before is None:
+            raise InvalidInputError("the database has no schema yet: nothing to downgrade")
+        config = _config(connection)
+        try:
+            if direction == "upgrade":
+                command.upgrade(config, revision)
+            else:
+                command.downgrade(config, revision)
+        except CommandError as exc:
+            raise InvalidInputError(
+                f"cannot {direction} to {revision!r}: {exc}. "
+                f"Known revisions: {', '.join(revisions())}, or 'head' / 'base' / '-1'."
+            ) from None
+        after = _current_on(connection)
+        connection.commit()
+        return before, after
+    finally:
+        connection.close()
+
+
+def ensure_schema(engine: Engine) -> bool:
+    """Bring the schema up to date if it is behind; True when it upgraded.
+
+    The unlocked check first keeps the common case (already current) to one
+    cheap read; the locked upgrade re-checks under the lock.
+    """
+    target = head()
+    if current(engine) == target:
+        return False
+    before, after = upgrade(engine, "head")
+    return before != after

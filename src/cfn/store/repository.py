@@ -1,0 +1,654 @@
+"""The store: every SQL statement cfn runs, as parameterised SQLAlchemy Core.
+
+No statement is ever built by formatting input into SQL text: values travel as
+bound parameters, so a skill called ``x'); DROP TABLE skills; --`` is stored
+as exactly that name. (The seed's ``execute_sql "$query"`` interpolates shell
+strings into SQL; see docs/store.md.)
+
+Each public method is one transaction. :meth:`Store.write` is all-or-nothing:
+a failure anywhere inside (a constraint, a bad item half-way through a batch,
+an exception in the caller's code) rolls back everything it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from cfn import keys
+from cfn.errors import DatabaseError, InvalidInputError, NotFoundError
+from cfn.settings import Settings, get_settings
+from cfn.store import migrate
+from cfn.store import validation as check
+from cfn.store.engine import WRITE_OPTION, database_url, describe, make_engine
+from cfn.store.models import (
+    AGENT_STATUSES,
+    LOOP_DECISIONS,
+    MODES,
+    TASK_STATUSES,
+    Base,
+)
+from cfn.store.records import (
+    AgentRecord,
+    AgentSpec,
+    ApprovalInput,
+    ApprovalRecord,
+    DecisionRecord,
+    EventRecord,
+    IterationRecord,
+    LlmCallRecord,
+    SkillChange,
+    SkillRecord,
+    TaskRecord,
+    UsageSummary,
+)
+
+log = logging.getLogger(__name__)
+
+T_SKILLS: Table = Base.metadata.tables["skills"]
+T_APPROVALS: Table = Base.metadata.tables["approval_history"]
+T_TASKS: Table = Base.metadata.tables["tasks"]
+T_ITERATIONS: Table = Base.metadata.tables["iterations"]
+T_AGENTS: Table = Base.metadata.tables["agents"]
+T_DECISIONS: Table = Base.metadata.tables["decisions"]
+T_EVENTS: Table = Base.metadata.tables["events"]
+T_LLM_CALLS: Table = Base.metadata.tables["llm_calls"]
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the seed's ``DATETIME DEFAULT CURRENT_TIMESTAMP`` columns hold."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _first_line(exc: DBAPIError) -> str:
+    text = str(exc.orig).strip().splitlines()
+    return text[0] if text else type(exc.orig).__name__
+
+
+def _choice(value: object, allowed: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidInputError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def _payload(value: Mapping[str, Any] | str) -> str:
+    if isinstance(value, str):
+        return check.metadata_json(value) or "null"
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"event payload is not JSON-serialisable: {exc}") from None
+
+
+class Store:
+    """SQL persistence (layer 2) on one engine; see the module docstring."""
+
+    def __init__(self, engine: Engine, label: str | None = None) -> None:
+        self.engine = engine
+        self.label = label or describe(engine.url)
+
+    # --- life cycle ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        url: URL | str | None = None,
+        auto_migrate: bool | None = None,
+    ) -> Store:
+        """The store for ``settings`` (DATABASE_URL / DB_PATH / ``.cfn/cfn.db``).
+
+        The schema is brought up to date first unless CFN_DB_AUTO_MIGRATE is off.
+        """
+        settings = settings or get_settings()
+        if isinstance(url, str):
+            settings = settings.model_copy(update={"database_url": url})
+            url = None
+        resolved = url or database_url(settings)
+        store = cls(make_engine(settings, resolved), describe(resolved))
+        if settings.cfn_db_auto_migrate if auto_migrate is None else auto_migrate:
+            try:
+                with store._translate():
+                    migrate.ensure_schema(store.engine)
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # --- transactions --------------------------------------------------------------
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        """Driver errors become one DatabaseError naming the database."""
+        try:
+            yield
+        except IntegrityError as exc:
+            raise DatabaseError(
+                f"the database refused the write ({_first_line(exc)}); nothing was written"
+            ) from exc
+        except OperationalError as exc:
+            raise DatabaseError(
+                f"database {self.label} is not usable: {_first_line(exc)}. Check DATABASE_URL "
+                "/ DB_PATH, that the server runs, and `cfn db current`."
+            ) from exc
+        except DBAPIError as exc:
+            raise DatabaseError(f"database error on {self.label}: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a read transaction."""
+        with self._translate(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction: all of it commits, or none of it."""
+        with (
+            self._translate(),
+            self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    # --- skills ----------------------------------------------------------------------
+
+    @staticmethod
+    def _skill(row: Row[Any]) -> SkillRecord:
+        return SkillRecord.model_validate(dict(row._mapping))
+
+    def _find_skill(self, conn: Connection, name: str) -> SkillRecord | None:
+        row = conn.execute(select(T_SKILLS).where(T_SKILLS.c.name == name)).first()
+        return None if row is None else self._skill(row)
+
+    def upsert_skill(
+        self, name: str, content_hash: str, content_path: str
+    ) -> tuple[SkillRecord, SkillChange]:
+        """Add a skill, or update its hash and path when its content changed."""
+        name = check.skill_name(name)
+        if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
+            raise InvalidInputError(f"content hash {content_hash!r} is not a sha256 hex digest")
+        content_path = check.text_field(content_path, "content path", 512)
+        with self.write() as conn:
+            existing = self._find_skill(conn, name)
+            now = utcnow()
+            if existing is None:
+                conn.execute(
+                    insert(T_SKILLS).values(
+                        name=name,
+                        content_hash=content_hash,
+                        content_path=content_path,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                change = SkillChange.ADDED
+            elif (existing.content_hash, existing.content_path) != (content_hash, content_path):
+                conn.execute(
+                    update(T_SKILLS)
+                    .where(T_SKILLS.c.id == existing.id)
+                    .values(content_hash=content_hash, content_path=content_path, updated_at=now)
+                )
+                change = SkillChange.UPDATED
+            else:
+                return existing, SkillChange.UNCHANGED
+            record = self._find_skill(conn, name)
+        assert record is not None
+        return record, change
+
+    def find_skill(self, name: str) -> SkillRecord | None:
+        with self.read() as conn:
+            return self._find_skill(conn, check.skill_name(name))
+
+    def get_skill(self, name: str) -> SkillRecord:
+        record = self.find_skill(name)
+        if record is None:
+            raise NotFoundError(f"no skill named {name!r}; `cfn skills list` shows the known ones")
+        return record
+
+    def list_skills(self) -> list[SkillRecord]:
+        with self.read() as conn:
+            rows = conn.execute(select(T_SKILLS).order_by(T_SKILLS.c.name)).all()
+        return [self._skill(row) for row in rows]
+
+    # --- approval history -----------------------------------------------------------
+
+    def add_approval(
+        self,
+        skill_name: str,
+        agent_id: str,
+        decision: str,
+        confidence: float,
+        metadata: str | None = None,
+    ) -> ApprovalRecord:
+        """Write one approval_history row (the seed's approval of a skill)."""
+        return self.add_approvals(
+            [
+                ApprovalInput(
+                    skill_name=skill_name,
+                    agent_id=agent_id,
+                    decision=decision,
+                    confidence=confidence,
+                    metadata=metadata,
+                )
+            ]
+        )[0]
+
+    def add_approvals(self, items: Sequence[ApprovalInput]) -> list[ApprovalRecord]:
+        """Write several approvals in one transaction: all of them, or none."""
+        clean = [
+            (
+                check.skill_name(item.skill_name),
+                check.approver_id(item.agent_id),
+                check.decision(item.decision),
+                check.confidence(item.confidence),
+                check.metadata_json(item.metadata),
+            )
+            for item in items
+        ]
+        out: list[ApprovalRecord] = []
+        with self.write() as conn:
+            ids: dict[str, int] = {}
+            for name, *_ in clean:
+                if name not in ids:
+                    skill = self._find_skill(conn, name)
+                    if skill is None:
+                        raise NotFoundError(
+                            f"no skill named {name!r}; add it first with `cfn skills add PATH`"
+                        )
+                    ids[name] = skill.id
+            now = utcnow()
+            for name, agent_id, decision, confidence, metadata in clean:
+                row = conn.execute(
+                    insert(T_APPROVALS)
+                    .values(
+                        skill_id=ids[name],
+                        agent_id=agent_id,
+                        decision=decision,
+                        confidence=confidence,
+                        metadata=metadata,
+                        created_at=now,
+                    )
+                    .returning(T_APPROVALS.c.id)
+                ).one()
+                out.append(
+                    ApprovalRecord(
+                        id=row.id,
+                        skill_id=ids[name],
+                        skill_name=name,
+                        agent_id=agent_id,
+                        decision=decision,
+                        confidence=confidence,
+                        metadata=metadata,
+                        created_at=now,
+                    )
+                )
+        return out
+
+    def history(self, skill_name: str) -> list[ApprovalRecord]:
+        """A skill's approvals, oldest first; NotFoundError for an unknown skill."""
+        name = check.skill_name(skill_name)
+        with self.read() as conn:
+            skill = self._find_skill(conn, name)
+            if skill is None:
+                raise NotFoundError(
+                    f"no skill named {name!r}; `cfn skills list` shows the known ones"
+                )
+            rows = conn.execute(
+                select(T_APPROVALS)
+                .where(T_APPROVALS.c.skill_id == skill.id)
+                .order_by(T_APPROVALS.c.id)
+            ).all()
+        return [
+            ApprovalRecord.model_validate({**row._mapping, "skill_name": skill.name})
+            for row in rows
+        ]
+
+    # --- tasks, iterations, agents, decisions --------------------------------------
+
+    def create_task(
+        self, task_id: str, mode: str, epic: str, agents: Sequence[AgentSpec] = ()
+    ) -> TaskRecord:
+        """A task and its first agents, in one transaction."""
+        task_id = keys.validate_id(task_id, "task id")
+        mode = _choice(mode, MODES, "mode")
+        epic = check.text_field(epic, "epic", 1_000_000)
+        specs = [self._agent_values(task_id, spec) for spec in agents]
+        now = utcnow()
+        with self.write() as conn:
+            if conn.execute(select(T_TASKS.c.id).where(T_TASKS.c.id == task_id)).first():
+                raise InvalidInputError(f"task {task_id!r} exists already")
+            conn.execute(
+                insert(T_TASKS).values(
+                    id=task_id,
+                    mode=mode,
+                    epic=epic,
+                    status="pending",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            for values in specs:
+                conn.execute(insert(T_AGENTS).values(**values, created_at=now))
+        return self.get_task(task_id)
+
+    @staticmethod
+    def _agent_values(task_id: str, spec: AgentSpec) -> dict[str, Any]:
+        return {
+            "task_id": task_id,
+            "id": keys.validate_id(spec.id, "agent id"),
+            "role": check.text_field(spec.role, "role", 64),
+            "profile": None
+            if spec.profile is None
+            else check.text_field(spec.profile, "profile", 255),
+            "provider": None
+            if spec.provider is None
+            else check.text_field(spec.provider, "provider", 64),
+            "model": None if spec.model is None else check.text_field(spec.model, "model", 255),
+            "status": "pending",
+        }
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        with self.read() as conn:
+            row = conn.execute(
+                select(T_TASKS).where(T_TASKS.c.id == keys.validate_id(task_id, "task id"))
+            ).first()
+        if row is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        return TaskRecord.model_validate(dict(row._mapping))
+
+    def list_tasks(self, status: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        query = select(T_TASKS).order_by(T_TASKS.c.created_at.desc()).limit(max(1, limit))
+        if status is not None:
+            query = query.where(T_TASKS.c.status == _choice(status, TASK_STATUSES, "status"))
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        return [TaskRecord.model_validate(dict(row._mapping)) for row in rows]
+
+    def set_task_status(self, task_id: str, status: str) -> None:
+        status = _choice(status, TASK_STATUSES, "task status")
+        with self.write() as conn:
+            result = conn.execute(
+                update(T_TASKS)
+                .where(T_TASKS.c.id == keys.validate_id(task_id, "task id"))
+                .values(status=status, updated_at=utcnow())
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no task {task_id!r}")
+
+    def add_agents(self, task_id: str, agents: Sequence[AgentSpec]) -> None:
+        task_id = keys.validate_id(task_id, "task id")
+        specs = [self._agent_values(task_id, spec) for spec in agents]
+        now = utcnow()
+        with self.write() as conn:
+            for values in specs:
+                conn.execute(insert(T_AGENTS).values(**values, created_at=now))
+
+    def update_agent(
+        self,
+        task_id: str,
+        agent_id: str,
+        *,
+        status: str | None = None,
+        confidence: float | None = None,
+        heartbeat: bool = False,
+    ) -> None:
+        values: dict[str, Any] = {}
+        if status is not None:
+            values["status"] = _choice(status, AGENT_STATUSES, "agent status")
+        if confidence is not None:
+            values["confidence"] = check.confidence(confidence)
+        if heartbeat:
+            values["heartbeat"] = utcnow()
+        if not values:
+            return
+        with self.write() as conn:
+            result = conn.execute(
+                update(T_AGENTS)
+                .where(
+                    T_AGENTS.c.task_id == keys.validate_id(task_id, "task id"),
+                    T_AGENTS.c.id == keys.validate_id(agent_id, "agent id"),
+                )
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no agent {agent_id!r} in task {task_id!r}")
+
+    def list_agents(self, task_id: str) -> list[AgentRecord]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(T_AGENTS)
+                .where(T_AGENTS.c.task_id == keys.validate_id(task_id, "task id"))
+                .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id)
+            ).all()
+        return [AgentRecord.model_validate(dict(row._mapping)) for row in rows]
+
+    def start_iteration(self, task_id: str, number: int) -> None:
+        if number < 1:
+            raise InvalidInputError(f"iteration number {number} must be >= 1")
+        with self.write() as conn:
+            conn.execute(
+                insert(T_ITERATIONS).values(
+                    task_id=keys.validate_id(task_id, "task id"),
+                    number=number,
+                    started_at=utcnow(),
+                )
+            )
+
+    def finish_iteration(
+        self,
+        task_id: str,
+        number: int,
+        gate_mean: float | None = None,
+        consensus_mean: float | None = None,
+    ) -> None:
+        with self.write() as conn:
+            result = conn.execute(
+                update(T_ITERATIONS)
+                .where(
+                    T_ITERATIONS.c.task_id == keys.validate_id(task_id, "task id"),
+                    T_ITERATIONS.c.number == number,
+                )
+                .values(gate_mean=gate_mean, consensus_mean=consensus_mean, finished_at=utcnow())
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"task {task_id!r} has no iteration {number}")
+
+    def iterations(self, task_id: str) -> list[IterationRecord]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(T_ITERATIONS)
+                .where(T_ITERATIONS.c.task_id == keys.validate_id(task_id, "task id"))
+                .order_by(T_ITERATIONS.c.number)
+            ).all()
+        return [IterationRecord.model_validate(dict(row._mapping)) for row in rows]
+
+    def record_decision(
+        self,
+        task_id: str,
+        iteration: int,
+        decision: str,
+        decided_by: str,
+        reason: str | None = None,
+    ) -> DecisionRecord:
+        task_id = keys.validate_id(task_id, "task id")
+        values = {
+            "task_id": task_id,
+            "iteration": iteration,
+            "decision": _choice(decision, LOOP_DECISIONS, "decision"),
+            "decided_by": check.text_field(decided_by, "decided by", 255),
+            "reason": reason,
+            "created_at": utcnow(),
+        }
+        with self.write() as conn:
+            row = conn.execute(
+                insert(T_DECISIONS).values(**values).returning(T_DECISIONS.c.id)
+            ).one()
+        return DecisionRecord.model_validate({**values, "id": row.id})
+
+    def decisions(self, task_id: str) -> list[DecisionRecord]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(T_DECISIONS)
+                .where(T_DECISIONS.c.task_id == keys.validate_id(task_id, "task id"))
+                .order_by(T_DECISIONS.c.id)
+            ).all()
+        return [DecisionRecord.model_validate(dict(row._mapping)) for row in rows]
+
+    # --- the event log (append-only) -----------------------------------------------
+
+    def append_event(
+        self, kind: str, payload: Mapping[str, Any] | str, task_id: str | None = None
+    ) -> int:
+        return self.append_events([(kind, payload, task_id)])[0]
+
+    def append_events(
+        self, events: Iterable[tuple[str, Mapping[str, Any] | str, str | None]]
+    ) -> list[int]:
+        """Append events in one transaction; an error in any of them appends none."""
+        ids: list[int] = []
+        with self.write() as conn:
+            for kind, payload, task_id in events:
+                row = conn.execute(
+                    insert(T_EVENTS)
+                    .values(
+                        task_id=None if task_id is None else keys.validate_id(task_id, "task id"),
+                        kind=check.text_field(kind, "event kind", 64),
+                        payload=_payload(payload),
+                        created_at=utcnow(),
+                    )
+                    .returning(T_EVENTS.c.id)
+                ).one()
+                ids.append(int(row.id))
+        return ids
+
+    def events(
+        self, task_id: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Events in append order, after ``after_id`` (for tailing the log)."""
+        query = (
+            select(T_EVENTS)
+            .where(T_EVENTS.c.id > after_id)
+            .order_by(T_EVENTS.c.id)
+            .limit(max(1, limit))
+        )
+        if task_id is not None:
+            query = query.where(T_EVENTS.c.task_id == keys.validate_id(task_id, "task id"))
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        return [EventRecord.model_validate(dict(row._mapping)) for row in rows]
+
+    # --- LLM usage ------------------------------------------------------------------
+
+    def record_llm_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float,
+        task_id: str | None = None,
+        agent_id: str | None = None,
+    ) -> LlmCallRecord:
+        """One LLM request's token usage and cost (written by the provider code)."""
+        if input_tokens < 0 or output_tokens < 0:
+            raise InvalidInputError("token counts must be >= 0")
+        if not cost_usd >= 0:
+            raise InvalidInputError(f"cost {cost_usd!r} must be a number >= 0")
+        values = {
+            "task_id": None if task_id is None else keys.validate_id(task_id, "task id"),
+            "agent_id": None if agent_id is None else keys.validate_id(agent_id, "agent id"),
+            "provider": check.text_field(provider, "provider", 64),
+            "model": check.text_field(model, "model", 255),
+            "input_tokens": int(input_tokens),
+            "output_tokens": int(output_tokens),
+            "cost_usd": float(cost_usd),
+            "created_at": utcnow(),
+        }
+        with self.write() as conn:
+            row = conn.execute(
+                insert(T_LLM_CALLS).values(**values).returning(T_LLM_CALLS.c.id)
+            ).one()
+        return LlmCallRecord.model_validate({**values, "id": row.id})
+
+    def llm_usage(self, task_id: str | None = None) -> UsageSummary:
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(T_LLM_CALLS.c.input_tokens), 0),
+            func.coalesce(func.sum(T_LLM_CALLS.c.output_tokens), 0),
+            func.coalesce(func.sum(T_LLM_CALLS.c.cost_usd), 0.0),
+        )
+        if task_id is not None:
+            query = query.where(T_LLM_CALLS.c.task_id == keys.validate_id(task_id, "task id"))
+        with self.read() as conn:
+            calls, tokens_in, tokens_out, cost = conn.execute(query).one()
+        return UsageSummary(
+            calls=int(calls),
+            input_tokens=int(tokens_in),
+            output_tokens=int(tokens_out),
+            cost_usd=float(cost),
+        )
+
+    # --- introspection --------------------------------------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table (for `cfn db current` and the tests)."""
+        counts: dict[str, int] = {}
+        with self.read() as conn:
+            for table in Base.metadata.sorted_tables:
+                counts[table.name] = int(
+                    conn.execute(select(func.count()).select_from(table)).scalar_one()
+                )
+        return counts
+
+
+@lru_cache(maxsize=1)
+def default_store() -> Store:
+    """The process-wide store from the environment's settings (opened on first use)."""
+    return Store.open(get_settings())
+
+
+def record_llm_call(
+    *,
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float,
+    task_id: str | None = None,
+    agent_id: str | None = None,
+    store: Store | None = None,
+) -> LlmCallRecord:
+    """Record one LLM call's usage; the provider code's single entry point into SQL."""
+    return (store or default_store()).record_llm_call(
+        provider=provider,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=cost_usd,
+        task_id=task_id,
+        agent_id=agent_id,
+    )
