@@ -153,6 +153,26 @@ def usage_calls(task_id: str) -> str:
     return f"usage:{validate_id(task_id, 'task id')}:calls"
 
 
+# --- the CFN Loop (issue 5) -----------------------------------------------------------
+
+DECISION_INPUT = "decision:input"
+
+
+def decision(task_id: str) -> str:
+    """``coord:{task}:decision``: the product owner's latest decision (a JSON string)."""
+    return coord(task_id, DECISION)
+
+
+def decision_input(task_id: str) -> str:
+    """``coord:{task}:decision:input``: decisions sent by a person, waited on with BRPOP."""
+    return coord(task_id, DECISION_INPUT)
+
+
+def events(task_id: str) -> str:
+    """``events:{task}``: the task's event stream (XADD), for live views and replay."""
+    return f"events:{validate_id(task_id, 'task id')}"
+
+
 def keyspace_channel(db: int, key: str) -> str:
     """The pub/sub channel Redis publishes keyspace notifications for ``key`` on."""
     return f"__keyspace@{db}__:{key}"
