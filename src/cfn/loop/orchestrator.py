@@ -1,0 +1,662 @@
+"""The CFN Loop orchestrator.
+
+Per iteration: Loop 3 implementers → gate → ``loop3:complete`` and
+``loop2:start`` signals → Loop 2 validators → consensus → product-owner
+decision. A failed gate re-runs Loop 3 (a new iteration, with the feedback);
+failed consensus or ITERATE re-runs both; PROCEED ends the task as succeeded,
+ABORT or running out of iterations as failed.
+
+Every step is persisted (checkpoint, agent rows, events) before the next one
+begins, so :meth:`Orchestrator.resume` after a SIGKILL continues where the
+run stopped. Agents run as separate processes that outlive the orchestrator:
+on resume, agents with a completion are not re-run, agents still running are
+re-attached by pid, the rest are started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from cfn import keys
+from cfn.coordination import completion, signals
+from cfn.coordination.completion import CollectReport
+from cfn.coordination.connection import RedisManager
+from cfn.errors import CfnError, InvalidInputError, WaitTimeoutError
+from cfn.loop import workspace as ws
+from cfn.loop.scoring import Verdict, judge
+from cfn.loop.state import (
+    AgentRow,
+    Checkpoint,
+    DecisionRow,
+    Journal,
+    Phase,
+    TaskOptions,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds an agent may run past AGENT_TIMEOUT before its result counts as missing.
+COLLECT_SLACK = 30.0
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    """One agent the orchestrator wants to run."""
+
+    task_id: str
+    agent_id: str
+    role: str  # implementer, validator, product-owner
+    loop: int  # 3, 2, or 1 for the product owner
+    iteration: int
+    brief: dict[str, Any]  # what the agent needs beyond its context: epic, feedback, ...
+
+
+class RunningAgent(Protocol):
+    pid: int
+    profile: str | None
+    provider: str | None
+    model: str | None
+
+    async def wait(self) -> str:
+        """Wait for the process to end; a short description of how it ended."""
+        ...
+
+    async def kill(self) -> None: ...
+
+
+class AgentLauncher(Protocol):
+    async def launch(self, plan: AgentPlan) -> RunningAgent: ...
+
+    async def reattach(self, plan: AgentPlan, pid: int) -> RunningAgent | None: ...
+
+
+class ProductOwner(Protocol):
+    async def decide(
+        self, options: TaskOptions, checkpoint: Checkpoint, events: EventBus
+    ) -> tuple[str, str, str]:
+        """``(decision, decided_by, reason)``."""
+        ...
+
+
+class PolicyOwner:
+    """The default product owner: PROCEED once gate and consensus both passed.
+
+    The loop only asks for a decision after consensus passed, so the policy's
+    answer is PROCEED with the figures as its reason; the workspace rule can
+    still turn it into ITERATE.
+    """
+
+    async def decide(
+        self, options: TaskOptions, checkpoint: Checkpoint, events: EventBus
+    ) -> tuple[str, str, str]:
+        gate = checkpoint.gate or {}
+        consensus = checkpoint.consensus or {}
+        return (
+            "PROCEED",
+            "policy",
+            f"gate {gate.get('score', 0):.3f} >= {gate.get('threshold', 0):.2f} and consensus "
+            f"{consensus.get('score', 0):.3f} >= {consensus.get('threshold', 0):.2f}",
+        )
+
+
+class HumanOwner:
+    """Waits (BRPOP, no polling) for a person's decision: ``cfn decide`` or the portal."""
+
+    def __init__(self, redis: RedisManager, timeout: float = 7 * 24 * 3600.0) -> None:
+        self.redis = redis
+        self.timeout = timeout
+
+    async def decide(
+        self, options: TaskOptions, checkpoint: Checkpoint, events: EventBus
+    ) -> tuple[str, str, str]:
+        task_id = options.task_id
+        state = {
+            "status": "awaiting",
+            "iteration": checkpoint.iteration,
+            "gate": checkpoint.gate,
+            "consensus": checkpoint.consensus,
+        }
+        key = keys.decision(task_id)
+        await self.redis.run(lambda r: r.set(key, json.dumps(state)))
+        await events.emit(task_id, "decision:awaiting", iteration=checkpoint.iteration)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "ABORT", "timeout", f"no human decision within {self.timeout:g} s"
+            message = (
+                await signals.wait_signal(
+                    self.redis, task_id, keys.DECISION_INPUT, min(remaining, 24 * 3600.0)
+                )
+                if remaining > 0
+                else None
+            )
+            if not isinstance(message, dict):
+                continue
+            if message.get("iteration") not in (None, checkpoint.iteration):
+                continue  # meant for an earlier iteration
+            try:
+                decision = check_decision(str(message.get("decision", "")))
+            except InvalidInputError:
+                continue
+            by = str(message.get("by") or "human")
+            reason = str(message.get("reason") or f"{decision} by {by}")
+            return decision, by, reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task_id: str
+    status: str  # succeeded, failed, aborted
+    decision: str | None
+    iterations: int
+    reason: str
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "succeeded" else 1
+
+
+class EventBus:
+    """Every state change: into the journal, onto ``events:{task}``, to listeners."""
+
+    STREAM_MAXLEN = 10_000
+
+    def __init__(self, journal: Journal, redis: RedisManager) -> None:
+        self.journal = journal
+        self.redis = redis
+        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+
+    async def emit(self, task_id: str, kind: str, **payload: Any) -> None:
+        payload.setdefault("ts", time.time())
+        event_id = await asyncio.to_thread(self.journal.append_event, task_id, kind, payload)
+        fields = {"id": str(event_id), "kind": kind, "data": json.dumps(payload, default=str)}
+        stream = keys.events(task_id)
+        await self.redis.run(
+            lambda r: r.xadd(stream, fields, maxlen=self.STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        )
+        for listener in self.listeners:
+            listener(task_id, kind, payload)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        redis: RedisManager,
+        journal: Journal,
+        launcher: AgentLauncher,
+        product_owner: ProductOwner,
+        *,
+        agent_timeout: float = 300.0,
+    ) -> None:
+        self.redis = redis
+        self.journal = journal
+        self.launcher = launcher
+        self.product_owner = product_owner
+        self.agent_timeout = agent_timeout
+        self.events = EventBus(journal, redis)
+
+    # --- entry points ---------------------------------------------------------------
+
+    async def start(self, options: TaskOptions) -> Outcome:
+        """Create the task (it must be new) and run it to the end."""
+        options.workspace_path.mkdir(parents=True, exist_ok=True)
+        checkpoint = Checkpoint()
+        baseline = ws.snapshot(options.workspace_path)
+        await asyncio.to_thread(self.journal.create_task, options, checkpoint)
+        await self._store_baseline(options.task_id, baseline)
+        team = options.team
+        await self.events.emit(
+            options.task_id,
+            "task:created",
+            epic=options.epic,
+            mode=options.mode,
+            gate=team.gate,
+            consensus=team.consensus,
+            max_iterations=team.max_iterations,
+            implementers=team.implementers,
+            validators=team.validators,
+            decision=options.decision,
+            workspace=options.workspace,
+            build=options.build,
+        )
+        return await self._run(options, checkpoint)
+
+    async def resume(self, task_id: str) -> Outcome:
+        """Continue a task from its last checkpoint."""
+        options, checkpoint, status = await asyncio.to_thread(self.journal.load_task, task_id)
+        if checkpoint.phase is Phase.DONE:
+            return self._outcome(options, checkpoint, status)
+        await self.events.emit(
+            task_id, "task:resumed", iteration=checkpoint.iteration, phase=checkpoint.phase.value
+        )
+        return await self._run(options, checkpoint)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def _run(self, options: TaskOptions, cp: Checkpoint) -> Outcome:
+        team = options.team
+        task_id = options.task_id
+        await self._save(task_id, cp, "running")
+        while cp.phase is not Phase.DONE:
+            if cp.phase is Phase.LOOP3:
+                await self.events.emit(
+                    task_id,
+                    "loop:progress",
+                    loop=3,
+                    iteration=cp.iteration,
+                    progress=0.0,
+                    phase="loop3",
+                )
+                report = await self._run_team(options, cp, "implementer", 3, team.implementers)
+                verdict = judge("gate", report, team.implementers, team.gate)
+                cp.gate = verdict.to_dict()
+                cp.deliverables = [
+                    {"agent_id": r.agent_id, **_deliverable(r.payload)} for r in report.succeeded
+                ]
+                await self.events.emit(task_id, "gate", iteration=cp.iteration, **verdict.to_dict())
+                if not verdict.passed:
+                    cp.feedback = _gate_feedback(verdict, report)
+                    self._next_iteration(cp, team.max_iterations, verdict.describe())
+                    await self._save(task_id, cp, "running")
+                    continue
+                await signals.send_signal(
+                    self.redis,
+                    task_id,
+                    keys.LOOP3_COMPLETE,
+                    json.dumps({"iteration": cp.iteration, "gate": verdict.to_dict()}),
+                )
+                await signals.send_signal(
+                    self.redis,
+                    task_id,
+                    keys.LOOP2_START,
+                    json.dumps({"iteration": cp.iteration, "deliverables": cp.deliverables}),
+                )
+                await self._store_context(task_id, "deliverables", cp.deliverables)
+                cp.phase = Phase.LOOP2
+                await self._save(task_id, cp, "running")
+            elif cp.phase is Phase.LOOP2:
+                await self.events.emit(
+                    task_id,
+                    "loop:progress",
+                    loop=2,
+                    iteration=cp.iteration,
+                    progress=0.0,
+                    phase="loop2",
+                )
+                report = await self._run_team(options, cp, "validator", 2, team.validators)
+                verdict = judge("consensus", report, team.validators, team.consensus)
+                cp.consensus = verdict.to_dict()
+                await self.events.emit(
+                    task_id, "consensus", iteration=cp.iteration, **verdict.to_dict()
+                )
+                if not verdict.passed:
+                    cp.feedback = [*_validator_feedback(report), verdict.describe()]
+                    self._next_iteration(cp, team.max_iterations, verdict.describe())
+                else:
+                    cp.phase = Phase.DECISION
+                await self._save(task_id, cp, "running")
+            elif cp.phase is Phase.DECISION:
+                row = await self._decide(options, cp)
+                if row.decision == "PROCEED":
+                    cp.phase, cp.outcome, cp.reason = Phase.DONE, "PROCEED", row.reason
+                elif row.decision == "ABORT":
+                    cp.phase, cp.outcome, cp.reason = Phase.DONE, "ABORT", row.reason
+                else:
+                    cp.feedback = [f"product owner asked for another iteration: {row.reason}"]
+                    self._next_iteration(cp, team.max_iterations, row.reason or "ITERATE")
+                await self._save(task_id, cp, "running")
+        status = (
+            "succeeded"
+            if cp.outcome == "PROCEED"
+            else ("aborted" if cp.outcome == "ABORT" else "failed")
+        )
+        await self._save(task_id, cp, status)
+        await self.events.emit(
+            task_id,
+            "task:finished",
+            status=status,
+            outcome=cp.outcome,
+            reason=cp.reason,
+            iterations=cp.iteration,
+        )
+        return self._outcome(options, cp, status)
+
+    def _next_iteration(self, cp: Checkpoint, max_iterations: int, why: str) -> None:
+        if cp.iteration >= max_iterations:
+            cp.phase = Phase.DONE
+            cp.outcome = "MAX_ITERATIONS"
+            cp.reason = f"{max_iterations} iterations used up; last: {why}"
+            return
+        cp.iteration += 1
+        cp.phase = Phase.LOOP3
+        cp.gate = cp.consensus = None
+
+    @staticmethod
+    def _outcome(options: TaskOptions, cp: Checkpoint, status: str) -> Outcome:
+        return Outcome(options.task_id, status, cp.outcome, cp.iteration, cp.reason or "")
+
+    async def _save(self, task_id: str, cp: Checkpoint, status: str) -> None:
+        await asyncio.to_thread(self.journal.save_checkpoint, task_id, cp, status)
+
+    # --- agents -------------------------------------------------------------------------
+
+    async def _run_team(
+        self, options: TaskOptions, cp: Checkpoint, role: str, loop: int, size: int
+    ) -> CollectReport:
+        """Run (or resume) one loop's team and collect its reports."""
+        task_id = options.task_id
+        prefix = {3: "impl", 2: "val"}.get(loop, "po")
+        ids = [f"{prefix}-{n}-{cp.iteration}" for n in range(1, size + 1)]
+        brief: dict[str, Any] = {
+            "epic": options.epic,
+            "mode": options.mode,
+            "complexity": options.complexity,
+            "cost_sensitive": options.cost_sensitive,
+            "feedback": cp.feedback,
+        }
+        if loop == 2:
+            brief["deliverables"] = cp.deliverables
+        done = await self._completed(task_id, ids)
+        known = {row.agent_id: row for row in await asyncio.to_thread(self.journal.agents, task_id)}
+        watchers: list[asyncio.Task[None]] = []
+        for agent_id in ids:
+            if agent_id in done:
+                continue
+            plan = AgentPlan(task_id, agent_id, role, loop, cp.iteration, brief)
+            handle: RunningAgent | None = None
+            row = known.get(agent_id)
+            if row is not None and row.pid and row.status == "running":
+                handle = await self.launcher.reattach(plan, row.pid)
+            if handle is None:
+                handle = await self.launcher.launch(plan)
+                row = AgentRow(
+                    task_id,
+                    agent_id,
+                    role,
+                    loop,
+                    cp.iteration,
+                    handle.profile,
+                    handle.provider,
+                    handle.model,
+                    "running",
+                    handle.pid,
+                )
+                await asyncio.to_thread(self.journal.save_agent, row)
+                await self.events.emit(
+                    task_id,
+                    "agent:update",
+                    agentId=agent_id,
+                    status="running",
+                    role=role,
+                    loop=loop,
+                    iteration=cp.iteration,
+                    provider=handle.provider,
+                    model=handle.model,
+                    pid=handle.pid,
+                )
+            assert row is not None
+            watchers.append(asyncio.create_task(self._watch(row, handle)))
+
+        seen: set[str] = set()
+
+        def progress(report: CollectReport) -> None:
+            for item in report.results:
+                if item.agent_id not in seen:
+                    seen.add(item.agent_id)
+                    asyncio.get_running_loop().create_task(
+                        self._agent_reported(task_id, loop, cp.iteration, item, report, size)
+                    )
+
+        try:
+            report = await completion.collect_results(
+                self.redis,
+                task_id,
+                size,
+                0.0,
+                self.agent_timeout + COLLECT_SLACK,
+                agent_ids=ids,
+                on_update=progress,
+            )
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            for watcher in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        # Agents that never reported by now are recorded as failed.
+        for agent_id in ids:
+            if agent_id not in {r.agent_id for r in report.results}:
+                await self._mark(
+                    task_id,
+                    agent_id,
+                    role,
+                    loop,
+                    cp.iteration,
+                    "failed",
+                    None,
+                    "no result before the deadline",
+                )
+        for item in report.results:
+            await self._mark(
+                task_id,
+                item.agent_id,
+                role,
+                loop,
+                cp.iteration,
+                "done" if item.ok else "failed",
+                item.confidence,
+                item.reason,
+            )
+        return report
+
+    async def _agent_reported(
+        self,
+        task_id: str,
+        loop: int,
+        iteration: int,
+        item: completion.AgentResult,
+        report: CollectReport,
+        size: int,
+    ) -> None:
+        await self.events.emit(
+            task_id,
+            "agent:update",
+            agentId=item.agent_id,
+            status="done" if item.ok else "failed",
+            confidence=item.confidence,
+            reason=item.reason,
+            loop=loop,
+            iteration=iteration,
+        )
+        await self.events.emit(
+            task_id,
+            "loop:progress",
+            loop=loop,
+            iteration=iteration,
+            progress=min(1.0, report.arrived / size),
+        )
+
+    async def _mark(
+        self,
+        task_id: str,
+        agent_id: str,
+        role: str,
+        loop: int,
+        iteration: int,
+        status: str,
+        confidence: float | None,
+        reason: str | None,
+    ) -> None:
+        rows = {r.agent_id: r for r in await asyncio.to_thread(self.journal.agents, task_id)}
+        old = rows.get(agent_id)
+        row = (
+            replace(old, status=status, confidence=confidence, reason=reason)
+            if old is not None
+            else AgentRow(
+                task_id,
+                agent_id,
+                role,
+                loop,
+                iteration,
+                None,
+                None,
+                None,
+                status,
+                None,
+                confidence,
+                reason,
+            )
+        )
+        await asyncio.to_thread(self.journal.save_agent, row)
+
+    async def _watch(self, row: AgentRow, handle: RunningAgent) -> None:
+        """When an agent's process ends without a completion, report it failed."""
+        how = await handle.wait()
+        done = await self._completed(row.task_id, [row.agent_id])
+        if row.agent_id not in done:
+            await completion.signal_completion(
+                self.redis,
+                row.task_id,
+                row.agent_id,
+                "failed",
+                json.dumps({"error": f"agent process ended without a result ({how})"}),
+            )
+
+    async def _completed(self, task_id: str, ids: list[str]) -> set[str]:
+        key = keys.coord_complete(task_id)
+        entries = await self.redis.run(lambda r: r.lrange(key, 0, -1))
+        wanted = set(ids)
+        found: set[str] = set()
+        for entry in entries:
+            parsed = completion.parse_entry(str(entry))
+            if parsed and parsed[0] in wanted:
+                found.add(parsed[0])
+        return found
+
+    # --- decision ----------------------------------------------------------------------
+
+    async def _decide(self, options: TaskOptions, cp: Checkpoint) -> DecisionRow:
+        task_id = options.task_id
+        existing = await asyncio.to_thread(self.journal.decision, task_id, cp.iteration)
+        if existing is None:
+            if options.decision == "agent":
+                decision, by, reason = await self._agent_decision(options, cp)
+            else:
+                decision, by, reason = await self.product_owner.decide(options, cp, self.events)
+            if decision not in ("PROCEED", "ITERATE", "ABORT"):
+                raise CfnError(f"product owner returned {decision!r}")
+            if decision == "PROCEED" and options.build:
+                changes = await self._workspace_changes(options)
+                if not changes.any:
+                    reason = (
+                        f"PROCEED turned into ITERATE: the epic asks for a change but the "
+                        f"workspace shows {changes.describe()} (was: {reason})"
+                    )
+                    decision = "ITERATE"
+            row = await asyncio.to_thread(
+                self.journal.record_decision,
+                DecisionRow(task_id, cp.iteration, decision, by, reason),
+            )
+        else:
+            row = existing
+        payload = {
+            "iteration": row.iteration,
+            "decision": row.decision,
+            "by": row.decided_by,
+            "reason": row.reason,
+        }
+        key = keys.decision(task_id)
+        await self.redis.run(lambda r: r.set(key, json.dumps(payload)))
+        await self.events.emit(task_id, "decision", **payload)
+        return row
+
+    async def _agent_decision(self, options: TaskOptions, cp: Checkpoint) -> tuple[str, str, str]:
+        """A product-owner agent decides; an unusable answer is ITERATE, never PROCEED."""
+        report = await self._run_team(options, cp, "product-owner", 1, 1)
+        if not report.results:
+            return "ITERATE", "product-owner", "the product-owner agent gave no result"
+        item = report.results[0]
+        payload = item.payload if isinstance(item.payload, dict) else {}
+        try:
+            decision = check_decision(str(payload.get("decision", "")))
+        except InvalidInputError as exc:
+            return "ITERATE", item.agent_id, f"product-owner agent gave no valid decision ({exc})"
+        if not item.ok:
+            return "ITERATE", item.agent_id, f"product-owner agent failed: {item.reason}"
+        return decision, item.agent_id, str(payload.get("reason") or payload.get("summary") or "")
+
+    async def _workspace_changes(self, options: TaskOptions) -> ws.Changes:
+        baseline = await self._load_baseline(options.task_id)
+        now = await asyncio.to_thread(ws.snapshot, options.workspace_path)
+        return ws.diff(baseline, now)
+
+    async def _store_baseline(self, task_id: str, snap: dict[str, str]) -> None:
+        await asyncio.to_thread(
+            self.journal.append_event, task_id, "workspace:baseline", {"files": snap}
+        )
+
+    async def _load_baseline(self, task_id: str) -> dict[str, str]:
+        for _id, kind, payload in await asyncio.to_thread(self.journal.events, task_id):
+            if kind == "workspace:baseline":
+                files = payload.get("files", {})
+                return {str(k): str(v) for k, v in files.items()}
+        return {}
+
+    async def _store_context(self, task_id: str, key: str, value: object) -> None:
+        from cfn.coordination.context import store_context
+
+        await store_context(
+            self.redis,
+            task_id,
+            key,
+            json.dumps(value),
+            ttl=7 * 24 * 3600,
+            max_bytes=16 * 1024 * 1024,
+        )
+
+
+def _deliverable(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for field in ("summary", "files", "confidence", "provider", "offline"):
+        if field in payload:
+            out[field] = payload[field]
+    return out
+
+
+def _gate_feedback(verdict: Verdict, report: CollectReport) -> list[str]:
+    notes = [verdict.describe()]
+    for item in report.results:
+        if not item.ok:
+            notes.append(f"{item.agent_id} failed: {item.reason}")
+        elif isinstance(item.payload, dict) and item.payload.get("concerns"):
+            notes.append(f"{item.agent_id}: {item.payload['concerns']}")
+    return notes
+
+
+def _validator_feedback(report: CollectReport) -> list[str]:
+    notes: list[str] = []
+    for item in report.results:
+        payload = item.payload if isinstance(item.payload, dict) else {}
+        text = payload.get("feedback") or payload.get("summary")
+        if text:
+            notes.append(f"{item.agent_id}: {text}")
+        if not item.ok:
+            notes.append(f"{item.agent_id} failed: {item.reason}")
+    return notes
+
+
+def check_decision(value: str) -> str:
+    decision = value.strip().upper() if isinstance(value, str) else ""
+    if decision not in ("PROCEED", "ITERATE", "ABORT"):
+        raise InvalidInputError(f"decision must be PROCEED, ITERATE or ABORT, got {value!r}")
+    return decision

@@ -1,0 +1,156 @@
+"""What the orchestrator persists: a task's options and its checkpoint.
+
+The checkpoint is written (with the step's rows and events) before the next
+step begins, so ``cfn resume`` after a SIGKILL continues exactly where the
+orchestrator stopped: agents that finished are never re-run (their results
+are in the durable completion list), a decision already recorded is read
+back, not made again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cfn import keys
+from cfn.errors import InvalidInputError
+from cfn.loop.modes import MODES, Mode, get_mode
+
+DecisionMode = Literal["policy", "agent", "human"]
+DECISION_MODES: tuple[str, ...] = ("policy", "agent", "human")
+LOOP_DECISIONS: tuple[str, ...] = ("PROCEED", "ITERATE", "ABORT")
+MAX_EPIC = 20_000
+
+
+class Phase(StrEnum):
+    LOOP3 = "loop3"
+    LOOP2 = "loop2"
+    DECISION = "decision"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    task_id: str
+    epic: str
+    mode: str = "standard"
+    complexity: str | None = None
+    cost_sensitive: bool = False
+    decision: DecisionMode = "policy"
+    implementers: int | None = None
+    validators: int | None = None
+    workspace: str = ""
+    #: The epic asks to build or change something: PROCEED needs a changed workspace.
+    build: bool = True
+
+    def __post_init__(self) -> None:
+        keys.validate_id(self.task_id, "task id")
+        if not isinstance(self.epic, str) or not self.epic.strip():
+            raise InvalidInputError("epic must be a non-empty text")
+        if len(self.epic) > MAX_EPIC:
+            raise InvalidInputError(f"epic is over {MAX_EPIC} characters")
+        if self.mode not in MODES:
+            get_mode(self.mode)
+        if self.complexity not in (None, "low", "medium", "high"):
+            raise InvalidInputError(
+                f"complexity must be low, medium or high, got {self.complexity!r}"
+            )
+        if self.decision not in DECISION_MODES:
+            raise InvalidInputError(
+                f"decision must be one of {', '.join(DECISION_MODES)}, got {self.decision!r}"
+            )
+        self.team  # validates the team overrides  # noqa: B018
+
+    @property
+    def team(self) -> Mode:
+        return get_mode(self.mode).with_team(self.implementers, self.validators)
+
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskOptions:
+        data = json.loads(text)
+        return cls(**data)
+
+
+@dataclass
+class Checkpoint:
+    """Where a task is: iteration, phase, and what the next step needs."""
+
+    iteration: int = 1
+    phase: Phase = Phase.LOOP3
+    #: Feedback for the next iteration's implementers (gate failures, validators).
+    feedback: list[str] = field(default_factory=list)
+    deliverables: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] | None = None
+    consensus: dict[str, Any] | None = None
+    outcome: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["phase"] = self.phase.value
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Checkpoint:
+        data = json.loads(text)
+        data["phase"] = Phase(data["phase"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    task_id: str
+    agent_id: str
+    role: str
+    loop: int
+    iteration: int
+    profile: str | None
+    provider: str | None
+    model: str | None
+    status: str
+    pid: int | None = None
+    confidence: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    task_id: str
+    iteration: int
+    decision: str
+    decided_by: str
+    reason: str | None
+
+
+class Journal(Protocol):
+    """Durable storage of the loop's state (SQL in production)."""
+
+    def create_task(self, options: TaskOptions, checkpoint: Checkpoint) -> None: ...
+
+    def load_task(self, task_id: str) -> tuple[TaskOptions, Checkpoint, str]: ...
+
+    def save_checkpoint(self, task_id: str, checkpoint: Checkpoint, status: str) -> None: ...
+
+    def save_agent(self, row: AgentRow) -> None: ...
+
+    def agents(self, task_id: str) -> list[AgentRow]: ...
+
+    def record_decision(self, row: DecisionRow) -> DecisionRow:
+        """Insert, or return the decision already recorded for that iteration."""
+        ...
+
+    def decision(self, task_id: str, iteration: int) -> DecisionRow | None: ...
+
+    def append_event(self, task_id: str, kind: str, payload: dict[str, Any]) -> int: ...
+
+    def events(self, task_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]: ...
