@@ -131,13 +131,12 @@ class HumanOwner:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "ABORT", "timeout", f"no human decision within {self.timeout:g} s"
-            message = (
-                await signals.wait_signal(
+            try:
+                message = await signals.wait_signal(
                     self.redis, task_id, keys.DECISION_INPUT, min(remaining, 24 * 3600.0)
                 )
-                if remaining > 0
-                else None
-            )
+            except WaitTimeoutError:
+                continue
             if not isinstance(message, dict):
                 continue
             if message.get("iteration") not in (None, checkpoint.iteration):
