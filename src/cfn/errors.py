@@ -95,3 +95,18 @@ class DatabaseError(CfnError):
 
 class NotFoundError(CfnError):
     """A named record (a skill, a task, an agent) does not exist."""
+
+
+# --- agents (issue 5) ----------------------------------------------------------------
+
+
+class AgentContextError(InvalidInputError):
+    """An agent context file that is missing, not JSON, or has a bad field."""
+
+
+class AgentSpawnError(CfnError):
+    """An agent process could not be started (command missing, limits not applicable)."""
+
+
+class AgentLookupError(CfnError):
+    """No such agent to re-attach to, or a pid that is not that agent."""

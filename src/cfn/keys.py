@@ -95,6 +95,16 @@ def swarm_result(task_id: str, agent_id: str) -> str:
     return f"swarm:{validate_id(task_id, 'task id')}:result:{validate_id(agent_id, 'agent id')}"
 
 
+def heartbeat(task_id: str, agent_id: str) -> str:
+    """``swarm:{task}:heartbeat:{agent}``: the agent's last beat (JSON), TTL 2x the interval."""
+    return f"swarm:{validate_id(task_id, 'task id')}:heartbeat:{validate_id(agent_id, 'agent id')}"
+
+
+def heartbeat_pattern(task_id: str) -> str:
+    """Glob matching every agent's heartbeat key of one task."""
+    return f"swarm:{validate_id(task_id, 'task id')}:heartbeat:*"
+
+
 def context(task_id: str, key: str) -> str:
     """``context:{task}:{key}`` (the seed's ``deliverables`` and ``metadata``, or any id)."""
     return f"context:{validate_id(task_id, 'task id')}:{validate_id(key, 'context key')}"

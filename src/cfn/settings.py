@@ -78,8 +78,24 @@ class Settings(BaseSettings):
     )
 
     # --- Agents (seed: "CLI Coordination") ----------------------------------
-    agent_memory_limit: str = "1g"
+    agent_memory_limit: str = Field(
+        default="1g", description="Per-agent memory limit (docker style: 512m, 1g)."
+    )
     agent_timeout: int = Field(default=300, gt=0, le=7 * 24 * 3600)
+    agent_cpu_limit: float = Field(
+        default=1.0, gt=0, le=1024, description="Per-agent CPUs (docker --cpus style)."
+    )
+    cfn_agent_heartbeat_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between agent heartbeats; TTL is 2x."
+    )
+    cfn_agent_kill_grace: float = Field(
+        default=5.0, ge=0, le=600, description="SIGTERM to SIGKILL grace when stopping an agent."
+    )
+    cfn_agent_cgroups: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Limits through cgroup v1: auto (where writable, else RLIMIT_AS), on "
+        "(required), off (RLIMIT_AS only).",
+    )
 
     # --- Providers (seed: "Provider Routing") -------------------------------
     cfn_custom_routing: bool = Field(
