@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cfn import __version__
 from cfn.cli import coordination as coord_cli
+from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager, mask_url
@@ -32,6 +33,8 @@ app.add_typer(coord_cli.context_app, name="context")
 app.add_typer(coord_cli.signal_app, name="signal")
 app.add_typer(coord_cli.lock_app, name="lock")
 app.add_typer(redis_app, name="redis")
+app.add_typer(store_cli.db_app, name="db")
+app.add_typer(store_cli.skills_app, name="skills")
 app.command("collect-results")(coord_cli.collect_results_cmd)
 app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)

@@ -11,23 +11,60 @@ See docs/store.md. The public surface:
 
 from __future__ import annotations
 
-from cfn.store.cache import CachedStore, CacheStats, QueryCache, SessionStore
-from cfn.store.engine import database_url, make_engine
-from cfn.store.records import (
-    AgentRecord,
-    AgentSpec,
-    ApprovalInput,
-    ApprovalRecord,
-    DecisionRecord,
-    EventRecord,
-    IterationRecord,
-    LlmCallRecord,
-    SkillChange,
-    SkillRecord,
-    TaskRecord,
-    UsageSummary,
-)
-from cfn.store.repository import Store, default_store, record_llm_call
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cfn.store.cache import CachedStore, CacheStats, QueryCache, SessionStore
+    from cfn.store.engine import database_url, make_engine
+    from cfn.store.records import (
+        AgentRecord,
+        AgentSpec,
+        ApprovalInput,
+        ApprovalRecord,
+        DecisionRecord,
+        EventRecord,
+        IterationRecord,
+        LlmCallRecord,
+        SkillChange,
+        SkillRecord,
+        TaskRecord,
+        UsageSummary,
+    )
+    from cfn.store.repository import Store, default_store, record_llm_call
+
+# Imported on first use: the CLI should not pay for Redis or Alembic to list skills.
+_LAZY = {
+    "CachedStore": "cache",
+    "CacheStats": "cache",
+    "QueryCache": "cache",
+    "SessionStore": "cache",
+    "database_url": "engine",
+    "make_engine": "engine",
+    "AgentRecord": "records",
+    "AgentSpec": "records",
+    "ApprovalInput": "records",
+    "ApprovalRecord": "records",
+    "DecisionRecord": "records",
+    "EventRecord": "records",
+    "IterationRecord": "records",
+    "LlmCallRecord": "records",
+    "SkillChange": "records",
+    "SkillRecord": "records",
+    "TaskRecord": "records",
+    "UsageSummary": "records",
+    "Store": "repository",
+    "default_store": "repository",
+    "record_llm_call": "repository",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cfn.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cfn.store.{module}"), name)
+
 
 __all__ = [
     "AgentRecord",

@@ -34,6 +34,7 @@ from pydantic import TypeAdapter
 from cfn import keys
 from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidInputError, PayloadTooLargeError, RedisUnavailableError
+from cfn.settings import Settings
 from cfn.store.records import ApprovalInput, ApprovalRecord, SkillChange, SkillRecord
 from cfn.store.repository import Store
 from cfn.store.skills import add_skill
@@ -302,3 +303,18 @@ class SessionStore:
     async def delete(self, task_id: str) -> bool:
         removed: int = await self.manager.run(lambda r: r.delete(keys.session(task_id)))
         return removed > 0
+
+
+def cache_reachable(settings: Settings) -> bool:
+    """Is there a Redis whose cache a CLI write should invalidate?
+
+    REDIS_URL or Sentinels configured, or the embedded redis-server running. A
+    write from the CLI does not start the embedded server just to invalidate:
+    if it is not running, nothing is reading its cache either, and entries it
+    kept on disk expire by their TTL.
+    """
+    if settings.redis_url or settings.cfn_redis_sentinels:
+        return True
+    from cfn.coordination.embedded import EmbeddedRedis
+
+    return EmbeddedRedis(settings).status().running

@@ -16,23 +16,29 @@ the schema where it was.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, String, column, inspect, select, table, text
 
-from cfn.errors import InvalidInputError
+from cfn.errors import DatabaseError, InvalidInputError
 from cfn.store.engine import WRITE_OPTION
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: The newest revision (tests check it against the scripts); lets the common
+#: "schema is current" check skip importing Alembic at all.
+HEAD = "0002"
 #: Arbitrary constant naming cfn's migration lock among PostgreSQL advisory locks.
 PG_LOCK_KEY = 0x0CF5_0003
+VERSION_TABLE = "alembic_version"
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -41,6 +47,8 @@ def _config(connection: Connection | None = None) -> Config:
 
 
 def script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
@@ -58,7 +66,14 @@ def revisions() -> list[str]:
 
 
 def _current_on(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision in ``alembic_version``; None when the table is missing or empty."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    query = select(column("version_num", String)).select_from(table(VERSION_TABLE))
+    versions: list[str] = [str(row[0]) for row in connection.execute(query)]
+    if len(versions) > 1:
+        raise DatabaseError(f"{VERSION_TABLE} holds several revisions {versions}; fix by hand")
+    return versions[0] if versions else None
 
 
 def current(engine: Engine) -> str | None:
@@ -91,6 +106,9 @@ def _run(engine: Engine, direction: str, revision: str) -> tuple[str | None, str
         before = _current_on(connection)
         if direction == "downgrade" and before is None:
             raise InvalidInputError("the database has no schema yet: nothing to downgrade")
+        from alembic import command
+        from alembic.util.exc import CommandError
+
         config = _config(connection)
         try:
             if direction == "upgrade":
@@ -115,8 +133,13 @@ def ensure_schema(engine: Engine) -> bool:
     The unlocked check first keeps the common case (already current) to one
     cheap read; the locked upgrade re-checks under the lock.
     """
-    target = head()
-    if current(engine) == target:
+    now = current(engine)
+    if now == HEAD:
         return False
+    if now is not None and now not in revisions():
+        raise DatabaseError(
+            f"the database is at schema revision {now!r}, which this cfn does not know "
+            "(a newer cfn migrated it): upgrade cfn, or `cfn db downgrade` with the newer one"
+        )
     before, after = upgrade(engine, "head")
     return before != after
