@@ -14,6 +14,7 @@ from cfn import __version__
 from cfn.cli import coordination as coord_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
+from cfn.cli.providers import providers_app
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager, mask_url
 from cfn.coordination.embedded import EmbeddedRedis
@@ -33,6 +34,7 @@ app.add_typer(coord_cli.context_app, name="context")
 app.add_typer(coord_cli.signal_app, name="signal")
 app.add_typer(coord_cli.lock_app, name="lock")
 app.add_typer(redis_app, name="redis")
+app.add_typer(providers_app, name="providers")
 app.add_typer(store_cli.db_app, name="db")
 app.add_typer(store_cli.skills_app, name="skills")
 app.command("collect-results")(coord_cli.collect_results_cmd)
