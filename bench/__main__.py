@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
     here = Path(__file__).parent
     names = sorted(
         m.name.removeprefix("bench_")
-        for m in pkgutil.iter_modules([str(here))
+        for m in pkgutil.iter_modules([str(here)])
         if m.name.startswith("bench_")
     )
     wanted = [a for a in argv if not a.startswith("-")] or names
