@@ -8,7 +8,7 @@ a Python agent are interchangeable::
     LPUSH coord:{task}:payload:{agent} "<json with confidence>"
 
 We also keep the payload at ``swarm:{task}:result:{agent}``. Python agents
-write all three in one MULTI, payload first; the seed's bash writes the
+write all three in one Lua script (atomic, one round trip), payload first; the seed's bash writes the
 completion before the payload, so a collector gives a completion without a
 payload a short grace period (``payload_grace``) before it counts it failed.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,14 +181,27 @@ async def signal_completion(
         check_json(payload, "completion payload", max_bytes)
 
     async def write(r: Any) -> None:
-        async with r.pipeline(transaction=True) as pipe:
-            if payload is not None:
-                pipe.lpush(payload_key, payload)
-                pipe.set(result_key, payload)
-            pipe.lpush(complete, f"{agent_id}:{result}")
-            await pipe.execute()
+        script = _scripts.get(r)
+        if script is None:
+            script = _scripts[r] = r.register_script(_COMPLETE)
+        has_payload = "1" if payload is not None else "0"
+        await script(
+            keys=[payload_key, result_key, complete],
+            args=[payload or "", f"{agent_id}:{result}", has_payload],
+        )
 
     await redis.run(write)
+
+
+#: Payload first, then the completion, in one atomic step (one round trip, unlike MULTI).
+_COMPLETE = """
+if ARGV[3] == '1' then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return redis.call('LPUSH', KEYS[3], ARGV[2])
+"""
+_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def parse_entry(entry: str) -> tuple[str, str] | None:
