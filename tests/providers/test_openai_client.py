@@ -79,9 +79,7 @@ async def test_tool_calls_round_trip(service: LLMService, llm: LLMServer) -> Non
     assert messages[2] == {"role": "tool", "content": "print('hi')", "tool_call_id": "call_1"}
 
 
-async def test_stream_text_tool_call_deltas_and_usage(
-    service: LLMService, llm: LLMServer
-) -> None:
+async def test_stream_text_tool_call_deltas_and_usage(service: LLMService, llm: LLMServer) -> None:
     llm.push(
         openai_sse(
             ["Hel", "lo"],

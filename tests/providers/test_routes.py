@@ -28,7 +28,7 @@ def test_default_table_is_the_seeds(make_settings: MakeSettings) -> None:
     ["zai", "zai:", ":glm-4.6", "ZAI:glm", "zai:glm 4.6", "za i:glm", "", "zai:-x", 42],
 )
 def test_malformed_routes(text: object) -> None:
-    with pytest.raises(RouteFormatError, match="route|provider"):
+    with pytest.raises(RouteFormatError, match=r"route|provider"):
         parse_route(text)
 
 
@@ -138,7 +138,9 @@ def test_prices_lookup_and_unknown_paid_model() -> None:
 
 
 def test_price_table_env(make_settings: MakeSettings) -> None:
-    table = load_route_table(make_settings(cfn_price_table='{"glm-4.6": {"input": 1, "output": 2}}'))
+    table = load_route_table(
+        make_settings(cfn_price_table='{"glm-4.6": {"input": 1, "output": 2}}')
+    )
     assert table.prices.price("zai", "glm-4.6", paid=True).output_per_mtok == 2
     with pytest.raises(ConfigError, match="CFN_PRICE_TABLE"):
         load_route_table(make_settings(cfn_price_table="{oops"))
@@ -147,7 +149,7 @@ def test_price_table_env(make_settings: MakeSettings) -> None:
 def test_bad_provider_settings_are_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CFN_TASK_BUDGET_USD", "-1")
     monkeypatch.setenv("ZAI_API_STYLE", "soap")
-    with pytest.raises(ConfigError, match="CFN_TASK_BUDGET_USD.*ZAI_API_STYLE"):
+    with pytest.raises(ConfigError, match=r"CFN_TASK_BUDGET_USD.*ZAI_API_STYLE"):
         load_settings()
 
 

@@ -46,9 +46,13 @@ from cfn.agents import shim
 from cfn.agents.context import (
     CONTEXT_FILE,
     DEFAULT_COMPOSE_PROJECT,
+    DEFAULT_MODE,
+    DEFAULT_PROVIDER,
     AgentContext,
     agent_dir,
     agent_name,
+    generate_cli_context,
+    redis_endpoint,
     write_private,
 )
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
@@ -680,3 +684,58 @@ def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) ->
     keys.validate_id(task_id, "task id")
     keys.validate_id(mode, "mode")
     keys.validate_id(provider, "provider")
+
+
+# --- the seed's spawn-agent.sh ---------------------------------------------------------------
+
+
+def agent_redis_url(settings: Settings) -> str:
+    """The Redis URL agents get: REDIS_URL, else the embedded redis-server (started if need be)."""
+    if settings.redis_url:
+        return settings.redis_url
+    if settings.cfn_redis_sentinels:
+        raise InvalidInputError(
+            "agents need REDIS_URL (the master's address) when cfn reaches Redis through "
+            "Sentinel (CFN_REDIS_SENTINELS)"
+        )
+    from cfn.coordination.embedded import EmbeddedRedis
+
+    return EmbeddedRedis(settings).ensure_running()
+
+
+async def spawn_agent(
+    settings: Settings,
+    agent_id: str,
+    task_id: str,
+    mode: str = DEFAULT_MODE,
+    provider: str = DEFAULT_PROVIDER,
+    *,
+    workspace: Path | None = None,
+    command: Sequence[str] | None = None,
+    redis_url: str | None = None,
+) -> ProcessHandle:
+    """``spawn-agent.sh AGENT_ID TASK_ID [MODE] [PROVIDER]``: a detached process agent.
+
+    Every argument and limit is checked before Redis is touched or anything
+    starts, so bad input spawns nothing.
+    """
+    validate_agent_ids(task_id, agent_id, mode, provider)
+    parse_memory_limit(settings.agent_memory_limit)
+    parse_cpu_limit(settings.agent_cpu_limit)
+    place = (workspace or settings.project_root).resolve()
+    if not place.is_dir():
+        raise InvalidInputError(f"workspace {place} is not a directory")
+    url = redis_url or agent_redis_url(settings)
+    endpoint = redis_endpoint(url)
+    context = generate_cli_context(
+        task_id,
+        agent_id,
+        settings=settings,
+        redis_host=endpoint.host,
+        redis_port=endpoint.port,
+        workspace=place,
+        mode=mode,
+        provider=provider,
+        redis_username=urlsplit(url).username or settings.redis_username,
+    )
+    return await ProcessSpawner(settings, redis_url=url).spawn(context, command=command)

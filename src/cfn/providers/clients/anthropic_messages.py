@@ -80,7 +80,9 @@ def build_params(request: ChatRequest, model: str) -> dict[str, Any]:
             for t in request.tools
         ]
     if request.temperature is not None:
-        params["temperature"] = request.temperature
+        # Recent SDKs dropped ``temperature`` from create()'s signature (newer models
+        # ignore it); the Messages API and z.ai's endpoint still take it in the body.
+        params["extra_body"] = {"temperature": request.temperature}
     return params
 
 

@@ -24,6 +24,24 @@ def _message(exc: BaseException) -> str:
     return text[:300]
 
 
+_REQUEST_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+    }
+)
+
+
+def _error_type(exc: BaseException) -> str | None:
+    body: Any = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    kind = err.get("type") if isinstance(err, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def sort_error(exc: BaseException, sdk: ModuleType, provider: str, key_hint: str) -> BaseException:
     """The exception to raise instead of ``exc`` (``exc`` itself when it is not ours to sort)."""
     if isinstance(exc, (sdk.APITimeoutError, *TIMEOUT_ERRORS)):
@@ -35,6 +53,14 @@ def sort_error(exc: BaseException, sdk: ModuleType, provider: str, key_hint: str
         status = int(exc.status_code)
         headers = dict(exc.response.headers) if exc.response is not None else None
         message = _message(exc)
+        if status < 400:
+            # An ``error`` event inside a 200 stream: sort it by the error's own type.
+            kind = _error_type(exc)
+            if kind in _REQUEST_ERROR_TYPES:
+                return ProviderRequestError(
+                    f"provider {provider!r} rejected the request mid-stream ({kind}): {message}"
+                )
+            return Transient("server_error", f"{kind or 'error'} event in stream: {message}")
         if status == 429:
             return Transient(
                 "rate_limited",
