@@ -42,8 +42,14 @@ def _ensure_service_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SERVICE_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
             check=True,
         )
         return pwd.getpwnam(SERVICE_USER)
@@ -86,8 +92,15 @@ class PostgresServer:
         self.workdir.chmod(0o700)
         subprocess.run(
             self._cmd(
-                "initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                "--encoding=UTF8", "--locale=C", "--no-sync",
+                "initdb",
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -107,8 +120,17 @@ class PostgresServer:
         )
         subprocess.run(
             self._cmd(
-                "pg_ctl", "start", "-w", "-t", "60", "-D", str(data),
-                "-l", str(self.workdir / "postgres.log"), "-o", options,
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(data),
+                "-l",
+                str(self.workdir / "postgres.log"),
+                "-o",
+                options,
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -119,18 +141,24 @@ class PostgresServer:
     def database(self, prefix: str = "t") -> str:
         """A new, empty database; returns its URL."""
         import psycopg
+        from psycopg import sql
 
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # name is ours: [a-z0-9_]
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} STRATEGY FILE_COPY").format(sql.Identifier(name))
+            )
         return self.url(name)
 
     def drop(self, url: str) -> None:
         import psycopg
+        from psycopg import sql
 
         name = url.rsplit("/", 1)[1]
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def stop(self) -> None:
         if self.workdir is None:

@@ -64,7 +64,7 @@ LOCK_FILE = ".spawn.lock"
 READY_TIMEOUT = 30.0
 MEMORY_MIN = 4 * 1024 * 1024
 MEMORY_MAX = 1024**5
-_MEMORY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)\s*(?:i?b)?\s*", re.IGNORECASE)
+_MEMORY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)([bkmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 

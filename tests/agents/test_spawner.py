@@ -1,0 +1,260 @@
+"""The process spawner on real processes and real cgroups: env, log, limits, timeout,
+kill, re-attach."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfn.agents import shim
+from cfn.agents.context import AgentContext
+from cfn.agents.signals import record_agent_failure
+from cfn.agents.spawner import ProcessSpawner
+from cfn.coordination.completion import collect_results
+from cfn.coordination.connection import RedisManager
+from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
+from cfn.settings import Settings
+from tests.conftest import CFN
+from tests.support.servers import RedisServer, cfn_env
+
+CGROUPS = shim.cgroups_writable()
+needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="cgroup v1 memory/cpu not writable here")
+
+PRINT_ENV = (
+    "import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+    "['AGENT_ID', 'TASK_ID', 'MODE', 'PROVIDER', 'COMPOSE_PROJECT_NAME', 'CFN_AGENT_CONTEXT', "
+    "'REDISCLI_AUTH', 'CFN_STATE_DIR']})); "
+    "print(open('/proc/self/cgroup').read())"
+)
+HOG = "x = bytearray(256 * 1024 * 1024); print('allocated', len(x))"
+
+
+async def test_spawned_agent_gets_the_seed_environment_and_a_log(
+    spawner: ProcessSpawner, make_context: Any, settings: Settings, workspace: Path
+) -> None:
+    ctx: AgentContext = make_context("impl-1-1", provider="kimi")
+    handle = await spawner.spawn(ctx, command=[sys.executable, "-c", PRINT_ENV])
+    assert handle.name == f"cfn-agent-impl-1-1-{ctx.task_id}"
+    info = await handle.wait()
+    assert info.ok, info
+    assert info.status == "exited"
+    assert info.exit_code == 0
+    log = handle.log_path.read_text()
+    env = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert env["AGENT_ID"] == "impl-1-1"
+    assert env["TASK_ID"] == ctx.task_id
+    assert env["MODE"] == "cli"
+    assert env["PROVIDER"] == "kimi"
+    assert env["COMPOSE_PROJECT_NAME"] == "cfn-main"
+    assert env["CFN_STATE_DIR"] == str(settings.state_dir)
+    context = AgentContext.from_file(env["CFN_AGENT_CONTEXT"])
+    assert context.agent_id == "impl-1-1"
+    assert context.cfn.log_file == str(handle.log_path)
+    assert stat_mode(Path(env["CFN_AGENT_CONTEXT"])) == 0o600
+    if CGROUPS:
+        assert handle.limits == "cgroup"
+        assert f"cfn/{handle.name}" in log  # it ran inside its own groups...
+        for path in json.loads((handle.directory / "state.json").read_text())["cgroups"].values():
+            assert not os.path.exists(path)  # ...which are gone after it ended
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@needs_cgroups
+async def test_memory_limit_bites_and_the_agent_is_recorded_failed(
+    settings: Settings,
+    redis_server: RedisServer,
+    manager: RedisManager,
+    make_context: Any,
+) -> None:
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    ctx = make_context("impl-1-1", memory_limit="64m")
+    handle = await spawner.spawn(ctx, command=[sys.executable, "-c", HOG])
+    info = await handle.wait()
+    assert info.oom_killed
+    assert info.status == "oom"
+    assert not info.ok
+    assert info.signal == signal.SIGKILL
+    assert info.limits == "cgroup"
+    assert info.max_memory_bytes is not None
+    assert info.max_memory_bytes <= 64 * 1024 * 1024
+    assert "OOM" in info.reason and "64 MiB" in info.reason
+    assert "allocated" not in handle.log_path.read_text()
+
+    assert await record_agent_failure(manager, ctx.task_id, "impl-1-1", info.reason, info.to_dict())
+    report = await collect_results(manager, ctx.task_id, 1, 0.7, 5.0)
+    assert report.arrived == 1
+    assert not report.results[0].ok
+    assert report.results[0].payload["reason"] == info.reason
+    assert not report.met
+
+
+async def test_memory_limit_without_cgroups_uses_rlimit(
+    tmp_path: Path, redis_server: RedisServer, make_context: Any
+) -> None:
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn", cfn_agent_cgroups="off")
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    handle = await spawner.spawn(
+        make_context("impl-1-2", memory_limit="128m"), command=[sys.executable, "-c", HOG]
+    )
+    info = await handle.wait()
+    assert info.limits == "rlimit"
+    assert info.exit_code == 1
+    assert info.oom_killed
+    assert info.status == "oom"
+    assert "MemoryError" in handle.log_path.read_text()
+
+
+@needs_cgroups
+async def test_cpu_limit_bites(spawner: ProcessSpawner, make_context: Any) -> None:
+    burn = "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass"
+    handle = await spawner.spawn(
+        make_context("impl-1-3", cpu_limit=0.2), command=[sys.executable, "-c", burn]
+    )
+    info = await handle.wait()
+    assert info.ok
+    assert info.record["cpu_throttled"] > 0
+    assert info.cpu_seconds is not None
+    assert info.cpu_seconds < 0.5  # unthrottled it would be ~0.8 s
+
+
+async def test_timeout_kills(spawner: ProcessSpawner, make_context: Any) -> None:
+    started = time.monotonic()
+    handle = await spawner.spawn(make_context("impl-1-4", timeout=1), command=["sleep", "30"])
+    info = await handle.wait()
+    elapsed = time.monotonic() - started
+    assert info.timed_out
+    assert info.status == "timeout"
+    assert info.signal == signal.SIGTERM
+    assert 0.9 < elapsed < 5
+    assert "timed out after 1 s" in info.reason
+
+
+async def test_timeout_escalates_to_sigkill(
+    tmp_path: Path, redis_server: RedisServer, make_context: Any
+) -> None:
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn", cfn_agent_kill_grace=0.3)
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    stubborn = "trap '' TERM; echo ready; while :; do sleep 0.05; done"
+    handle = await spawner.spawn(
+        make_context("impl-1-5", timeout=1), command=["sh", "-c", stubborn]
+    )
+    info = await handle.wait()
+    assert info.timed_out
+    assert info.signal == signal.SIGKILL
+
+
+async def test_kill_and_stop(spawner: ProcessSpawner, make_context: Any) -> None:
+    a = await spawner.spawn(make_context("impl-1-6"), command=["sleep", "30"])
+    b = await spawner.spawn(make_context("impl-1-7"), command=["sleep", "30"])
+    assert a.running and b.running
+    await a.kill()
+    await b.stop()
+    info_a, info_b = await a.wait(), await b.wait()
+    assert info_a.status == info_b.status == "killed"
+    assert info_a.signal == signal.SIGKILL
+    assert info_b.signal == signal.SIGTERM
+    assert not a.running
+
+
+async def test_a_running_agent_is_not_spawned_twice(
+    spawner: ProcessSpawner, make_context: Any
+) -> None:
+    handle = await spawner.spawn(make_context("impl-1-8"), command=["sleep", "30"])
+    try:
+        with pytest.raises(AgentSpawnError, match="already running"):
+            await spawner.spawn(make_context("impl-1-8"), command=["true"])
+    finally:
+        await handle.kill()
+        await handle.wait()
+    again = await spawner.spawn(make_context("impl-1-8"), command=["true"])
+    assert (await again.wait()).ok
+
+
+async def test_missing_command_is_a_spawn_error(spawner: ProcessSpawner, make_context: Any) -> None:
+    with pytest.raises(AgentSpawnError, match="no-such-agent-binary"):
+        await spawner.spawn(make_context("impl-1-9"), command=["/nonexistent/no-such-agent-binary"])
+
+
+async def test_bad_limits_spawn_nothing(
+    spawner: ProcessSpawner, make_context: Any, settings: Settings
+) -> None:
+    with pytest.raises(InvalidInputError, match="AGENT_MEMORY_LIMIT"):
+        await spawner.spawn(make_context("impl-2-1", memory_limit="lots"), command=["true"])
+    assert not (settings.state_dir / "tasks").exists()
+
+
+async def test_reattach_by_pid_after_the_orchestrator_is_gone(
+    tmp_path: Path, redis_server: RedisServer, task_id: str, workspace: Path
+) -> None:
+    # Another process (like a crashed orchestrator) spawns the agent and exits.
+    env = cfn_env(tmp_path, REDIS_URL=redis_server.url)
+    script = "echo started; sleep 1.5; echo finished; exit 3"
+    out = subprocess.run(
+        [*CFN, "spawn-agent", "impl-1-1", task_id, "--workspace", str(workspace),
+         "--command", f"sh -c '{script}'"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"cfn-agent-impl-1-1-{task_id}"
+
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn")
+    spawner = ProcessSpawner(settings)
+    state = json.loads((spawner.agent_dir(task_id, "impl-1-1") / "state.json").read_text())
+    with pytest.raises(AgentLookupError, match="is not"):
+        await spawner.attach(task_id, "impl-1-1", pid=state["pid"] + 1)
+    with pytest.raises(AgentLookupError, match="no agent"):
+        await spawner.attach(task_id, "impl-9-9")
+
+    handle = await spawner.attach(task_id, "impl-1-1", pid=state["pid"])
+    assert handle.running
+    info = await handle.wait()
+    assert info.exit_code == 3
+    assert info.status == "failed"
+    assert "finished" in handle.log_path.read_text()
+    # Attaching once it is over gives the same record at once.
+    later = await spawner.attach(task_id, "impl-1-1")
+    assert (await later.wait()).exit_code == 3
+
+
+async def test_reattach_when_the_supervisor_was_killed(
+    spawner: ProcessSpawner, make_context: Any, settings: Settings
+) -> None:
+    handle = await spawner.spawn(make_context("impl-1-1"), command=["sleep", "0.5"])
+    os.kill(handle.shim_pid, signal.SIGKILL)
+    other = await ProcessSpawner(settings).attach(handle.task_id, handle.agent_id, handle.pid)
+    info = await other.wait()
+    assert info.lost
+    assert info.status == "lost"
+    assert not handle.running
+
+
+async def test_pid_of_another_process_is_not_trusted(
+    spawner: ProcessSpawner, make_context: Any, settings: Settings
+) -> None:
+    handle = await spawner.spawn(make_context("impl-1-1"), command=["sleep", "30"])
+    try:
+        state_file = handle.directory / "state.json"
+        state = json.loads(state_file.read_text())
+        impostor = subprocess.Popen(["sleep", "30"])
+        try:
+            state.update(pid=impostor.pid, pid_start=shim.proc_start_ticks(impostor.pid))
+            state_file.write_text(json.dumps(state))
+            with pytest.raises(AgentLookupError, match="is not cfn-agent"):
+                await ProcessSpawner(settings).attach(handle.task_id, handle.agent_id)
+        finally:
+            impostor.kill()
+            impostor.wait()
+    finally:
+        await handle.kill()
+        await handle.wait()
