@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from cfn import __version__
+from cfn.cli import agents as agents_cli
 from cfn.cli import coordination as coord_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
@@ -40,6 +41,7 @@ app.add_typer(store_cli.skills_app, name="skills")
 app.command("collect-results")(coord_cli.collect_results_cmd)
 app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
+app.command("spawn-agent")(agents_cli.spawn_agent_cmd)
 
 
 def _print_version(value: bool) -> None:
