@@ -1,0 +1,91 @@
+"""`cfn spawn-agent AGENT_ID TASK_ID [MODE] [PROVIDER]`, as the seed's spawn-agent.sh."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from cfn.agents.spawner import ProcessSpawner
+from cfn.settings import Settings
+from tests.conftest import CFN
+from tests.support.servers import RedisServer, cfn_env
+
+SHOW = "sh -c 'echo seen $AGENT_ID $TASK_ID $MODE $PROVIDER $COMPOSE_PROJECT_NAME'"
+
+
+async def test_spawn_agent_prints_the_name_and_runs_detached(
+    tmp_path: Path, redis_server: RedisServer, task_id: str, workspace: Path
+) -> None:
+    env = cfn_env(tmp_path, REDIS_URL=redis_server.url)
+    runs = {
+        "impl-1-1": [],
+        "impl-1-2": ["cli", "kimi"],
+    }
+    procs = {
+        agent: subprocess.Popen(
+            [
+                *CFN,
+                "spawn-agent",
+                agent,
+                task_id,
+                *extra,
+                "--command",
+                SHOW,
+                "--workspace",
+                str(workspace),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for agent, extra in runs.items()
+    }
+    for agent, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out == f"cfn-agent-{agent}-{task_id}\n"
+    spawner = ProcessSpawner(Settings(cfn_state_dir=tmp_path / ".cfn"))
+    logs = {}
+    for agent in runs:
+        handle = await spawner.attach(task_id, agent)
+        assert (await handle.wait()).ok
+        logs[agent] = handle.log_path.read_text()
+    assert f"seen impl-1-1 {task_id} cli zai cfn-main" in logs["impl-1-1"]
+    assert f"seen impl-1-2 {task_id} cli kimi cfn-main" in logs["impl-1-2"]
+
+
+def test_bad_input_is_one_error_exit_2_and_spawns_nothing(
+    tmp_path: Path, redis_server: RedisServer, task_id: str, workspace: Path
+) -> None:
+    base = cfn_env(tmp_path, REDIS_URL=redis_server.url)
+    ok_cmd = ["--command", "true", "--workspace", str(workspace)]
+    cases = {
+        "agent id": (["bad/agent", task_id, *ok_cmd], {}),
+        "task id": (["impl-1-1", "a:b", *ok_cmd], {}),
+        "mode": (["impl-1-1", task_id, "no mode!", *ok_cmd], {}),
+        "AGENT_MEMORY_LIMIT": (["impl-1-1", task_id, *ok_cmd], {"AGENT_MEMORY_LIMIT": "12x"}),
+        "AGENT_CPU_LIMIT": (["impl-1-1", task_id, *ok_cmd], {"AGENT_CPU_LIMIT": "lots"}),
+        "AGENT_TIMEOUT": (["impl-1-1", task_id, *ok_cmd], {"AGENT_TIMEOUT": "-5"}),
+        "--command": (["impl-1-1", task_id, "--command", "'unclosed"], {}),
+        "workspace": (["impl-1-1", task_id, "--command", "true", "--workspace", "/no/such"], {}),
+    }
+    procs = {
+        name: subprocess.Popen(
+            [*CFN, "spawn-agent", *args],
+            env={**base, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, extra) in cases.items()
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (name, err)
+        assert out == "", name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("[ERROR] "), (name, err)
+        assert name in lines[0], (name, err)
+    assert not (tmp_path / ".cfn" / "tasks").exists()
+    assert not (tmp_path / ".cfn" / "redis").exists()
