@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, update
+from pydantic import TypeAdapter
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -62,6 +63,19 @@ T_AGENTS: Table = Base.metadata.tables["agents"]
 T_DECISIONS: Table = Base.metadata.tables["decisions"]
 T_EVENTS: Table = Base.metadata.tables["events"]
 T_LLM_CALLS: Table = Base.metadata.tables["llm_calls"]
+
+
+# Statements built once: building ``insert().values(...)`` per row costs more than
+# running it. Values always travel as bound parameters.
+_SKILL_BY_NAME = select(T_SKILLS).where(T_SKILLS.c.name == bindparam("name"))
+_INSERT_APPROVALS = insert(T_APPROVALS).returning(T_APPROVALS.c.id, sort_by_parameter_order=True)
+_HISTORY = (
+    select(T_APPROVALS)
+    .where(T_APPROVALS.c.skill_id == bindparam("skill_id"))
+    .order_by(T_APPROVALS.c.id)
+)
+_APPROVAL_LIST = TypeAdapter(list[ApprovalRecord])
+_INSERT_EVENTS = insert(T_EVENTS).returning(T_EVENTS.c.id, sort_by_parameter_order=True)
 
 
 def utcnow() -> datetime:
@@ -180,7 +194,7 @@ class Store:
         return SkillRecord.model_validate(dict(row._mapping))
 
     def _find_skill(self, conn: Connection, name: str) -> SkillRecord | None:
-        row = conn.execute(select(T_SKILLS).where(T_SKILLS.c.name == name)).first()
+        row = conn.execute(_SKILL_BY_NAME, {"name": name}).first()
         return None if row is None else self._skill(row)
 
     def upsert_skill(
@@ -280,31 +294,33 @@ class Store:
                         )
                     ids[name] = skill.id
             now = utcnow()
-            for name, agent_id, decision, confidence, metadata in clean:
-                row = conn.execute(
-                    insert(T_APPROVALS)
-                    .values(
-                        skill_id=ids[name],
-                        agent_id=agent_id,
-                        decision=decision,
-                        confidence=confidence,
-                        metadata=metadata,
-                        created_at=now,
-                    )
-                    .returning(T_APPROVALS.c.id)
-                ).one()
-                out.append(
-                    ApprovalRecord(
-                        id=row.id,
-                        skill_id=ids[name],
-                        skill_name=name,
-                        agent_id=agent_id,
-                        decision=decision,
-                        confidence=confidence,
-                        metadata=metadata,
-                        created_at=now,
-                    )
+            params = [
+                {
+                    "skill_id": ids[name],
+                    "agent_id": agent_id,
+                    "decision": decision,
+                    "confidence": confidence,
+                    "metadata": metadata,
+                    "created_at": now,
+                }
+                for name, agent_id, decision, confidence, metadata in clean
+            ]
+            new_ids = conn.execute(_INSERT_APPROVALS, params).scalars().all() if params else []
+        for row_id, (name, agent_id, decision, confidence, metadata) in zip(
+            new_ids, clean, strict=True
+        ):
+            out.append(
+                ApprovalRecord(
+                    id=row_id,
+                    skill_id=ids[name],
+                    skill_name=name,
+                    agent_id=agent_id,
+                    decision=decision,
+                    confidence=confidence,
+                    metadata=metadata,
+                    created_at=now,
                 )
+            )
         return out
 
     def history(self, skill_name: str) -> list[ApprovalRecord]:
@@ -316,15 +332,9 @@ class Store:
                 raise NotFoundError(
                     f"no skill named {name!r}; `cfn skills list` shows the known ones"
                 )
-            rows = conn.execute(
-                select(T_APPROVALS)
-                .where(T_APPROVALS.c.skill_id == skill.id)
-                .order_by(T_APPROVALS.c.id)
-            ).all()
-        return [
-            ApprovalRecord.model_validate({**row._mapping, "skill_name": skill.name})
-            for row in rows
-        ]
+            rows = conn.execute(_HISTORY, {"skill_id": skill.id}).mappings().all()
+        # One validation call for the whole list (pydantic-core), not one per row.
+        return _APPROVAL_LIST.validate_python([{**row, "skill_name": skill.name} for row in rows])
 
     # --- tasks, iterations, agents, decisions --------------------------------------
 
@@ -528,20 +538,19 @@ class Store:
         self, events: Iterable[tuple[str, Mapping[str, Any] | str, str | None]]
     ) -> list[int]:
         """Append events in one transaction; an error in any of them appends none."""
-        ids: list[int] = []
         with self.write() as conn:
-            for kind, payload, task_id in events:
-                row = conn.execute(
-                    insert(T_EVENTS)
-                    .values(
-                        task_id=None if task_id is None else keys.validate_id(task_id, "task id"),
-                        kind=check.text_field(kind, "event kind", 64),
-                        payload=_payload(payload),
-                        created_at=utcnow(),
-                    )
-                    .returning(T_EVENTS.c.id)
-                ).one()
-                ids.append(int(row.id))
+            # Consumed inside the transaction: an error from the caller's iterable
+            # half-way through rolls back whatever it produced before.
+            params = [
+                {
+                    "task_id": None if task_id is None else keys.validate_id(task_id, "task id"),
+                    "kind": check.text_field(kind, "event kind", 64),
+                    "payload": _payload(payload),
+                    "created_at": utcnow(),
+                }
+                for kind, payload, task_id in events
+            ]
+            ids = [int(i) for i in conn.execute(_INSERT_EVENTS, params).scalars()] if params else []
         return ids
 
     def events(
