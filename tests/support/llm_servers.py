@@ -298,6 +298,9 @@ def auto_reply(request: Recorded) -> Reply:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits for
+    # the client's delayed ACK (~40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
