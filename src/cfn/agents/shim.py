@@ -1,7 +1,7 @@
 """The per-agent supervisor: limits, timeout, exit record (what ``docker run -d`` gives).
 
 The process spawner does not run an agent directly. It starts this small
-supervisor (``python -I shim.py SPEC READY_FD``, in its own session), which
+supervisor (``python -I -S shim.py SPEC READY_FD``, in its own session), which
 
 1. creates the agent's cgroup v1 groups (``memory`` and ``cpu``, nested as
    ``cfn/<name>`` under the supervisor's own cgroup, so whatever limits the

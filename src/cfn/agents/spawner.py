@@ -600,7 +600,7 @@ class ProcessSpawner:
             ready_r, ready_w = os.pipe()
             try:
                 popen = subprocess.Popen(
-                    [self.python, "-I", shim.__file__, str(spec_file), str(ready_w)],
+                    [self.python, "-I", "-S", shim.__file__, str(spec_file), str(ready_w)],
                     stdin=subprocess.DEVNULL,
                     stdout=log_fd,
                     stderr=log_fd,
