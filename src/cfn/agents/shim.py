@@ -169,10 +169,9 @@ class Cgroups:
                 path = cgroup_dir(controller, name, root)
                 if path is None:
                     raise OSError(errno.ENOENT, f"no cgroup v1 {controller} hierarchy")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
                 if os.path.isdir(path):
                     _remove_stale(path)
-                os.mkdir(path)
+                _mkdir_under_shared_parent(path)
                 paths[controller] = path
             if memory_bytes is not None:
                 mem = paths["memory"]
@@ -240,6 +239,23 @@ class Cgroups:
                         with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.kill(pid, signal.SIGKILL)
                     time.sleep(0.01)
+            # The shared ``cfn`` parent goes too once empty, so nothing of ours is left
+            # under the cgroup we were started in (whoever owns it can remove it).
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))
+
+
+def _mkdir_under_shared_parent(path: str) -> None:
+    """mkdir ``.../cfn/<name>``; the shared ``cfn`` parent may vanish under us when the
+    last other agent's supervisor removes it, so create it again and retry."""
+    for _ in range(5):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.mkdir(path)
+            return
+        except FileNotFoundError:
+            continue
+    os.mkdir(path)
 
 
 def _remove_stale(path: str) -> None:

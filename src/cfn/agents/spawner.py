@@ -739,3 +739,8 @@ async def spawn_agent(
         redis_username=urlsplit(url).username or settings.redis_username,
     )
     return await ProcessSpawner(settings, redis_url=url).spawn(context, command=command)
+
+
+def _conforms(spawner: ProcessSpawner, handle: ProcessHandle) -> tuple[Spawner, AgentHandle]:
+    """Never called: makes mypy check that the process classes implement the protocols."""
+    return spawner, handle
