@@ -9,6 +9,7 @@ Agents call LLMs only through ``LLMService``::
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -46,16 +47,31 @@ log = logging.getLogger(__name__)
 
 
 def store_sink() -> UsageSink | None:
-    """The SQL store's ``record_llm_call`` as a sink, when the store provides one."""
-    for module_name in ("cfn.store.repositories", "cfn.store"):
-        try:
-            module: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        record = getattr(module, "record_llm_call", None)
-        if callable(record):
-            return StoreSink(record)
-    return None
+    """The SQL store's ``record_llm_call`` (``llm_calls`` table) as a sink, when present.
+
+    That function is synchronous (it writes SQL), so it runs in a worker thread.
+    """
+    try:
+        module: Any = importlib.import_module("cfn.store.repository")
+    except ImportError:
+        return None
+    record_llm_call = getattr(module, "record_llm_call", None)
+    if not callable(record_llm_call):
+        return None
+
+    async def record(call: CallRecord) -> None:
+        await asyncio.to_thread(
+            record_llm_call,
+            provider=call.provider,
+            model=call.model,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cost_usd=max(0.0, call.cost_usd),
+            task_id=call.task_id,
+            agent_id=call.agent_id,
+        )
+
+    return StoreSink(record)
 
 
 def build_service(
