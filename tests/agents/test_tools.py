@@ -22,8 +22,9 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 async def test_write_read_list(ws: Workspace) -> None:
-    assert "wrote 5 bytes to src/a.py" == await execute(ws, call("write_file", path="src/a.py",
-                                                                  content="x = 1"))
+    assert await execute(
+        ws, call("write_file", path="src/a.py", content="x = 1")
+    ) == "wrote 5 bytes to src/a.py"
     assert await execute(ws, call("read_file", path="src/a.py")) == "x = 1"
     assert await execute(ws, call("list_files")) == "src/a.py"
     assert ws.written == ["src/a.py"]

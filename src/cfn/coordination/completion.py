@@ -8,9 +8,10 @@ a Python agent are interchangeable::
     LPUSH coord:{task}:payload:{agent} "<json with confidence>"
 
 We also keep the payload at ``swarm:{task}:result:{agent}``. Python agents
-write all three in one Lua script (atomic, one round trip), payload first; the seed's bash writes the
-completion before the payload, so a collector gives a completion without a
-payload a short grace period (``payload_grace``) before it counts it failed.
+write all three in one Lua script (atomic, one round trip), payload first;
+the seed's bash writes the completion before the payload, so a collector
+gives a completion without a payload a short grace period
+(``payload_grace``) before it counts it failed.
 
 ``coord:{task}:complete`` is the durable record: collectors never remove
 entries. They read only what is new (``LRANGE key 0 -(seen+1)``, since new
