@@ -9,6 +9,7 @@ from sqlalchemy import insert
 
 from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidIdError, PayloadTooLargeError
+from cfn.settings import Settings
 from cfn.store.cache import CachedStore, QueryCache, SessionStore, approval_write_tags
 from cfn.store.repository import T_APPROVALS, Store
 from tests.support.servers import RedisServer
@@ -84,7 +85,6 @@ async def test_hit_ratio_is_a_figure_shared_through_redis(
 
 
 async def test_redis_down_falls_back_to_sql(store: Store, tmp_path: object) -> None:
-    from cfn.settings import Settings
     from tests.support.servers import free_port
 
     dead = RedisManager.from_url(
@@ -102,7 +102,7 @@ async def test_redis_down_falls_back_to_sql(store: Store, tmp_path: object) -> N
 
 
 async def test_session_data_with_ttl(manager: RedisManager, redis_server: RedisServer) -> None:
-    sessions = SessionStore(manager, ttl=1)
+    sessions = SessionStore.from_settings(manager, Settings(cfn_session_ttl=1))
     await sessions.put("task-1", {"user": "o'neil; --", "step": 2})
     assert redis_server.client().exists("session:task-1")
     assert await sessions.get("task-1") == {"user": "o'neil; --", "step": 2}

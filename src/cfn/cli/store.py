@@ -37,7 +37,7 @@ def _invalidate(tags: list[str]) -> None:
 
     cfg = settings()
     if cache_reachable(cfg):
-        with_redis(lambda m: QueryCache(m, cfg.cfn_query_cache_ttl).invalidate(tags))
+        with_redis(lambda m: QueryCache.from_settings(m, cfg).invalidate(tags))
 
 
 def _when(value: object) -> str:

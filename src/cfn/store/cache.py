@@ -93,6 +93,10 @@ class QueryCache:
         self.local = CacheStats()
         self._warned = False
 
+    @classmethod
+    def from_settings(cls, manager: RedisManager, settings: Settings) -> QueryCache:
+        return cls(manager, settings.cfn_query_cache_ttl)
+
     async def fetch(
         self,
         query: str,
@@ -259,6 +263,11 @@ class SessionStore:
         self.manager = manager
         self.default_ttl = ttl
         self.max_bytes = max_bytes
+
+    @classmethod
+    def from_settings(cls, manager: RedisManager, settings: Settings) -> SessionStore:
+        """CFN_SESSION_TTL, and CFN_CONTEXT_MAX_BYTES as the size limit."""
+        return cls(manager, settings.cfn_session_ttl, settings.cfn_context_max_bytes)
 
     async def put(self, task_id: str, data: Mapping[str, Any], ttl: int | None = None) -> None:
         key = keys.session(task_id)
