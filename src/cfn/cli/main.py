@@ -16,6 +16,7 @@ from cfn.cli import coordination as coord_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
 from cfn.cli.providers import providers_app
+from cfn.cli.runtime import agent_app
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager, mask_url
 from cfn.coordination.embedded import EmbeddedRedis
@@ -42,6 +43,7 @@ app.command("collect-results")(coord_cli.collect_results_cmd)
 app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
 app.command("spawn-agent")(agents_cli.spawn_agent_cmd)
+app.add_typer(agent_app, name="agent")
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,313 @@
+"""The agent runtime: ``cfn agent run --context FILE``.
+
+One agent, one process. It loads its context and profile, holds a lock so a
+second copy of the same agent (started again after an orchestrator crash)
+does not do the work twice, heartbeats, runs a tool-use conversation with
+its provider through the router (``LLMService``: budget, fallback, usage),
+and reports with the seed's wire format. The result's confidence comes from
+the model's final reply, a JSON object on its last line; a reply without a
+parseable confidence is reported as failed, never given a default.
+
+Roles:
+- ``implementer`` (Loop 3): all tools, works in the workspace.
+- ``validator`` (Loop 2): read-only tools plus commands; reviews deliverables
+  and gives feedback.
+- ``product-owner``: read-only tools; answers PROCEED, ITERATE or ABORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfn.agents import signals as agent_signals
+from cfn.agents.context import AgentContext
+from cfn.agents.heartbeat import Heartbeater
+from cfn.agents.profiles import AgentProfile
+from cfn.agents.tools import TOOL_SPECS, Workspace, execute
+from cfn.coordination import completion, locks
+from cfn.coordination.connection import RedisManager
+from cfn.errors import CfnError, WaitTimeoutError
+from cfn.providers import ChatRequest, ChatResponse, LLMService, Message, TaskTraits, build_service
+from cfn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_TURNS = 12
+READ_ONLY_TOOLS = {"read_file", "list_files", "run_command"}
+_JSON_LINE = re.compile(r"\{.*\}", re.DOTALL)
+
+INSTRUCTIONS = {
+    "implementer": (
+        "You are {name}, an implementer in a CFN Loop team (Loop 3). Do the work the epic "
+        "asks for in the workspace, using the tools (paths are relative to the workspace). "
+        "When you are done, reply with a summary whose LAST line is one JSON object: "
+        '{{"confidence": <0..1, how sure you are the work is complete and correct>, '
+        '"summary": "...", "files": ["..."], "concerns": "..."}}.'
+    ),
+    "validator": (
+        "You are {name}, a validator in a CFN Loop team (Loop 2). Review the implementers' "
+        "deliverables in the workspace against the epic; you may read files and run "
+        "commands (tests, linters) but not write. Reply with a review whose LAST line is one "
+        'JSON object: {{"confidence": <0..1, how ready the work is>, "feedback": "what must '
+        'change, if anything", "summary": "..."}}.'
+    ),
+    "product-owner": (
+        "You are {name}, the product owner of a CFN Loop task. Given the epic, the gate and "
+        "consensus figures and the deliverables, decide. Reply with a LAST line that is one "
+        'JSON object: {{"decision": "PROCEED" | "ITERATE" | "ABORT", "reason": "...", '
+        '"confidence": <0..1>}}.'
+    ),
+}
+
+
+@dataclass
+class RunResult:
+    result: str  # success or failed
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_final(text: str) -> dict[str, Any] | None:
+    """The JSON object on the reply's last line that holds one (models add prose above)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip().strip("`").strip()
+        if not line.startswith("{"):
+            continue
+        match = _JSON_LINE.search(line)
+        if match is None:
+            continue
+        try:
+            value = json.loads(match.group(0))
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _brief(context: AgentContext) -> str:
+    extra = context.cfn.extra
+    parts = [f"Task {context.task_id}, iteration {context.cfn.iteration or 1}."]
+    parts.append(f"Epic:\n{context.cfn.epic or extra.get('epic') or '(none given)'}")
+    if context.cfn.feedback:
+        parts.append(
+            "Feedback from the previous iteration:\n- " + "\n- ".join(context.cfn.feedback)
+        )
+    if extra.get("deliverables"):
+        parts.append("Deliverables to review:\n" + json.dumps(extra["deliverables"], indent=2))
+    for name in ("gate", "consensus"):
+        if extra.get(name):
+            parts.append(f"{name}: {json.dumps(extra[name])}")
+    return "\n\n".join(parts)
+
+
+def _lock_resource(context: AgentContext) -> str:
+    digest = hashlib.sha256(f"{context.task_id}/{context.agent_id}".encode()).hexdigest()[:40]
+    return f"agent-{digest}"
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        context: AgentContext,
+        settings: Settings,
+        redis: RedisManager,
+        service: LLMService,
+        profile: AgentProfile | None,
+    ) -> None:
+        self.context = context
+        self.settings = settings
+        self.redis = redis
+        self.service = service
+        self.profile = profile
+        self.role = context.cfn.role or "implementer"
+        timeout = min(context.resources.timeout_seconds, 600.0)
+        self.workspace = Workspace(Path(context.workspace), command_timeout=timeout)
+        self.responses: list[ChatResponse] = []
+
+    # --- the conversation ---------------------------------------------------------------
+
+    def _request(self, messages: list[Message]) -> ChatRequest:
+        allowed = (
+            TOOL_SPECS
+            if self.role == "implementer"
+            else tuple(t for t in TOOL_SPECS if t.name in READ_ONLY_TOOLS)
+        )
+        if self.role == "product-owner":
+            allowed = tuple(t for t in allowed if t.name != "run_command")
+        return ChatRequest(
+            messages=tuple(messages),
+            tools=allowed,
+            temperature=self.profile.temperature if self.profile else None,
+            max_tokens=self.profile.max_tokens if self.profile else None,
+        )
+
+    async def converse(self) -> RunResult:
+        name = self.profile.name if self.profile else self.context.agent_id
+        system = INSTRUCTIONS.get(self.role, INSTRUCTIONS["implementer"]).format(name=name)
+        messages = [Message("system", system), Message("user", _brief(self.context))]
+        traits = TaskTraits(
+            complexity=self.context.cfn.extra.get("complexity"),
+            cost_sensitive=bool(self.context.cfn.extra.get("cost_sensitive")),
+        )
+        for _turn in range(MAX_TURNS):
+            reply = await self.service.complete(
+                self._request(messages),
+                agent_id=self.context.agent_id,
+                task_id=self.context.task_id,
+                task=traits,
+                provider=self.context.provider,
+                model=self.context.cfn.model,
+            )
+            self.responses.append(reply)
+            if not reply.tool_calls:
+                return self._final(reply)
+            messages.append(Message("assistant", reply.text, reply.tool_calls))
+            for call in reply.tool_calls:
+                if self.role != "implementer" and call.name == "write_file":
+                    output = "error: this role may not write files"
+                else:
+                    output = await execute(self.workspace, call)
+                messages.append(Message("tool", output, tool_call_id=call.id))
+        return RunResult("failed", self._payload(error=f"no final answer after {MAX_TURNS} turns"))
+
+    def _final(self, reply: ChatResponse) -> RunResult:
+        final = parse_final(reply.text)
+        if final is None:
+            return RunResult(
+                "failed", self._payload(error="the final reply has no JSON line with a confidence")
+            )
+        payload = self._payload(**{k: v for k, v in final.items() if k not in {"files"}})
+        confidence, why = completion.parse_confidence(final)
+        if why is not None:
+            payload.pop("confidence", None)
+            payload["error"] = f"unusable confidence in the final reply: {why}"
+            return RunResult("failed", payload)
+        payload["confidence"] = confidence
+        return RunResult("success", payload)
+
+    def _payload(self, **fields: Any) -> dict[str, Any]:
+        last = self.responses[-1] if self.responses else None
+        payload: dict[str, Any] = {
+            "agent_id": self.context.agent_id,
+            "role": self.role,
+            "iteration": self.context.cfn.iteration,
+            "files": list(self.workspace.written),
+            "provider": last.provider if last else self.context.provider,
+            "model": last.model if last else self.context.cfn.model,
+            "offline": bool(last and last.offline),
+            "turns": len(self.responses),
+            "input_tokens": sum(r.usage.input_tokens for r in self.responses),
+            "output_tokens": sum(r.usage.output_tokens for r in self.responses),
+            "cost_usd": round(sum(r.cost_usd for r in self.responses), 6),
+        }
+        payload.update(fields)
+        return payload
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Lock, heartbeat, converse, report. Exactly one report per run."""
+        ctx = self.context
+        interval = ctx.cfn.heartbeat.interval
+        lock_ttl = max(3 * interval, 1.0)
+        try:
+            handle = await locks.acquire_lock(
+                self.redis, _lock_resource(ctx), ttl=lock_ttl, wait=lock_ttl + 1.0
+            )
+        except WaitTimeoutError:
+            log.warning("another copy of %s is running; this one exits", ctx.agent_id)
+            return RunResult("duplicate")
+        try:
+            if await self._already_reported():
+                log.warning("%s already reported; nothing to do", ctx.agent_id)
+                return RunResult("duplicate")
+            async with Heartbeater(
+                self.redis, ctx.task_id, ctx.agent_id, interval, pid=os.getpid()
+            ):
+                keeper = asyncio.create_task(self._keep_lock(handle, lock_ttl))
+                stopper = asyncio.create_task(self._watch_stop())
+                work = asyncio.create_task(self._converse_safely())
+                try:
+                    done, _pending = await asyncio.wait(
+                        {work, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if work in done:
+                        result = work.result()
+                    else:
+                        work.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await work
+                        result = RunResult("failed", self._payload(error=stopper.result()))
+                finally:
+                    for extra in (keeper, stopper):
+                        extra.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await extra
+                await completion.signal_completion(
+                    self.redis,
+                    ctx.task_id,
+                    ctx.agent_id,
+                    result.result,
+                    json.dumps(result.payload, default=str),
+                    max_bytes=self.settings.cfn_context_max_bytes,
+                )
+                return result
+        finally:
+            with contextlib.suppress(CfnError):
+                await locks.release_lock(self.redis, handle.resource, handle.token)
+
+    async def _converse_safely(self) -> RunResult:
+        try:
+            return await self.converse()
+        except CfnError as exc:
+            return RunResult("failed", self._payload(error=str(exc)))
+
+    async def _already_reported(self) -> bool:
+        key = self.context.coordination.channels.complete
+        entries = await self.redis.run(lambda r: r.lrange(key, 0, -1))
+        return any(str(e).split(":", 1)[0] == self.context.agent_id for e in entries)
+
+    async def _keep_lock(self, handle: locks.LockHandle, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            with contextlib.suppress(CfnError):
+                await locks.extend_lock(self.redis, handle.resource, handle.token, ttl)
+
+    async def _watch_stop(self) -> str:
+        """Returns (ending the run) when a ``stop`` signal arrives for this agent."""
+        while True:
+            try:
+                signal = await agent_signals.wait_agent_signal(
+                    self.redis, self.context.task_id, self.context.agent_id, 3600.0
+                )
+            except WaitTimeoutError:
+                continue
+            if signal.type == agent_signals.STOP:
+                reason = signal.data.get("reason") or "stopped by a stop signal"
+                return f"stopped: {reason}"
+
+
+async def run_from_file(path: Path, settings: Settings) -> RunResult:
+    """Entry point of ``cfn agent run``."""
+    from cfn.agents.profiles import load_profiles
+
+    context = AgentContext.from_file(path)
+    redis = RedisManager.from_settings(settings)
+    service = build_service(settings, redis, with_store=True)
+    try:
+        profiles = load_profiles(settings)
+        profile = profiles.get(context.cfn.profile or context.agent_id)
+        runtime = AgentRuntime(context, settings, redis, service, profile)
+        return await runtime.run()
+    finally:
+        await service.aclose()
+        await redis.close()

@@ -1,0 +1,32 @@
+"""``cfn agent run``: the process an agent is."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cfn.cli.common import err, settings
+
+agent_app = typer.Typer(
+    help="Run an agent (what spawned agent processes execute).", no_args_is_help=True
+)
+
+
+@agent_app.command("run")
+def agent_run(
+    context: Annotated[
+        Path, typer.Option("--context", help="The agent's context JSON (the seed's format).")
+    ],
+) -> None:
+    """Run one agent from its context file; exit 0 when it reported success."""
+    from cfn.agents.runtime import run_from_file
+
+    result = asyncio.run(run_from_file(context, settings()))
+    if result.result == "failed":
+        err.print(
+            f"[ERROR] agent reported failure: {result.payload.get('error', '')}", markup=False
+        )
+        raise typer.Exit(1)
