@@ -68,6 +68,9 @@ BUILTIN_PROFILES: tuple[AgentProfile, ...] = (
     AgentProfile(id="coder", name="Coder", temperature=0.2, max_tokens=8192),
     AgentProfile(id="tester", name="Tester", temperature=0.2, max_tokens=4096),
     AgentProfile(id="reviewer", name="Reviewer", temperature=0.1, max_tokens=4096),
+    AgentProfile(
+        id="security-specialist", name="Security Specialist", temperature=0.1, max_tokens=4096
+    ),
     AgentProfile(id="product-owner", name="Product Owner", temperature=0.0, max_tokens=2048),
 )
 

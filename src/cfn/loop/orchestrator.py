@@ -59,10 +59,17 @@ class AgentPlan:
 
 
 class RunningAgent(Protocol):
-    pid: int
-    profile: str | None
-    provider: str | None
-    model: str | None
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def profile(self) -> str | None: ...
+
+    @property
+    def provider(self) -> str | None: ...
+
+    @property
+    def model(self) -> str | None: ...
 
     async def wait(self) -> str:
         """Wait for the process to end; a short description of how it ended."""

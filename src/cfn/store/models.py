@@ -122,6 +122,9 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime, nullable=False, server_default=func.current_timestamp()
     )
+    #: The orchestrator's run options and checkpoint, as JSON (revision 0003).
+    options: Mapped[str | None] = mapped_column(Text)
+    checkpoint: Mapped[str | None] = mapped_column(Text)
 
 
 class Iteration(Base):
@@ -161,6 +164,10 @@ class Agent(Base):
     status: Mapped[str] = mapped_column(String(20), nullable=False)
     confidence: Mapped[float | None] = mapped_column(Float)
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime)
+    loop: Mapped[int | None] = mapped_column(Integer)
+    iteration: Mapped[int | None] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
         DateTime, nullable=False, server_default=func.current_timestamp()
     )
@@ -171,6 +178,7 @@ class Decision(Base):
     __table_args__ = (
         CheckConstraint(_in("decision", LOOP_DECISIONS), name="decision"),
         ForeignKeyConstraint(["task_id"], ["tasks.id"], ondelete="CASCADE"),
+        UniqueConstraint("task_id", "iteration", name="uq_decisions_task_id_iteration"),
         Index("ix_decisions_task_id", "task_id"),
     )
 
