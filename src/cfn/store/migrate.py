@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: The newest revision (tests check it against the scripts); lets the common
 #: "schema is current" check skip importing Alembic at all.
-HEAD = "0003"
+HEAD = "0002"
 #: Arbitrary constant naming cfn's migration lock among PostgreSQL advisory locks.
 PG_LOCK_KEY = 0x0CF5_0003
 VERSION_TABLE = "alembic_version"
@@ -84,10 +84,45 @@ def current(engine: Engine) -> str | None:
 
 def _locked(engine: Engine) -> Connection:
     connection = engine.connect().execution_options(**{WRITE_OPTION: True})
+    if connection.dialect.name == "sqlite":
+        # SQLite's table-rebuild procedure (what Alembic's batch mode does for most
+        # ALTERs): foreign keys off *outside* the transaction (the pragma is a no-op
+        # inside one), or the DROP of a rebuilt parent table runs an implicit DELETE
+        # whose ON DELETE CASCADE empties its child tables. Checked before commit
+        # by ``_check_foreign_keys``; switched back on in ``_release``.
+        _sqlite_raw(connection, "PRAGMA foreign_keys=OFF")
     connection.begin()
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
     return connection
+
+
+def _sqlite_raw(connection: Connection, statement: str) -> None:
+    """Run a constant PRAGMA on the driver connection, outside any transaction."""
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.cursor().execute(statement)
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    if connection.dialect.name != "sqlite":
+        return  # PostgreSQL checks constraints during the migration itself
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise DatabaseError(
+            f"migration left {len(broken)} row(s) breaking foreign keys "
+            f"(first: table {broken[0][0]}, rowid {broken[0][1]}); rolled back"
+        )
+
+
+def _release(connection: Connection) -> None:
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        if connection.dialect.name == "sqlite":
+            _sqlite_raw(connection, "PRAGMA foreign_keys=ON")
+    finally:
+        connection.close()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
@@ -121,10 +156,11 @@ def _run(engine: Engine, direction: str, revision: str) -> tuple[str | None, str
                 f"Known revisions: {', '.join(revisions())}, or 'head' / 'base' / '-1'."
             ) from None
         after = _current_on(connection)
+        _check_foreign_keys(connection)
         connection.commit()
         return before, after
     finally:
-        connection.close()
+        _release(connection)
 
 
 def ensure_schema(engine: Engine) -> bool:
