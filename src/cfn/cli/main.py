@@ -13,6 +13,7 @@ from rich.table import Table
 from cfn import __version__
 from cfn.cli import agents as agents_cli
 from cfn.cli import coordination as coord_cli
+from cfn.cli import loop as loop_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
 from cfn.cli.providers import providers_app
@@ -44,6 +45,10 @@ app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
 app.command("spawn-agent")(agents_cli.spawn_agent_cmd)
 app.add_typer(agent_app, name="agent")
+app.command("orchestrate")(loop_cli.orchestrate_cmd)
+app.command("run")(loop_cli.run_cmd)
+app.command("resume")(loop_cli.resume_cmd)
+app.command("decide")(loop_cli.decide_cmd)
 
 
 def _print_version(value: bool) -> None:

@@ -342,7 +342,9 @@ def _judge(item: AgentResult, raw: str) -> None:
     item.payload = payload
     confidence, why = parse_confidence(payload)
     if why is not None:
-        item.reason = why
+        # An agent (or its supervisor) that says why it failed: keep its words.
+        told = payload.get("error") or payload.get("reason") if isinstance(payload, dict) else None
+        item.reason = f"{why}: {told}" if isinstance(told, str) and told else why
         return
     if item.result != SUCCESS:
         item.reason = f"agent reported {item.result!r}"

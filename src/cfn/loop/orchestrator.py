@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cfn import keys
+from cfn.agents.heartbeat import HeartbeatMonitor
+from cfn.agents.signals import record_agent_failure
 from cfn.coordination import completion, signals
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager
@@ -180,7 +182,7 @@ class EventBus:
         self.redis = redis
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
 
-    async def emit(self, task_id: str, kind: str, **payload: Any) -> None:
+    async def emit(self, task_id: str, kind: str, /, **payload: Any) -> None:
         payload.setdefault("ts", time.time())
         event_id = await asyncio.to_thread(self.journal.append_event, task_id, kind, payload)
         fields = {"id": str(event_id), "kind": kind, "data": json.dumps(payload, default=str)}
@@ -201,12 +203,14 @@ class Orchestrator:
         product_owner: ProductOwner,
         *,
         agent_timeout: float = 300.0,
+        heartbeat_interval: float | None = 5.0,
     ) -> None:
         self.redis = redis
         self.journal = journal
         self.launcher = launcher
         self.product_owner = product_owner
         self.agent_timeout = agent_timeout
+        self.heartbeat_interval = heartbeat_interval
         self.events = EventBus(journal, redis)
 
     # --- entry points ---------------------------------------------------------------
@@ -373,6 +377,7 @@ class Orchestrator:
         done = await self._completed(task_id, ids)
         known = {row.agent_id: row for row in await asyncio.to_thread(self.journal.agents, task_id)}
         watchers: list[asyncio.Task[None]] = []
+        handles: dict[str, RunningAgent] = {}
         for agent_id in ids:
             if agent_id in done:
                 continue
@@ -409,7 +414,10 @@ class Orchestrator:
                     pid=handle.pid,
                 )
             assert row is not None
+            handles[agent_id] = handle
             watchers.append(asyncio.create_task(self._watch(row, handle)))
+        if handles and self.heartbeat_interval:
+            watchers.append(asyncio.create_task(self._monitor(task_id, handles)))
 
         seen: set[str] = set()
 
@@ -528,13 +536,28 @@ class Orchestrator:
         how = await handle.wait()
         done = await self._completed(row.task_id, [row.agent_id])
         if row.agent_id not in done:
-            await completion.signal_completion(
+            await record_agent_failure(
                 self.redis,
                 row.task_id,
                 row.agent_id,
-                "failed",
-                json.dumps({"error": f"agent process ended without a result ({how})"}),
+                f"agent process ended without a result ({how})",
             )
+
+    async def _monitor(self, task_id: str, handles: dict[str, RunningAgent]) -> None:
+        """Kill agents whose heartbeat lapses (hung or crashed) and record them failed."""
+        assert self.heartbeat_interval is not None
+        async with HeartbeatMonitor(self.redis, task_id, self.heartbeat_interval) as monitor:
+            for agent_id in handles:
+                await monitor.watch(agent_id)
+            while monitor.watching:
+                for lapse in await monitor.wait_lapsed(3600.0):
+                    handle = handles.get(lapse.agent_id)
+                    if handle is not None:
+                        with contextlib.suppress(Exception):
+                            await handle.kill()
+                    await record_agent_failure(
+                        self.redis, task_id, lapse.agent_id, f"killed: {lapse.reason}"
+                    )
 
     async def _completed(self, task_id: str, ids: list[str]) -> set[str]:
         key = keys.coord_complete(task_id)

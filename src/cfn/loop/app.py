@@ -1,0 +1,124 @@
+"""Putting the loop together from settings: Redis, SQL, router, spawner, owner."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cfn import keys
+from cfn.coordination.connection import RedisManager
+from cfn.coordination.embedded import EmbeddedRedis
+from cfn.coordination.signals import send_signal
+from cfn.errors import CfnError
+from cfn.loop.journal import SqlJournal
+from cfn.loop.launcher import ProcessLauncher
+from cfn.loop.orchestrator import (
+    HumanOwner,
+    Orchestrator,
+    Outcome,
+    PolicyOwner,
+    ProductOwner,
+    check_decision,
+)
+from cfn.loop.state import TaskOptions
+from cfn.providers import TaskTraits, build_service
+from cfn.settings import Settings
+from cfn.store.repository import Store
+
+Listener = Callable[[str, str, dict[str, Any]], None]
+
+
+def new_task_id() -> str:
+    return f"task-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def default_workspace(settings: Settings, task_id: str) -> Path:
+    return settings.state_dir / "workspaces" / keys.validate_id(task_id, "task id")
+
+
+def redis_url_for_agents(settings: Settings) -> str:
+    """The URL agents get: REDIS_URL, or the embedded server's (with its password)."""
+    return settings.redis_url or EmbeddedRedis(settings).ensure_running()
+
+
+async def run_loop(
+    settings: Settings,
+    *,
+    options: TaskOptions | None = None,
+    resume_task: str | None = None,
+    listener: Listener | None = None,
+    provider: str | None = None,
+) -> Outcome:
+    """Start ``options`` or resume ``resume_task``; returns when the task ends."""
+    redis_url = redis_url_for_agents(settings)
+    redis = RedisManager.from_settings(settings)
+    store = Store.open(settings)
+    service = build_service(settings, redis)
+    try:
+        journal = SqlJournal(store)
+        if options is None:
+            if resume_task is None:
+                raise CfnError("nothing to run: give options or a task to resume")
+            options, _cp, _status = journal.load_task(resume_task)
+        launcher = ProcessLauncher(
+            settings,
+            service,
+            redis_url,
+            options.workspace_path,
+            TaskTraits(
+                complexity=options.complexity,  # type: ignore[arg-type]
+                cost_sensitive=options.cost_sensitive,
+            ),
+            options.mode,
+            provider=provider,
+        )
+        owner: ProductOwner = HumanOwner(redis) if options.decision == "human" else PolicyOwner()
+        orchestrator = Orchestrator(
+            redis,
+            journal,
+            launcher,
+            owner,
+            agent_timeout=float(settings.agent_timeout),
+            heartbeat_interval=settings.cfn_agent_heartbeat_interval,
+        )
+        if listener is not None:
+            orchestrator.events.listeners.append(listener)
+        if resume_task is not None:
+            return await orchestrator.resume(resume_task)
+        return await orchestrator.start(options)
+    finally:
+        await service.aclose()
+        await redis.close()
+        store.close()
+
+
+async def submit_decision(
+    redis: RedisManager, task_id: str, decision: str, by: str = "human:cli", reason: str = ""
+) -> int:
+    """A person's PROCEED / ITERATE / ABORT for a task that waits for one."""
+    decision = check_decision(decision)
+    key = keys.decision(task_id)
+    raw = await redis.run(lambda r: r.get(key))
+    state = json.loads(raw) if raw else None
+    if not isinstance(state, dict) or state.get("status") != "awaiting":
+        raise CfnError(
+            f"task {task_id!r} is not waiting for a decision"
+            + (
+                f" (its last decision: {state.get('decision')})"
+                if isinstance(state, dict) and state.get("decision")
+                else ""
+            )
+        )
+    iteration = int(state.get("iteration") or 0)
+    message = {
+        "decision": decision,
+        "iteration": iteration,
+        "by": by,
+        "reason": reason or f"{decision} by {by}",
+    }
+    await send_signal(redis, task_id, keys.DECISION_INPUT, json.dumps(message))
+    return iteration
