@@ -100,7 +100,7 @@ def _order(agent_id: str) -> tuple[int, str]:
     return iteration, agent_id
 
 
-def _run(options: TaskOptions | None, resume: str | None, provider: str | None) -> Outcome:
+def _run(options: TaskOptions | None, resume: str | None) -> Outcome:
     from cfn.loop.app import run_loop
 
     cfg = settings()
@@ -111,13 +111,7 @@ def _run(options: TaskOptions | None, resume: str | None, provider: str | None) 
         with Live(view.render(), console=out, refresh_per_second=8) as live:
             view.live = live
             outcome = asyncio.run(
-                run_loop(
-                    cfg,
-                    options=options,
-                    resume_task=resume,
-                    listener=view.on_event,
-                    provider=provider,
-                )
+                run_loop(cfg, options=options, resume_task=resume, listener=view.on_event)
             )
     else:
 
@@ -134,9 +128,7 @@ def _run(options: TaskOptions | None, resume: str | None, provider: str | None) 
                     markup=False,
                 )
 
-        outcome = asyncio.run(
-            run_loop(cfg, options=options, resume_task=resume, listener=plain, provider=provider)
-        )
+        outcome = asyncio.run(run_loop(cfg, options=options, resume_task=resume, listener=plain))
     colour = "green" if outcome.exit_code == 0 else "red"
     out.print(
         f"[{colour}]{outcome.task_id}: {outcome.status}[/] after {outcome.iterations} "
@@ -167,6 +159,8 @@ def _options(
     implementers: int | None,
     validators: int | None,
     workspace: Path | None,
+    max_iterations: int | None = None,
+    provider: str | None = None,
 ) -> TaskOptions:
     from cfn.loop.app import default_workspace
 
@@ -186,6 +180,8 @@ def _options(
         decision=decision,  # type: ignore[arg-type]
         implementers=implementers,
         validators=validators,
+        max_iterations=max_iterations,
+        provider=provider,
         workspace=str(ws),
         build=is_build_task(epic),
     )
@@ -202,6 +198,9 @@ def orchestrate_cmd(
     validators: Annotated[int | None, typer.Option("--validators", min=1, max=50)] = None,
     workspace: Annotated[Path | None, typer.Option("--workspace")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Force a provider.")] = None,
+    max_iterations: Annotated[
+        int | None, typer.Option("--max-iterations", min=1, max=100, help="Cap iterations.")
+    ] = None,
 ) -> None:
     """Run a task through the CFN Loop (the seed's orchestrate.sh). Exit 0 on PROCEED."""
     options = _options(
@@ -214,8 +213,10 @@ def orchestrate_cmd(
         implementers,
         validators,
         workspace,
+        max_iterations,
+        provider,
     )
-    raise typer.Exit(_run(options, None, provider).exit_code)
+    raise typer.Exit(_run(options, None).exit_code)
 
 
 def run_cmd(
@@ -228,6 +229,7 @@ def run_cmd(
     validators: Annotated[int | None, typer.Option("--validators", min=1, max=50)] = None,
     workspace: Annotated[Path | None, typer.Option("--workspace")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Force a provider.")] = None,
+    max_iterations: Annotated[int | None, typer.Option("--max-iterations", min=1, max=100)] = None,
 ) -> None:
     """Like orchestrate, with a generated task id."""
     from cfn.loop.app import new_task_id
@@ -244,13 +246,15 @@ def run_cmd(
         implementers,
         validators,
         workspace,
+        max_iterations,
+        provider,
     )
-    raise typer.Exit(_run(options, None, provider).exit_code)
+    raise typer.Exit(_run(options, None).exit_code)
 
 
 def resume_cmd(task_id: Annotated[str, typer.Argument(help="The task to continue.")]) -> None:
     """Continue a task after the orchestrator stopped (even by SIGKILL)."""
-    raise typer.Exit(_run(None, task_id, None).exit_code)
+    raise typer.Exit(_run(None, task_id).exit_code)
 
 
 def decide_cmd(

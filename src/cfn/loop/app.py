@@ -51,7 +51,6 @@ async def run_loop(
     options: TaskOptions | None = None,
     resume_task: str | None = None,
     listener: Listener | None = None,
-    provider: str | None = None,
 ) -> Outcome:
     """Start ``options`` or resume ``resume_task``; returns when the task ends."""
     redis_url = redis_url_for_agents(settings)
@@ -74,7 +73,7 @@ async def run_loop(
                 cost_sensitive=options.cost_sensitive,
             ),
             options.mode,
-            provider=provider,
+            provider=options.provider,
         )
         owner: ProductOwner = HumanOwner(redis) if options.decision == "human" else PolicyOwner()
         orchestrator = Orchestrator(

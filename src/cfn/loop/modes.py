@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from cfn.errors import InvalidInputError
 
 MAX_TEAM = 50
+MAX_ITERATIONS = 100
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,27 @@ class Mode:
     implementers: int
     validators: int
 
-    def with_team(self, implementers: int | None = None, validators: int | None = None) -> Mode:
-        """This mode with the team sizes overridden for one run."""
-        for what, value in (("implementers", implementers), ("validators", validators)):
-            if value is not None and (isinstance(value, bool) or not 1 <= value <= MAX_TEAM):
-                raise InvalidInputError(f"{what} must be from 1 to {MAX_TEAM}, got {value!r}")
+    def with_team(
+        self,
+        implementers: int | None = None,
+        validators: int | None = None,
+        max_iterations: int | None = None,
+    ) -> Mode:
+        """This mode with the team sizes (and iteration cap) overridden for one run."""
+        for what, value, top in (
+            ("implementers", implementers, MAX_TEAM),
+            ("validators", validators, MAX_TEAM),
+            ("max iterations", max_iterations, MAX_ITERATIONS),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top
+            ):
+                raise InvalidInputError(f"{what} must be from 1 to {top}, got {value!r}")
         return replace(
             self,
             implementers=implementers or self.implementers,
             validators=validators or self.validators,
+            max_iterations=max_iterations or self.max_iterations,
         )
 
 

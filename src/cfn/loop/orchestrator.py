@@ -420,13 +420,16 @@ class Orchestrator:
             watchers.append(asyncio.create_task(self._monitor(task_id, handles)))
 
         seen: set[str] = set()
+        announcements: list[asyncio.Task[None]] = []
 
         def progress(report: CollectReport) -> None:
             for item in report.results:
                 if item.agent_id not in seen:
                     seen.add(item.agent_id)
-                    asyncio.get_running_loop().create_task(
-                        self._agent_reported(task_id, loop, cp.iteration, item, report, size)
+                    announcements.append(
+                        asyncio.get_running_loop().create_task(
+                            self._agent_reported(task_id, loop, cp.iteration, item, report, size)
+                        )
                     )
 
         try:
@@ -440,6 +443,8 @@ class Orchestrator:
                 on_update=progress,
             )
         finally:
+            # Every agent's report is announced before the verdict that follows.
+            await asyncio.gather(*announcements, return_exceptions=True)
             for watcher in watchers:
                 watcher.cancel()
             for watcher in watchers:

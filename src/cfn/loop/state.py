@@ -42,6 +42,9 @@ class TaskOptions:
     decision: DecisionMode = "policy"
     implementers: int | None = None
     validators: int | None = None
+    max_iterations: int | None = None
+    #: Force every agent onto this provider (else the router decides per agent).
+    provider: str | None = None
     workspace: str = ""
     #: The epic asks to build or change something: PROCEED needs a changed workspace.
     build: bool = True
@@ -62,11 +65,15 @@ class TaskOptions:
             raise InvalidInputError(
                 f"decision must be one of {', '.join(DECISION_MODES)}, got {self.decision!r}"
             )
+        if self.provider is not None:
+            keys.validate_id(self.provider, "provider")
         self.team  # validates the team overrides  # noqa: B018
 
     @property
     def team(self) -> Mode:
-        return get_mode(self.mode).with_team(self.implementers, self.validators)
+        return get_mode(self.mode).with_team(
+            self.implementers, self.validators, self.max_iterations
+        )
 
     @property
     def workspace_path(self) -> Path:
