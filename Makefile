@@ -7,8 +7,14 @@ VENV := .venv/bin
 bootstrap:
 	@scripts/bootstrap.sh
 
+# The main job: a real CFN Loop on a sample epic, in a scratch workspace under
+# .cfn/workspaces/, on cfn's own Redis and SQLite. With no LLM key configured
+# the agents use the clearly labelled offline provider.
+EPIC ?= Build a small Python module fizzbuzz.py with a function fizzbuzz(n) and a test for it
+MODE ?= mvp
+
 run: bootstrap
-	$(VENV)/cfn demo
+	$(VENV)/cfn run --mode $(MODE) --epic "$(EPIC)"
 
 lint: bootstrap
 	$(VENV)/ruff check src tests bench

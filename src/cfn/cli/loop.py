@@ -68,7 +68,7 @@ class LiveView:
         elif kind == "task:resumed":
             self.lines.append(f"resumed at iteration {data.get('iteration')} {data.get('phase')}")
         if self.live is not None:
-            self.live.update(self.render())
+            self.live.refresh()
 
     def render(self) -> Group:
         elapsed = time.monotonic() - self.started
@@ -108,7 +108,7 @@ def _run(options: TaskOptions | None, resume: str | None) -> Outcome:
     mode = options.mode if options else "?"
     view = LiveView(task_id, mode)
     if out.is_terminal:
-        with Live(view.render(), console=out, refresh_per_second=8) as live:
+        with Live(console=out, refresh_per_second=4, get_renderable=view.render) as live:
             view.live = live
             outcome = asyncio.run(
                 run_loop(cfg, options=options, resume_task=resume, listener=view.on_event)
@@ -129,6 +129,11 @@ def _run(options: TaskOptions | None, resume: str | None) -> Outcome:
                 )
 
         outcome = asyncio.run(run_loop(cfg, options=options, resume_task=resume, listener=plain))
+    if options is not None:
+        out.print(f"workspace: {options.workspace}", markup=False)
+    out.print(
+        f"events: cfn keys --pattern '*{task_id}*'  ·  resume: cfn resume {task_id}", markup=False
+    )
     colour = "green" if outcome.exit_code == 0 else "red"
     out.print(
         f"[{colour}]{outcome.task_id}: {outcome.status}[/] after {outcome.iterations} "
