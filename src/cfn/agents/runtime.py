@@ -153,6 +153,9 @@ class AgentRuntime:
     async def converse(self) -> RunResult:
         name = self.profile.name if self.profile else self.context.agent_id
         system = INSTRUCTIONS.get(self.role, INSTRUCTIONS["implementer"]).format(name=name)
+        if self.profile is not None and self.profile.instructions:
+            # The profile's own instructions add to the role's; the reply format stays the role's.
+            system += "\n\nYour profile's instructions:\n" + self.profile.instructions
         messages = [Message("system", system), Message("user", _brief(self.context))]
         traits = TaskTraits(
             complexity=self.context.cfn.extra.get("complexity"),
