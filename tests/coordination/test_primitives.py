@@ -338,3 +338,25 @@ async def test_notifications_disabled_still_wakes(tmp_path: object, settings: ob
 
 def test_key_builders_used_for_everything() -> None:
     assert keys.coord_payload_pattern("T1") == "coord:T1:payload:*"
+
+
+async def test_concurrent_completions_are_pipelined_and_atomic(manager: RedisManager) -> None:
+    """Many completions from one process at once: all arrive, each with its payload."""
+    await asyncio.gather(
+        *(
+            completion.signal_completion(
+                manager, "T1", f"a{n}", "success", json.dumps({"confidence": n / 200})
+            )
+            for n in range(200)
+        )
+    )
+    report = await completion.collect_results(manager, "T1", 200, 0.0, 5)
+    assert report.arrived == 200 and not report.failed
+    assert sorted(r.confidence or 0 for r in report.results) == [n / 200 for n in range(200)]
+
+
+async def test_completion_survives_script_cache_flush(manager: RedisManager) -> None:
+    await completion.signal_completion(manager, "T1", "a1", "success", '{"confidence": 1}')
+    await manager.client.script_flush()  # as after a server restart
+    await completion.signal_completion(manager, "T1", "a2", "success", '{"confidence": 1}')
+    assert await manager.client.llen("coord:T1:complete") == 2
