@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(redis-server redis-tools postgresql)
+APT_PACKAGES=(redis-server redis-tools postgresql chromium)
 
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do

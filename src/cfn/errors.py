@@ -110,3 +110,18 @@ class AgentSpawnError(CfnError):
 
 class AgentLookupError(CfnError):
     """No such agent to re-attach to, or a pid that is not that agent."""
+
+
+# --- portal (issue 7) ----------------------------------------------------------------
+
+
+class AuthError(CfnError):
+    """A missing, forged, expired or otherwise unusable token (HTTP 401)."""
+
+
+class ForbiddenError(CfnError):
+    """A valid token whose role or task does not allow the request (HTTP 403)."""
+
+
+class ConflictError(CfnError):
+    """The request contradicts the current state (HTTP 409): a duplicate, an ambiguous id."""

@@ -186,3 +186,19 @@ def events(task_id: str) -> str:
 def keyspace_channel(db: int, key: str) -> str:
     """The pub/sub channel Redis publishes keyspace notifications for ``key`` on."""
     return f"__keyspace@{db}__:{key}"
+
+
+# --- the portal (issue 7) --------------------------------------------------------------
+
+#: The consumer group of orchestrator workers on :func:`task_queue`.
+WORKER_GROUP = "orchestrators"
+
+
+def task_queue() -> str:
+    """``queue:tasks``: tasks created through the portal, for orchestrator workers (XADD)."""
+    return "queue:tasks"
+
+
+def queued_task(task_id: str) -> str:
+    """``queue:task:{task}``: a queued task's options (JSON) until a worker has created it."""
+    return f"queue:task:{validate_id(task_id, 'task id')}"

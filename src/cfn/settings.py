@@ -185,6 +185,32 @@ class Settings(BaseSettings):
         default=3600, gt=0, le=30 * 24 * 3600, description="TTL of session:{task} data."
     )
 
+    # --- Portal (seed: "Web Portal Integration") ---
+    cfn_portal_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 key for the portal's JWTs; unset: generated once into "
+        "<state>/portal/jwt.secret (0600).",
+    )
+    cfn_portal_host: str = Field(
+        default="127.0.0.1", description="Address the portal listens on (0.0.0.0: all)."
+    )
+    cfn_portal_token_ttl: int = Field(
+        default=3600, gt=0, le=30 * 24 * 3600, description="Lifetime of minted tokens (seed: 1 h)."
+    )
+    cfn_portal_worker: bool = Field(
+        default=True, description="The portal process runs an orchestrator worker too."
+    )
+    cfn_worker_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Tasks one orchestrator worker runs at once."
+    )
+    cfn_worker_claim_idle: float = Field(
+        default=30.0,
+        gt=0,
+        le=24 * 3600,
+        description="Seconds without its worker's keep-alive before another worker takes a "
+        "task over.",
+    )
+
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:

@@ -14,6 +14,7 @@ from cfn import __version__
 from cfn.cli import agents as agents_cli
 from cfn.cli import coordination as coord_cli
 from cfn.cli import loop as loop_cli
+from cfn.cli import portal as portal_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
 from cfn.cli.providers import providers_app
@@ -49,6 +50,9 @@ app.command("orchestrate")(loop_cli.orchestrate_cmd)
 app.command("run")(loop_cli.run_cmd)
 app.command("resume")(loop_cli.resume_cmd)
 app.command("decide")(loop_cli.decide_cmd)
+app.add_typer(portal_cli.portal_app, name="portal")
+app.command("token")(portal_cli.token_cmd)
+app.command("worker")(portal_cli.worker_cmd)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,712 @@
+"""The portal: REST API (FastAPI), live events (Socket.IO ``/cfn-loop``), dashboard.
+
+One ASGI app: ``socketio.ASGIApp`` serves ``/socket.io/`` and hands every
+other request to FastAPI. :class:`Portal` owns the shared parts (settings,
+SQL store, Redis manager, signing key, metrics, the optional in-process
+worker); :func:`cfn.portal.server.serve` runs it under uvicorn.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import socketio
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cfn import __version__, keys
+from cfn.coordination.connection import RedisManager
+from cfn.errors import (
+    AuthError,
+    CfnError,
+    ConflictError,
+    DatabaseError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    RedisUnavailableError,
+)
+from cfn.loop.state import MAX_EPIC, Phase, TaskOptions
+from cfn.loop.workspace import is_build_task
+from cfn.portal import views
+from cfn.portal.auth import Principal, load_secret, mint_token, verify_token
+from cfn.portal.feed import task_events
+from cfn.portal.metrics import PortalMetrics
+from cfn.portal.workers import Worker, queue_info, submit_task
+from cfn.settings import Settings
+from cfn.store.repository import Store
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/cfn-loop"
+STATIC = Path(str(resources.files("cfn.portal") / "static"))
+ERROR_CODES: list[tuple[type[BaseException], int, str]] = [
+    (AuthError, 401, "unauthorized"),
+    (ForbiddenError, 403, "forbidden"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (InvalidInputError, 400, "invalid_input"),
+    (RedisUnavailableError, 503, "redis_unavailable"),
+    (DatabaseError, 503, "database_unavailable"),
+]
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "message": message, **extra}
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    for kind, status, code in ERROR_CODES:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal_error"
+
+
+# --- request bodies -----------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class TaskCreate(_Body):
+    """POST /api/tasks/create: a CFN Loop run (the seed's orchestrate.sh flags)."""
+
+    epic: str = Field(min_length=1, max_length=MAX_EPIC, description="What the team should do.")
+    mode: Literal["mvp", "standard", "enterprise"] = "standard"
+    complexity: Literal["low", "medium", "high"] | None = None
+    cost_sensitive: StrictBool = False
+    decision: Literal["policy", "agent", "human"] = "policy"
+    task_id: str | None = Field(default=None, description="Default: generated.")
+    implementers: StrictInt | None = Field(default=None, ge=1, le=50)
+    validators: StrictInt | None = Field(default=None, ge=1, le=50)
+    max_iterations: StrictInt | None = Field(default=None, ge=1, le=100)
+    provider: str | None = Field(default=None, description="Force every agent onto it.")
+
+
+class DecisionBody(_Body):
+    decision: Literal["PROCEED", "ITERATE", "ABORT"]
+    reason: str = Field(default="", max_length=2000)
+
+
+class SpawnBody(_Body):
+    """POST /api/agents/spawn: one more agent on a task (the seed's spawn-agent.sh)."""
+
+    agentId: str = Field(min_length=1, max_length=128)
+    taskId: str = Field(min_length=1, max_length=128)
+    role: Literal["implementer", "validator"] = "implementer"
+    provider: str | None = None
+
+
+class TokenBody(_Body):
+    sub: str = Field(min_length=1, max_length=128)
+    role: Literal["agent", "operator", "admin"] = "agent"
+    task_id: str | None = None
+    ttl: StrictInt | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+
+
+# --- the portal -----------------------------------------------------------------------
+
+
+class Portal:
+    """The portal's shared state and its ASGI app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: RedisManager | None = None,
+        store: Store | None = None,
+        worker: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.secret = load_secret(settings)
+        self.redis = redis or RedisManager.from_settings(settings)
+        self.store = store or Store.open(settings)
+        self.metrics = PortalMetrics(self.store)
+        self.started = time.time()
+        self.with_worker = settings.cfn_portal_worker if worker is None else worker
+        self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._feeds: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+        self.api = self._build_api()
+        self._register_socket()
+        self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.api)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.with_worker and self.worker is None:
+            self.worker = Worker(self.settings, self.redis, self.store)
+            self._worker_task = asyncio.create_task(self.worker.run())
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        for task in [*self._feeds.values(), *self._background]:
+            task.cancel()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker_task
+        for task in [*self._feeds.values(), *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.close()
+        self.store.close()
+
+    def _spawn_background(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- auth ---------------------------------------------------------------------------
+
+    def principal(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthError("no token: send 'Authorization: Bearer <token>' (mint one: cfn token)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the Authorization header must be 'Bearer <token>'")
+        return verify_token(self.secret, token)
+
+    # --- REST -----------------------------------------------------------------------------
+
+    def _build_api(self) -> FastAPI:
+        api = FastAPI(
+            title="cfn portal",
+            version=__version__,
+            description="The CFN Loop's orchestrator service: agents, tasks, decisions, "
+            "metrics. Every /api endpoint needs 'Authorization: Bearer <JWT>' "
+            "(mint one with `cfn token`). Live events: Socket.IO namespace /cfn-loop.",
+        )
+        portal = self
+
+        async def who(request: Request) -> Principal:
+            return portal.principal(request.headers.get("authorization"))
+
+        Who = Annotated[Principal, Depends(who)]
+
+        @api.exception_handler(CfnError)
+        async def cfn_error(_request: Request, exc: CfnError) -> JSONResponse:
+            status, code = classify(exc)
+            if status in (401, 403):
+                portal.metrics.auth_failures.labels(str(status)).inc()
+            if status >= 500:
+                log.warning("portal: %s", exc)
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
+
+        @api.exception_handler(RequestValidationError)
+        async def bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+            problems = [
+                f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: "
+                f"{err.get('msg')}"
+                for err in exc.errors()
+            ]
+            return JSONResponse(
+                error_body("invalid_body", "; ".join(problems) or "invalid request body"),
+                status_code=422,
+            )
+
+        @api.exception_handler(StarletteHTTPException)
+        async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            return JSONResponse(
+                error_body(code, str(exc.detail)),
+                status_code=exc.status_code,
+                headers=getattr(exc, "headers", None),
+            )
+
+        @api.middleware("http")
+        async def measure(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            began = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            portal.metrics.latency.labels(name).observe(time.perf_counter() - began)
+            portal.metrics.requests.labels(name, request.method, str(response.status_code)).inc()
+            return response
+
+        # --- dashboard ---
+
+        @api.get("/", include_in_schema=False)
+        async def dashboard() -> FileResponse:
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+        api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @api.get("/api/ping", tags=["monitoring"], summary="Liveness, no auth (bare endpoint)")
+        async def ping() -> dict[str, bool]:
+            return {"ok": True}
+
+        # --- agents ---
+
+        @api.post("/api/agents/spawn", status_code=202, tags=["agents"])
+        async def spawn(body: SpawnBody, me: Who) -> dict[str, Any]:
+            """Start one more agent on a task (operator, admin)."""
+            me.require("operator", "admin")
+            return await portal.spawn_agent(body, me)
+
+        @api.get("/api/agents/{taskId}", tags=["agents"])
+        async def task_agents(taskId: str, me: Who) -> dict[str, Any]:
+            """A task's agents: status, provider, confidence, heartbeat."""
+            keys.validate_id(taskId, "task id")
+            me.require_task(taskId)
+            if not await views.task_exists(portal.store, portal.redis, taskId):
+                raise NotFoundError(f"no task {taskId!r}")
+            return {
+                "taskId": taskId,
+                "agents": await views.agents(portal.store, portal.redis, taskId),
+            }
+
+        @api.delete("/api/agents/{agentId}", status_code=202, tags=["agents"])
+        async def stop_agent(
+            agentId: str,
+            me: Who,
+            taskId: Annotated[str | None, Query()] = None,
+        ) -> dict[str, Any]:
+            """Stop an agent (operator, admin); ?taskId= when the id is in several tasks."""
+            me.require("operator", "admin")
+            return await portal.stop_agent(agentId, taskId, me)
+
+        # --- tasks ---
+
+        @api.get("/api/tasks", tags=["tasks"])
+        async def tasks(
+            me: Who, limit: Annotated[int, Query(ge=1, le=500)] = 50
+        ) -> dict[str, Any]:
+            """Newest tasks first (an agent token sees its own task only)."""
+            found = await views.list_tasks(portal.store, limit)
+            if me.role == "agent":
+                found = [t for t in found if t["taskId"] == me.task_id]
+            return {"tasks": found}
+
+        @api.post("/api/tasks/create", status_code=202, tags=["tasks"])
+        async def create_task(body: TaskCreate, me: Who) -> dict[str, Any]:
+            """Queue a CFN Loop run for the orchestrator workers (operator, admin)."""
+            me.require("operator", "admin")
+            return await portal.create_task(body)
+
+        @api.get("/api/tasks/{taskId}/status", tags=["tasks"])
+        async def task_status(taskId: str, me: Who) -> dict[str, Any]:
+            """Everything about one task: iterations, gate, consensus, agents, decisions."""
+            keys.validate_id(taskId, "task id")
+            me.require_task(taskId)
+            return await views.task_status(portal.store, portal.redis, taskId)
+
+        @api.post("/api/tasks/{taskId}/decision", status_code=202, tags=["tasks"])
+        async def decide(taskId: str, body: DecisionBody, me: Who) -> dict[str, Any]:
+            """The product owner's PROCEED / ITERATE / ABORT for a task awaiting one."""
+            me.require("operator", "admin")
+            return await portal.decide(taskId, body, me)
+
+        # --- monitoring ---
+
+        @api.get("/api/metrics/agents", tags=["monitoring"])
+        async def metrics_agents(me: Who) -> dict[str, Any]:
+            me.require("operator", "admin")
+            return await views.agent_metrics(portal.store)
+
+        @api.get("/api/metrics/tasks", tags=["monitoring"])
+        async def metrics_tasks(me: Who) -> dict[str, Any]:
+            me.require("operator", "admin")
+            data = await views.task_metrics(portal.store)
+            info = await queue_info(portal.redis)
+            data["queue"] = {
+                "length": info.length,
+                "running": info.pending,
+                "waiting": info.lag,
+                "workers": info.workers,
+            }
+            return data
+
+        @api.get("/api/health/system", tags=["monitoring"])
+        async def health(me: Who) -> JSONResponse:
+            """Redis, the database and the workers (200 when all answer, else 503)."""
+            return await portal.health(me)
+
+        @api.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (admin)")
+        async def prometheus(me: Who) -> Response:
+            me.require("admin", "operator")
+            text = generate_latest(portal.metrics.registry)
+            return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+        @api.post("/api/tokens", status_code=201, tags=["auth"])
+        async def tokens(body: TokenBody, me: Who) -> dict[str, Any]:
+            """Mint a token (admin): the seed's generate_agent_token."""
+            me.require("admin")
+            ttl = body.ttl or portal.settings.cfn_portal_token_ttl
+            token = mint_token(portal.secret, body.sub, body.role, body.task_id, ttl)
+            return {"token": token, "expiresIn": ttl}
+
+        return api
+
+    # --- actions ----------------------------------------------------------------------
+
+    async def create_task(self, body: TaskCreate) -> dict[str, Any]:
+        from cfn.loop.app import default_workspace, new_task_id
+
+        task_id = body.task_id or new_task_id()
+        keys.validate_id(task_id, "task id")
+        options = TaskOptions(
+            task_id=task_id,
+            epic=body.epic,
+            mode=body.mode,
+            complexity=body.complexity,
+            cost_sensitive=body.cost_sensitive,
+            decision=body.decision,
+            implementers=body.implementers,
+            validators=body.validators,
+            max_iterations=body.max_iterations,
+            provider=body.provider,
+            workspace=str(default_workspace(self.settings, task_id)),
+            build=is_build_task(body.epic),
+        )
+        await submit_task(self.redis, self.store, options)
+        self.metrics.tasks_submitted.inc()
+        return {
+            "taskId": task_id,
+            "status": "queued",
+            "statusUrl": f"/api/tasks/{task_id}/status",
+            "dashboard": f"/#task={task_id}",
+        }
+
+    async def decide(self, task_id: str, body: DecisionBody, me: Principal) -> dict[str, Any]:
+        from cfn.loop.app import submit_decision
+
+        keys.validate_id(task_id, "task id")
+        status = await views.task_status(self.store, self.redis, task_id)  # 404 first
+        if not status["awaitingDecision"]:
+            raise ConflictError(
+                f"task {task_id!r} is not waiting for a decision (status {status['status']}"
+                + (f", phase {status['phase']}" if status.get("phase") else "")
+                + "); only a task run with decision=human waits for one"
+            )
+        try:
+            iteration = await submit_decision(
+                self.redis, task_id, body.decision, f"human:{me.sub}", body.reason
+            )
+        except InvalidInputError:
+            raise
+        except CfnError as exc:  # raced with another decision
+            raise ConflictError(str(exc)) from None
+        return {"taskId": task_id, "decision": body.decision, "iteration": iteration}
+
+    async def spawn_agent(self, body: SpawnBody, me: Principal) -> dict[str, Any]:
+        from cfn.loop.app import redis_url_for_agents
+        from cfn.loop.journal import SqlJournal
+        from cfn.loop.launcher import ProcessLauncher
+        from cfn.loop.orchestrator import AgentPlan, EventBus
+        from cfn.loop.state import AgentRow
+        from cfn.providers import TaskTraits, build_service
+
+        task_id = keys.validate_id(body.taskId, "task id")
+        agent_id = keys.validate_id(body.agentId, "agent id")
+        if body.provider is not None:
+            keys.validate_id(body.provider, "provider")
+        journal = SqlJournal(self.store)
+        options, checkpoint, status = await asyncio.to_thread(journal.load_task, task_id)
+        if status in ("succeeded", "failed", "aborted") or checkpoint.phase is Phase.DONE:
+            raise ConflictError(f"task {task_id!r} has ended ({status}); agents cannot join it")
+        existing = {r.agent_id: r for r in await asyncio.to_thread(journal.agents, task_id)}
+        if agent_id in existing:
+            raise ConflictError(
+                f"task {task_id!r} has an agent {agent_id!r} already "
+                f"({existing[agent_id].status}); pick another id"
+            )
+        loop = 3 if body.role == "implementer" else 2
+        service = build_service(self.settings, self.redis)
+        try:
+            launcher = ProcessLauncher(
+                self.settings,
+                service,
+                redis_url_for_agents(self.settings),
+                options.workspace_path,
+                TaskTraits(
+                    complexity=options.complexity,  # type: ignore[arg-type]
+                    cost_sensitive=options.cost_sensitive,
+                ),
+                options.mode,
+                provider=body.provider or options.provider,
+            )
+            plan = AgentPlan(
+                task_id,
+                agent_id,
+                body.role,
+                loop,
+                checkpoint.iteration,
+                {
+                    "epic": options.epic,
+                    "mode": options.mode,
+                    "complexity": options.complexity,
+                    "cost_sensitive": options.cost_sensitive,
+                    "feedback": checkpoint.feedback,
+                    **({"deliverables": checkpoint.deliverables} if loop == 2 else {}),
+                },
+            )
+            handle = await launcher.launch(plan)
+        finally:
+            await service.aclose()
+        row = AgentRow(
+            task_id,
+            agent_id,
+            body.role,
+            loop,
+            checkpoint.iteration,
+            handle.profile,
+            handle.provider,
+            handle.model,
+            "running",
+            handle.pid,
+        )
+        await asyncio.to_thread(journal.save_agent, row)
+        bus = EventBus(journal, self.redis)
+        await bus.emit(
+            task_id,
+            "agent:update",
+            agentId=agent_id,
+            status="running",
+            role=body.role,
+            loop=loop,
+            iteration=checkpoint.iteration,
+            provider=handle.provider,
+            model=handle.model,
+            pid=handle.pid,
+            by=me.sub,
+        )
+        self._spawn_background(self._follow_spawned(row, handle.wait))
+        return {
+            "agentId": agent_id,
+            "taskId": task_id,
+            "status": "running",
+            "pid": handle.pid,
+            "provider": handle.provider,
+            "model": handle.model,
+            "name": f"cfn-agent-{agent_id}-{task_id}",
+        }
+
+    async def _follow_spawned(self, row: Any, wait: Callable[[], Awaitable[str]]) -> None:
+        """When a spawned agent ends, record its result (the loop does this for its own)."""
+        from dataclasses import replace
+
+        from cfn.coordination.completion import collect_results
+        from cfn.loop.journal import SqlJournal
+        from cfn.loop.orchestrator import EventBus
+
+        how = await wait()
+        report = await collect_results(
+            self.redis, row.task_id, 1, 0.0, 5.0, agent_ids=[row.agent_id]
+        )
+        journal = SqlJournal(self.store)
+        current = {r.agent_id: r for r in await asyncio.to_thread(journal.agents, row.task_id)}
+        if current.get(row.agent_id) is not None and current[row.agent_id].status == "killed":
+            return
+        item = report.results[0] if report.results else None
+        status = "done" if item is not None and item.ok else "failed"
+        reason = (item.reason if item is not None else None) or (
+            None if status == "done" else f"ended without a result ({how})"
+        )
+        confidence = item.confidence if item is not None else None
+        await asyncio.to_thread(
+            journal.save_agent,
+            replace(row, status=status, confidence=confidence, reason=reason),
+        )
+        await EventBus(journal, self.redis).emit(
+            row.task_id,
+            "agent:update",
+            agentId=row.agent_id,
+            status=status,
+            confidence=confidence,
+            reason=reason,
+            loop=row.loop,
+            iteration=row.iteration,
+        )
+
+    async def stop_agent(
+        self, agent_id: str, task_id: str | None, me: Principal
+    ) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from cfn.agents.signals import send_stop
+        from cfn.agents.spawner import ProcessSpawner
+        from cfn.errors import AgentLookupError
+        from cfn.loop.journal import SqlJournal
+        from cfn.loop.orchestrator import EventBus
+
+        keys.validate_id(agent_id, "agent id")
+        if task_id is not None:
+            keys.validate_id(task_id, "task id")
+        rows = await views.find_agent_tasks(self.store, agent_id)
+        if task_id is not None:
+            rows = [r for r in rows if r.task_id == task_id]
+        if not rows:
+            where = f" in task {task_id!r}" if task_id else ""
+            raise NotFoundError(f"no agent {agent_id!r}{where}")
+        if len(rows) > 1:
+            raise ConflictError(
+                f"agent id {agent_id!r} is used by {len(rows)} tasks "
+                f"({', '.join(r.task_id for r in rows)}); add ?taskId= to say which"
+            )
+        row = rows[0]
+        reason = f"stopped through the portal by {me.sub}"
+        if row.status not in ("running", "pending"):
+            return {
+                "agentId": agent_id,
+                "taskId": row.task_id,
+                "stopped": False,
+                "status": row.status,
+                "message": f"agent already {row.status}",
+            }
+        await send_stop(self.redis, row.task_id, agent_id, reason)
+        process = "not found here"
+        try:
+            handle = await ProcessSpawner(self.settings).attach(row.task_id, agent_id)
+            if handle.running:
+                await handle.stop()
+                process = "terminated"
+            else:
+                process = "already ended"
+        except AgentLookupError:
+            pass
+        journal = SqlJournal(self.store)
+        await asyncio.to_thread(journal.save_agent, replace(row, status="killed", reason=reason))
+        await EventBus(journal, self.redis).emit(
+            row.task_id,
+            "agent:update",
+            agentId=agent_id,
+            status="killed",
+            reason=reason,
+            loop=row.loop,
+            iteration=row.iteration,
+        )
+        return {
+            "agentId": agent_id,
+            "taskId": row.task_id,
+            "stopped": True,
+            "status": "killed",
+            "process": process,
+        }
+
+    async def health(self, me: Principal) -> JSONResponse:
+        checks: dict[str, Any] = {}
+        healthy = True
+        began = time.perf_counter()
+        try:
+            await self.redis.run(lambda r: r.ping())
+            checks["redis"] = {
+                "ok": True,
+                "server": self.redis.active_label,
+                "ms": round((time.perf_counter() - began) * 1000, 2),
+            }
+        except CfnError as exc:
+            healthy = False
+            checks["redis"] = {"ok": False, "error": str(exc)}
+        began = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.store.row_counts)
+            checks["database"] = {
+                "ok": True,
+                "database": self.store.label,
+                "ms": round((time.perf_counter() - began) * 1000, 2),
+            }
+        except CfnError as exc:
+            healthy = False
+            checks["database"] = {"ok": False, "error": str(exc)}
+        if checks["redis"]["ok"]:
+            try:
+                info = await queue_info(self.redis)
+                checks["workers"] = {
+                    "ok": True,
+                    "count": len(info.workers),
+                    "inProcess": self.worker is not None,
+                    "running": info.pending,
+                    "waiting": info.lag,
+                }
+            except CfnError as exc:
+                checks["workers"] = {"ok": False, "error": str(exc)}
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "version": __version__,
+            "uptimeSeconds": round(time.time() - self.started, 1),
+            "socketClients": len(self._feeds),
+            "checks": checks,
+            "you": {"sub": me.sub, "role": me.role, "taskId": me.task_id},
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    # --- Socket.IO ------------------------------------------------------------------------
+
+    def _register_socket(self) -> None:
+        portal = self
+
+        async def connect(sid: str, _environ: dict[str, Any], auth: Any) -> None:
+            if not isinstance(auth, dict):
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "auth must be {taskId, token}", {"error": "unauthorized"}
+                )
+            try:
+                me = verify_token(portal.secret, auth.get("token"))
+                task_id = keys.validate_id(auth.get("taskId"), "task id")
+                me.require_task(task_id)
+                if not await views.task_exists(portal.store, portal.redis, task_id):
+                    raise NotFoundError(f"no task {task_id!r}")
+            except CfnError as exc:
+                status, code = classify(exc)
+                if status in (401, 403):
+                    portal.metrics.auth_failures.labels(str(status)).inc()
+                raise socketio.exceptions.ConnectionRefusedError(
+                    str(exc), {"error": code, "status": status}
+                ) from None
+            await portal.sio.save_session(sid, {"taskId": task_id, "sub": me.sub}, NAMESPACE)
+            portal.metrics.socket_clients.inc()
+            portal._feeds[sid] = asyncio.create_task(portal._pump(sid, task_id, me.exp))
+
+        async def disconnect(sid: str, *_args: Any) -> None:
+            task = portal._feeds.pop(sid, None)
+            if task is not None:
+                portal.metrics.socket_clients.dec()
+                task.cancel()
+
+        self.sio.on("connect", connect, namespace=NAMESPACE)
+        self.sio.on("disconnect", disconnect, namespace=NAMESPACE)
+
+    async def _pump(self, sid: str, task_id: str, expires: int) -> None:
+        """Past events, then live ones, to one client; disconnect when its token expires."""
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(
+            max(0.0, expires - time.time()),
+            lambda: self._spawn_background(self.sio.disconnect(sid, namespace=NAMESPACE)),
+        )
+        try:
+            async for event in task_events(self.redis, self.store, task_id):
+                await self.sio.emit(event.kind, event.payload(task_id), to=sid, namespace=NAMESPACE)
+                self.metrics.events_sent.labels(event.kind, str(event.replay).lower()).inc()
+                ts = event.data.get("ts")
+                if not event.replay and isinstance(ts, int | float):
+                    self.metrics.event_delay.observe(max(0.0, time.time() - ts))
+        except asyncio.CancelledError:
+            raise
+        except CfnError as exc:
+            log.warning("event feed of %s for %s stopped: %s", task_id, sid, exc)
+            await self.sio.emit(
+                "feed:error", error_body("feed_error", str(exc)), to=sid, namespace=NAMESPACE
+            )
+        finally:
+            expiry.cancel()
+
+

@@ -1,0 +1,175 @@
+"""Portal tokens: the seed's ``generate_agent_token`` as HS256 JWTs (PyJWT).
+
+A token's claims are the seed's: ``sub`` (the agent id, or a person's name),
+``aud`` = ``cfn-agents``, ``exp`` = now + 1 h by default, ``task_id`` and
+``role``. Roles:
+
+- ``agent``: one task only (``task_id`` is required); reads that task and
+  its live events, nothing else.
+- ``operator``: a person running tasks: every read, creating tasks, decisions,
+  spawning and stopping agents.
+- ``admin``: an operator who may also mint tokens through the API and read
+  the Prometheus metrics.
+
+The signing key is CFN_PORTAL_SECRET, or one generated on first use and kept
+at ``<state>/portal/jwt.secret`` (mode 0600). It is never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+
+from cfn import keys
+from cfn.errors import AuthError, ConfigError, ForbiddenError, InvalidInputError
+from cfn.settings import Settings
+
+AUDIENCE = "cfn-agents"
+ISSUER = "cfn"
+ALGORITHM = "HS256"
+ROLES: tuple[str, ...] = ("agent", "operator", "admin")
+Role = Literal["agent", "operator", "admin"]
+SECRET_FILE = "jwt.secret"  # noqa: S105 (a file name)
+MIN_SECRET = 32
+#: Clock skew tolerated between the minting and the checking machine.
+LEEWAY = 5
+
+
+def secret_path(settings: Settings) -> Path:
+    return settings.state_dir / "portal" / SECRET_FILE
+
+
+def load_secret(settings: Settings) -> bytes:
+    """CFN_PORTAL_SECRET, or the generated one (created once, 0600, race-free)."""
+    if settings.cfn_portal_secret is not None:
+        value = settings.cfn_portal_secret.get_secret_value().encode()
+        if len(value) < MIN_SECRET:
+            raise ConfigError(
+                f"CFN_PORTAL_SECRET must be at least {MIN_SECRET} characters (HS256 needs a "
+                "long key); unset it to have cfn generate one"
+            )
+        return value
+    path = secret_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    value = path.read_bytes().strip()
+    if len(value) < MIN_SECRET:
+        raise ConfigError(f"{path} holds no usable key; delete it to have a new one generated")
+    return value
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    sub: str
+    role: Role
+    task_id: str | None
+    exp: int
+
+    @property
+    def is_person(self) -> bool:
+        return self.role in ("operator", "admin")
+
+    def require(self, *roles: Role) -> Principal:
+        if self.role not in roles:
+            raise ForbiddenError(
+                f"role {self.role!r} may not do this; it needs {' or '.join(roles)}"
+            )
+        return self
+
+    def require_task(self, task_id: str) -> Principal:
+        """Agents see their own task only; people see every task."""
+        if self.role == "agent" and self.task_id != task_id:
+            raise ForbiddenError(
+                f"this agent token is for task {self.task_id!r}, not {task_id!r}"
+            )
+        return self
+
+
+def _check_role(role: object) -> Role:
+    if role not in ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return role  # type: ignore[return-value]
+
+
+def mint_token(
+    secret: bytes,
+    sub: str,
+    role: str,
+    task_id: str | None = None,
+    ttl: float = 3600.0,
+    now: float | None = None,
+) -> str:
+    """The seed's ``generate_agent_token``: sub, aud=cfn-agents, exp=now+ttl, task_id, role."""
+    keys.validate_id(sub, "token subject")
+    checked = _check_role(role)
+    if checked == "agent" and task_id is None:
+        raise InvalidInputError("an agent token needs a task id (--task-id)")
+    if task_id is not None:
+        keys.validate_id(task_id, "task id")
+    if not 0 < ttl <= 366 * 24 * 3600:
+        raise InvalidInputError(f"token lifetime must be 1 s to 366 days, got {ttl!r}")
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "iat": issued,
+        "exp": issued + int(ttl),
+        "role": checked,
+        "task_id": task_id,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: bytes, token: object) -> Principal:
+    """A verified principal, or AuthError saying exactly what is wrong with the token."""
+    if not isinstance(token, str) or not token.strip():
+        raise AuthError("no token: send 'Authorization: Bearer <token>' (mint one: cfn token)")
+    try:
+        claims = jwt.decode(
+            token.strip(),
+            secret,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            leeway=LEEWAY,
+            options={"require": ["sub", "aud", "exp", "iat", "role"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired: mint a new one (cfn token)") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError(f"token audience is not {AUDIENCE!r}") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError(
+            "token signature does not verify: not minted with this portal's key"
+        ) from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    role = claims.get("role")
+    if role not in ROLES:
+        raise AuthError(f"token role {role!r} is not one of {', '.join(ROLES)}")
+    sub = claims.get("sub")
+    task_id = claims.get("task_id")
+    try:
+        keys.validate_id(sub, "token subject")
+        if task_id is not None:
+            keys.validate_id(task_id, "task id")
+    except InvalidInputError as exc:
+        raise AuthError(f"token claims are malformed: {exc}") from None
+    if role == "agent" and task_id is None:
+        raise AuthError("agent token without a task_id claim")
+    return Principal(sub=str(sub), role=role, task_id=task_id, exp=int(claims["exp"]))

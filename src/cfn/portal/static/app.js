@@ -1,0 +1,443 @@
+/* cfn dashboard: REST for snapshots, Socket.IO /cfn-loop for live events.
+   All text goes in through textContent: nothing from the server is parsed as HTML. */
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  token: null, who: null, tasks: [], taskId: null, follow: true, socket: null,
+  snap: null, vm: null, refreshTimer: null, hbTimer: null,
+};
+
+// --- auth -----------------------------------------------------------------------------
+
+function readHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get("token")) {
+    sessionStorage.setItem("cfn-token", params.get("token"));
+    params.delete("token");
+  }
+  const task = params.get("task");
+  history.replaceState(null, "", location.pathname + (task ? "#task=" + encodeURIComponent(task) : ""));
+  return task;
+}
+
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part));
+  } catch (e) { return null; }
+}
+
+function askToken(message) {
+  $("login-msg").textContent = message || "";
+  const dlg = $("login-dialog");
+  if (!dlg.open) dlg.showModal();
+}
+
+$("login-form").addEventListener("submit", (ev) => {
+  const value = new FormData(ev.target).get("token").trim();
+  if (!claims(value)) { ev.preventDefault(); $("login-msg").textContent = "that is not a JWT"; return; }
+  sessionStorage.setItem("cfn-token", value);
+  start();
+});
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: Object.assign({ "Authorization": "Bearer " + state.token },
+      body ? { "Content-Type": "application/json" } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (res.status === 401) askToken((data && data.message) || "token refused");
+  if (!res.ok) {
+    const err = new Error((data && data.message) || res.statusText);
+    err.status = res.status;
+    throw err;
+  }
+  return data;
+}
+
+// --- helpers --------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+const pct = (x) => Math.max(0, Math.min(100, Math.round((x || 0) * 100))) + "%";
+const fmt = (x, d = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+const short = (s, n) => (s && s.length > n ? s.slice(0, n - 1) + "…" : s || "");
+function ago(ts) {
+  if (!ts) return "";
+  const s = Math.max(0, Date.now() / 1000 - ts);
+  return s < 60 ? s.toFixed(1) + " s ago" : Math.round(s / 60) + " min ago";
+}
+
+// --- the task list --------------------------------------------------------------------
+
+async function loadTasks() {
+  let data;
+  try { data = await api("GET", "/api/tasks?limit=100"); } catch (e) { return; }
+  state.tasks = data.tasks;
+  $("task-count").textContent = "(" + data.tasks.length + ")";
+  if (state.follow) {
+    const running = data.tasks.find((t) => t.status === "running" || t.status === "pending");
+    const pick = running || data.tasks[0];
+    if (pick && pick.taskId !== state.taskId) selectTask(pick.taskId, true);
+  }
+  renderTaskList();
+}
+
+function renderTaskList() {
+  const ul = $("tasks");
+  ul.replaceChildren();
+  for (const t of state.tasks) {
+    const li = el("li", { class: t.taskId === state.taskId ? "sel" : "", "data-task": t.taskId,
+      onclick: () => selectTask(t.taskId, false) },
+      el("div", { class: "tepic" }, el("span", { class: "dot " + t.status }), short(t.epic, 60)),
+      el("div", { class: "tid" }, t.taskId + " · " + t.mode + " · it. " + t.iterations + " · " + t.status));
+    ul.append(li);
+  }
+}
+
+async function loadHealth() {
+  try {
+    const h = await api("GET", "/api/health/system");
+    render_health(h);
+  } catch (e) {
+    $("health").textContent = "health: " + e.message;
+  }
+}
+function render_health(h) {
+  const box = $("health");
+  box.replaceChildren();
+  const c = h.checks || {};
+  const line = (name, ok, text) => el("div", {}, el("b", { class: ok ? "ok" : "bad" }, ok ? "●" : "●"), " " + name + " " + text);
+  if (c.redis) box.append(line("redis", c.redis.ok, c.redis.ok ? c.redis.ms + " ms" : c.redis.error));
+  if (c.database) box.append(line("database", c.database.ok, c.database.ok ? c.database.ms + " ms" : c.database.error));
+  if (c.workers) box.append(line("workers", c.workers.ok && c.workers.count > 0,
+    (c.workers.count || 0) + " · running " + (c.workers.running || 0)));
+}
+
+// --- one task ---------------------------------------------------------------------------
+
+function emptyVm() {
+  return { iteration: 0, maxIterations: null, loop3: 0, loop2: 0, phase: null, gate: null, consensus: null,
+    thresholds: {}, agents: new Map(), events: [], decisions: [], awaiting: null, status: null,
+    outcome: null, offline: false };
+}
+
+function selectTask(taskId, auto) {
+  if (!auto) state.follow = false;
+  if (taskId === state.taskId) return;
+  state.taskId = taskId;
+  history.replaceState(null, "", "#task=" + encodeURIComponent(taskId));
+  state.vm = emptyVm();
+  $("events").replaceChildren();
+  $("empty").classList.add("hidden");
+  $("task").classList.remove("hidden");
+  renderTaskList();
+  refresh();
+  connect(taskId);
+}
+
+async function refresh() {
+  const taskId = state.taskId;
+  if (!taskId) return;
+  let snap;
+  try { snap = await api("GET", "/api/tasks/" + encodeURIComponent(taskId) + "/status"); }
+  catch (e) { if (e.status === 404) { $("t-epic").textContent = "no such task: " + taskId; } return; }
+  if (taskId !== state.taskId) return;
+  state.snap = snap;
+  const vm = state.vm;
+  vm.status = snap.status;
+  vm.thresholds = snap.thresholds || vm.thresholds;
+  vm.maxIterations = (snap.thresholds || {}).maxIterations || vm.maxIterations;
+  if (snap.iteration) vm.iteration = Math.max(vm.iteration, snap.iteration);
+  if (snap.phase) vm.phase = snap.phase === "done" ? "done" : snap.phase;
+  if (snap.gate && snap.gate.iteration === undefined) vm.gate = Object.assign({ iteration: snap.iteration }, snap.gate);
+  if (snap.consensus) vm.consensus = Object.assign({ iteration: snap.iteration }, snap.consensus);
+  vm.decisions = snap.decisions || [];
+  vm.awaiting = snap.awaitingDecision ? (snap.awaiting || { iteration: snap.iteration }) : null;
+  vm.outcome = snap.outcome ? { outcome: snap.outcome, reason: snap.reason } : vm.outcome;
+  for (const a of snap.agents || []) {
+    const cur = vm.agents.get(a.agentId) || {};
+    vm.agents.set(a.agentId, Object.assign(cur, a));
+    if (a.provider === "offline") vm.offline = true;
+  }
+  render();
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(refresh, 250);
+}
+
+// The seed's client code calls these two (socket.on('agent:update') / ('loop:progress')).
+function updateAgentStatus(agentId, status, data) {
+  const vm = state.vm;
+  const cur = vm.agents.get(agentId) || { agentId, fresh: true };
+  cur.status = status;
+  for (const k of ["role", "loop", "iteration", "provider", "model", "confidence", "reason", "pid"]) {
+    if (data[k] !== undefined && data[k] !== null) cur[k] = data[k];
+  }
+  if (data.provider === "offline") vm.offline = true;
+  vm.agents.set(agentId, cur);
+}
+function updateProgressBar(loop, progress, data) {
+  const vm = state.vm;
+  if (data.iteration && data.iteration > vm.iteration) { vm.iteration = data.iteration; vm.loop2 = 0; }
+  if (loop === 3) { vm.loop3 = progress; if (data.phase === "loop3") { vm.phase = "loop3"; vm.loop2 = 0; } }
+  if (loop === 2) { vm.loop2 = progress; if (data.phase === "loop2") vm.phase = "loop2"; }
+}
+
+function onEvent(kind, data) {
+  const vm = state.vm;
+  if (!vm || data.taskId !== state.taskId) return;
+  switch (kind) {
+    case "task:created":
+      vm.thresholds = { gate: data.gate, consensus: data.consensus, maxIterations: data.max_iterations,
+        implementers: data.implementers, validators: data.validators };
+      vm.maxIterations = data.max_iterations; vm.iteration = Math.max(vm.iteration, 1); break;
+    case "agent:update": updateAgentStatus(data.agentId, data.status, data); break;
+    case "loop:progress": updateProgressBar(data.loop, data.progress, data); break;
+    case "gate": vm.gate = data; vm.phase = data.passed ? "loop2" : "loop3"; break;
+    case "consensus": vm.consensus = data; vm.phase = data.passed ? "decision" : "loop3"; break;
+    case "decision:awaiting": vm.awaiting = { iteration: data.iteration }; vm.phase = "decision"; break;
+    case "decision":
+      vm.awaiting = null;
+      vm.decisions = vm.decisions.filter((d) => d.iteration !== data.iteration)
+        .concat([{ iteration: data.iteration, decision: data.decision, by: data.by, reason: data.reason }]);
+      break;
+    case "task:finished": vm.status = data.status; vm.phase = "done";
+      vm.outcome = { outcome: data.outcome, reason: data.reason }; break;
+    case "task:resumed": vm.status = "running"; break;
+  }
+  if (kind !== "replay:done") addEvent(kind, data);
+  if (!data.replay) scheduleRefresh();
+  scheduleRender();
+}
+
+function addEvent(kind, data) {
+  const vm = state.vm;
+  vm.events.push({ kind, data });
+  const skip = new Set(["taskId", "eventId", "replay", "ts"]);
+  const text = Object.entries(data).filter(([k]) => !skip.has(k))
+    .map(([k, v]) => k + "=" + (typeof v === "object" && v !== null ? JSON.stringify(v) : v)).join(" ");
+  const t = data.ts ? new Date(data.ts * 1000).toLocaleTimeString() : "";
+  const li = el("li", { "data-kind": kind }, el("span", { class: "muted" }, t),
+    el("span", { class: "k " + kind.split(":")[0] }, kind), el("span", { class: "d", title: text }, text));
+  const list = $("events");
+  list.prepend(li);
+  while (list.childNodes.length > 400) list.lastChild.remove();
+  $("ev-count").textContent = "(" + vm.events.length + ")";
+}
+
+// --- live events ------------------------------------------------------------------------
+
+function connect(taskId) {
+  if (state.socket) { state.socket.disconnect(); state.socket = null; }
+  const live = $("live");
+  live.className = "pill off"; live.textContent = "connecting";
+  const socket = io("/cfn-loop", { auth: { taskId: taskId, token: state.token } });
+  state.socket = socket;
+  socket.on("connect", () => { live.className = "pill on"; live.textContent = "live"; });
+  socket.on("disconnect", () => { live.className = "pill off"; live.textContent = "offline"; });
+  socket.on("connect_error", (err) => {
+    live.className = "pill off"; live.textContent = "refused";
+    live.title = err.message;
+    if (err.data && err.data.status === 401) askToken(err.message);
+  });
+  socket.onAny((kind, data) => { if (socket === state.socket) onEvent(kind, data || {}); });
+}
+
+// --- rendering ----------------------------------------------------------------------------
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
+}
+
+function gauge(prefix, verdict, threshold) {
+  const fill = $(prefix + "-fill"), mark = $(prefix + "-mark"), text = $(prefix + "-text");
+  mark.style.left = pct(threshold);
+  mark.title = "threshold " + fmt(threshold);
+  if (!verdict) { fill.style.width = "0"; fill.className = "fill"; text.textContent = "threshold " + fmt(threshold) + " · not judged yet"; return; }
+  fill.style.width = pct(verdict.score);
+  fill.className = "fill " + (verdict.passed ? "pass" : "fail");
+  text.textContent = (verdict.passed ? "passed" : "failed") + " · " + fmt(verdict.score, 3) + " vs " +
+    fmt(verdict.threshold || threshold) + " · " + (verdict.reported ?? "?") + "/" + (verdict.team ?? "?") +
+    " reported" + (verdict.failed ? ", " + verdict.failed + " failed" : "") +
+    (verdict.iteration ? " · iteration " + verdict.iteration : "");
+}
+
+function render() {
+  const vm = state.vm, snap = state.snap;
+  if (!vm) return;
+  const opts = (snap && snap.options) || {};
+  $("t-id").textContent = state.taskId;
+  const status = vm.status || (snap && snap.status) || "";
+  $("t-status").textContent = status;
+  $("t-status").className = "badge " + status;
+  $("t-offline").classList.toggle("hidden", !vm.offline);
+  $("t-epic").textContent = (snap && snap.epic) || opts.epic || "";
+  const th = vm.thresholds || {};
+  $("t-meta").textContent = [opts.mode || (snap && snap.mode), "decision: " + (opts.decision || "?"),
+    th.implementers ? th.implementers + " implementers" : null, th.validators ? th.validators + " validators" : null,
+    opts.complexity ? "complexity " + opts.complexity : null, opts.cost_sensitive ? "cost sensitive" : null]
+    .filter(Boolean).join(" · ");
+  $("t-outcome").textContent = vm.outcome && vm.outcome.outcome ? vm.outcome.outcome + " — " + (vm.outcome.reason || "") : "";
+
+  // stepper
+  const order = ["loop3", "gate", "loop2", "consensus", "decision"];
+  for (const step of document.querySelectorAll(".step")) {
+    const p = step.dataset.phase;
+    step.classList.remove("active", "pass", "fail");
+    if (status === "running" && p === vm.phase) step.classList.add("active");
+    if (p === "gate" && vm.gate && vm.gate.iteration === vm.iteration) step.classList.add(vm.gate.passed ? "pass" : "fail");
+    if (p === "consensus" && vm.consensus && vm.consensus.iteration === vm.iteration) step.classList.add(vm.consensus.passed ? "pass" : "fail");
+  }
+  void order;
+  $("s-gate").textContent = vm.gate ? fmt(vm.gate.score, 3) + " / " + fmt(vm.gate.threshold) : "≥ " + fmt(th.gate);
+  $("s-consensus").textContent = vm.consensus ? fmt(vm.consensus.score, 3) + " / " + fmt(vm.consensus.threshold) : "≥ " + fmt(th.consensus);
+  const last = vm.decisions[vm.decisions.length - 1];
+  $("s-decision").textContent = vm.awaiting ? "awaiting you" : last ? last.decision : (opts.decision || "–");
+
+  // progress
+  const max = vm.maxIterations || th.maxIterations || 1;
+  $("it-label").textContent = (vm.iteration || 0) + " of " + max;
+  $("it-bar").style.width = pct((vm.iteration || 0) / max);
+  $("l3-bar").style.width = pct(vm.loop3);
+  $("l2-bar").style.width = pct(vm.loop2);
+  $("l3-label").textContent = pct(vm.loop3);
+  $("l2-label").textContent = pct(vm.loop2);
+  gauge("g", vm.gate, th.gate);
+  gauge("c", vm.consensus, th.consensus);
+
+  // decision
+  const aw = $("await");
+  aw.classList.toggle("hidden", !(vm.awaiting && status === "running"));
+  if (vm.awaiting) $("await-it").textContent = vm.awaiting.iteration;
+  const ul = $("decisions");
+  ul.replaceChildren();
+  for (const d of vm.decisions.slice().reverse()) {
+    ul.append(el("li", {}, el("b", {}, "it. " + d.iteration + " " + d.decision), " by " + d.by + " — " + short(d.reason || "", 140)));
+  }
+  if (!vm.decisions.length && !vm.awaiting) ul.append(el("li", { class: "muted" }, "no decision yet"));
+
+  // agents
+  const body = $("agents");
+  body.replaceChildren();
+  const agents = Array.from(vm.agents.values()).sort((a, b) =>
+    (a.iteration || 0) - (b.iteration || 0) || (b.loop || 0) - (a.loop || 0) || a.agentId.localeCompare(b.agentId));
+  $("agent-count").textContent = "(" + agents.length + ")";
+  for (const a of agents) {
+    const hb = a.heartbeat;
+    const liveBeat = hb && a.status === "running" && hb.ts && (Date.now() / 1000 - hb.ts) < 30;
+    const conf = a.confidence === null || a.confidence === undefined ? el("span", { class: "muted" }, "–")
+      : el("div", { class: "conf" }, el("div", { class: "bar" }, (() => { const f = el("div", { class: "fill" }); f.style.width = pct(a.confidence); return f; })()), fmt(a.confidence));
+    const stop = a.status === "running" ? el("button", { class: "btn small", title: "stop this agent",
+      onclick: () => stopAgent(a.agentId) }, "stop") : "";
+    const tr = el("tr", { class: a.fresh ? "new" : "", "data-agent": a.agentId },
+      el("td", { class: "mono" }, a.agentId), el("td", {}, a.role || ""), el("td", {}, a.iteration || ""),
+      el("td", {}, el("span", { class: "status " + (a.status || "") }, a.status || "")),
+      el("td", { class: "mono" }, (a.provider || "") + (a.model ? " · " + a.model : "")),
+      el("td", {}, conf),
+      el("td", { class: "hb" + (liveBeat ? " live" : "") }, hb ? (hb.status || "") + " " + ago(hb.ts) : "–"),
+      el("td", { class: "muted", title: a.reason || "" }, short(a.reason || "", 60)),
+      el("td", {}, stop));
+    a.fresh = false;
+    body.append(tr);
+  }
+
+  // iterations
+  const its = $("iterations");
+  its.replaceChildren();
+  const rows = (snap && snap.iterations) || [];
+  for (const it of rows.slice().reverse()) {
+    const d = vm.decisions.find((x) => x.iteration === it.number);
+    const g = it.number === vm.iteration && vm.gate ? vm.gate.score : it.gateMean;
+    const c = it.number === vm.iteration && vm.consensus ? vm.consensus.score : it.consensusMean;
+    its.append(el("tr", {}, el("td", {}, it.number),
+      el("td", {}, g === null || g === undefined ? "–" : fmt(g, 3) + (g >= th.gate ? " ✓" : " ✗")),
+      el("td", {}, c === null || c === undefined ? "–" : fmt(c, 3) + (c >= th.consensus ? " ✓" : " ✗")),
+      el("td", {}, d ? d.decision : "")));
+  }
+}
+
+// --- actions ----------------------------------------------------------------------------
+
+for (const btn of document.querySelectorAll("#await .btn")) {
+  btn.addEventListener("click", async () => {
+    const decision = btn.dataset.decision;
+    const buttons = document.querySelectorAll("#await .btn");
+    buttons.forEach((b) => (b.disabled = true));
+    $("decide-msg").textContent = "sending " + decision + "…";
+    try {
+      const r = await api("POST", "/api/tasks/" + encodeURIComponent(state.taskId) + "/decision",
+        { decision, reason: $("reason").value });
+      $("decide-msg").textContent = decision + " sent for iteration " + r.iteration;
+      $("reason").value = "";
+    } catch (e) {
+      $("decide-msg").textContent = "refused: " + e.message;
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  });
+}
+
+async function stopAgent(agentId) {
+  try {
+    await api("DELETE", "/api/agents/" + encodeURIComponent(agentId) + "?taskId=" + encodeURIComponent(state.taskId));
+  } catch (e) { alert("stop refused: " + e.message); }
+}
+
+$("new-task").addEventListener("click", () => { $("new-msg").textContent = ""; $("new-dialog").showModal(); });
+$("new-cancel").addEventListener("click", () => $("new-dialog").close());
+$("new-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  const body = { epic: f.get("epic"), mode: f.get("mode"), decision: f.get("decision"),
+    cost_sensitive: f.get("cost_sensitive") === "on" };
+  if (f.get("complexity")) body.complexity = f.get("complexity");
+  try {
+    const r = await api("POST", "/api/tasks/create", body);
+    $("new-dialog").close();
+    await loadTasks();
+    selectTask(r.taskId, false);
+  } catch (e) { $("new-msg").textContent = e.message; }
+});
+
+// --- start ------------------------------------------------------------------------------
+
+let started = false;
+function start() {
+  state.token = sessionStorage.getItem("cfn-token");
+  const c = state.token && claims(state.token);
+  if (!c) { askToken("no token yet"); return; }
+  if (c.exp && c.exp * 1000 < Date.now()) { askToken("your token has expired"); return; }
+  $("who").textContent = c.sub + " (" + c.role + ")";
+  $("new-task").classList.toggle("hidden", c.role === "agent");
+  if (started) { loadTasks(); return; }
+  started = true;
+  const wanted = initialTask || (c.role === "agent" ? c.task_id : null);
+  if (wanted) selectTask(wanted, false);
+  loadTasks();
+  loadHealth();
+  setInterval(loadTasks, 4000);
+  setInterval(loadHealth, 15000);
+  // Heartbeat ages move with the clock: refresh the running task's snapshot now and then.
+  setInterval(() => { if (state.vm && state.vm.status === "running") refresh(); }, 3000);
+}
+
+const initialTask = readHash();
+start();

@@ -1,0 +1,324 @@
+"""What the portal shows, read from real state: SQL (tasks, iterations, agents,
+decisions, events, LLM usage) and Redis (heartbeats, the awaited decision,
+the task queue). Plain JSON-ready dicts; the routes only add auth and HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cfn import keys
+from cfn.coordination.connection import RedisManager
+from cfn.errors import InvalidInputError, NotFoundError
+from cfn.loop.journal import SqlJournal
+from cfn.loop.state import AgentRow, TaskOptions
+from cfn.portal.workers import queued_options
+from cfn.store.repository import T_AGENTS, T_DECISIONS, T_ITERATIONS, T_TASKS, Store
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def _team(options: TaskOptions) -> dict[str, Any]:
+    team = options.team
+    return {
+        "gate": team.gate,
+        "consensus": team.consensus,
+        "maxIterations": team.max_iterations,
+        "implementers": team.implementers,
+        "validators": team.validators,
+    }
+
+
+def _options(options: TaskOptions) -> dict[str, Any]:
+    return {
+        "epic": options.epic,
+        "mode": options.mode,
+        "complexity": options.complexity,
+        "cost_sensitive": options.cost_sensitive,
+        "decision": options.decision,
+        "provider": options.provider,
+        "workspace": options.workspace,
+    }
+
+
+async def _heartbeats(
+    redis: RedisManager, task_id: str, agent_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    if not agent_ids:
+        return {}
+    names = [keys.heartbeat(task_id, a) for a in agent_ids]
+    values = await redis.run(lambda r: r.mget(names))
+    out: dict[str, dict[str, Any]] = {}
+    for agent_id, raw in zip(agent_ids, values, strict=True):
+        if raw is None:
+            continue
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(beat, dict):
+            out[agent_id] = beat
+    return out
+
+
+def _agent(row: AgentRow, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    ts = beat.get("ts") if beat else None
+    return {
+        "agentId": row.agent_id,
+        "taskId": row.task_id,
+        "role": row.role,
+        "loop": row.loop,
+        "iteration": row.iteration,
+        "status": row.status,
+        "provider": row.provider,
+        "model": row.model,
+        "profile": row.profile,
+        "confidence": row.confidence,
+        "pid": row.pid,
+        "reason": row.reason,
+        "heartbeat": None
+        if beat is None
+        else {
+            "status": beat.get("status"),
+            "ts": ts,
+            "ageSeconds": round(now - ts, 3) if isinstance(ts, int | float) else None,
+        },
+    }
+
+
+async def agents(store: Store, redis: RedisManager, task_id: str) -> list[dict[str, Any]]:
+    """A task's agents with status, provider, confidence and their live heartbeat."""
+    keys.validate_id(task_id, "task id")
+    rows = await asyncio.to_thread(SqlJournal(store).agents, task_id)
+    beats = await _heartbeats(redis, task_id, [r.agent_id for r in rows])
+    now = time.time()
+    return [_agent(r, beats.get(r.agent_id), now) for r in rows]
+
+
+async def task_exists(store: Store, redis: RedisManager, task_id: str) -> bool:
+    try:
+        await asyncio.to_thread(store.get_task, task_id)
+        return True
+    except NotFoundError:
+        return await queued_options(redis, task_id) is not None
+
+
+async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[str, Any]:
+    """Everything the dashboard shows for one task; NotFoundError for an unknown id."""
+    keys.validate_id(task_id, "task id")
+    journal = SqlJournal(store)
+    try:
+        record = await asyncio.to_thread(store.get_task, task_id)
+    except NotFoundError:
+        queued = await queued_options(redis, task_id)
+        if queued is None:
+            raise
+        return {
+            "taskId": task_id,
+            "status": "queued",
+            "options": _options(queued),
+            "thresholds": _team(queued),
+            "iteration": 0,
+            "phase": None,
+            "iterations": [],
+            "agents": [],
+            "decisions": [],
+            "awaitingDecision": False,
+        }
+    try:
+        options, checkpoint, _status = await asyncio.to_thread(journal.load_task, task_id)
+    except InvalidInputError:
+        options = None
+        checkpoint = None
+    iterations = await asyncio.to_thread(store.iterations, task_id)
+    decisions = await asyncio.to_thread(store.decisions, task_id)
+    decision_key = keys.decision(task_id)
+    raw_decision = await redis.run(lambda r: r.get(decision_key))
+    try:
+        decision_state = json.loads(raw_decision) if raw_decision else None
+    except ValueError:
+        decision_state = None
+    awaiting = (
+        isinstance(decision_state, dict)
+        and decision_state.get("status") == "awaiting"
+        and record.status == "running"
+    )
+    return {
+        "taskId": task_id,
+        "status": record.status,
+        "mode": record.mode,
+        "epic": record.epic,
+        "createdAt": _iso(record.created_at),
+        "updatedAt": _iso(record.updated_at),
+        "options": None if options is None else _options(options),
+        "thresholds": None if options is None else _team(options),
+        "iteration": None if checkpoint is None else checkpoint.iteration,
+        "phase": None if checkpoint is None else checkpoint.phase.value,
+        "gate": None if checkpoint is None else checkpoint.gate,
+        "consensus": None if checkpoint is None else checkpoint.consensus,
+        "outcome": None if checkpoint is None else checkpoint.outcome,
+        "reason": None if checkpoint is None else checkpoint.reason,
+        "iterations": [
+            {
+                "number": it.number,
+                "gateMean": it.gate_mean,
+                "consensusMean": it.consensus_mean,
+                "startedAt": _iso(it.started_at),
+                "finishedAt": _iso(it.finished_at),
+            }
+            for it in iterations
+        ],
+        "agents": await agents(store, redis, task_id),
+        "decisions": [
+            {
+                "iteration": d.iteration,
+                "decision": d.decision,
+                "by": d.decided_by,
+                "reason": d.reason,
+                "at": _iso(d.created_at),
+            }
+            for d in decisions
+        ],
+        "awaitingDecision": bool(awaiting),
+        "awaiting": decision_state if awaiting else None,
+    }
+
+
+async def list_tasks(store: Store, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest tasks first, with their iteration count and agent count."""
+    records = await asyncio.to_thread(store.list_tasks, None, limit)
+    ids = [r.id for r in records]
+
+    def counts() -> tuple[dict[str, int], dict[str, int]]:
+        if not ids:
+            return {}, {}
+        with store.read() as conn:
+            its = conn.execute(
+                select(T_ITERATIONS.c.task_id, func.max(T_ITERATIONS.c.number))
+                .where(T_ITERATIONS.c.task_id.in_(ids))
+                .group_by(T_ITERATIONS.c.task_id)
+            ).all()
+            ags = conn.execute(
+                select(T_AGENTS.c.task_id, func.count())
+                .where(T_AGENTS.c.task_id.in_(ids))
+                .group_by(T_AGENTS.c.task_id)
+            ).all()
+        return {r[0]: int(r[1]) for r in its}, {r[0]: int(r[1]) for r in ags}
+
+    iterations, agent_counts = await asyncio.to_thread(counts)
+    return [
+        {
+            "taskId": r.id,
+            "status": r.status,
+            "mode": r.mode,
+            "epic": r.epic,
+            "createdAt": _iso(r.created_at),
+            "updatedAt": _iso(r.updated_at),
+            "iterations": iterations.get(r.id, 0),
+            "agents": agent_counts.get(r.id, 0),
+        }
+        for r in records
+    ]
+
+
+async def find_agent_tasks(store: Store, agent_id: str) -> list[AgentRow]:
+    """Every task that has an agent with this id (ids repeat across tasks)."""
+    keys.validate_id(agent_id, "agent id")
+
+    def query() -> list[str]:
+        with store.read() as conn:
+            rows = conn.execute(
+                select(T_AGENTS.c.task_id).where(T_AGENTS.c.id == agent_id).order_by(
+                    T_AGENTS.c.task_id
+                )
+            ).all()
+        return [str(r[0]) for r in rows]
+
+    found: list[AgentRow] = []
+    journal = SqlJournal(store)
+    for task_id in await asyncio.to_thread(query):
+        for row in await asyncio.to_thread(journal.agents, task_id):
+            if row.agent_id == agent_id:
+                found.append(row)
+    return found
+
+
+async def agent_metrics(store: Store) -> dict[str, Any]:
+    def query() -> dict[str, Any]:
+        with store.read() as conn:
+            rows = conn.execute(
+                select(
+                    T_AGENTS.c.status,
+                    T_AGENTS.c.provider,
+                    T_AGENTS.c.role,
+                    func.count(),
+                    func.avg(T_AGENTS.c.confidence),
+                ).group_by(T_AGENTS.c.status, T_AGENTS.c.provider, T_AGENTS.c.role)
+            ).all()
+        by_status: Counter[str] = Counter()
+        by_provider: Counter[str] = Counter()
+        by_role: Counter[str] = Counter()
+        conf_sum = 0.0
+        conf_n = 0
+        for status, provider, role, count, mean in rows:
+            by_status[str(status)] += int(count)
+            by_provider[str(provider or "unknown")] += int(count)
+            by_role[str(role)] += int(count)
+            if mean is not None:
+                conf_sum += float(mean) * int(count)
+                conf_n += int(count)
+        return {
+            "total": sum(by_status.values()),
+            "byStatus": dict(by_status),
+            "byProvider": dict(by_provider),
+            "byRole": dict(by_role),
+            "meanConfidence": round(conf_sum / conf_n, 4) if conf_n else None,
+        }
+
+    data = await asyncio.to_thread(query)
+    usage = await asyncio.to_thread(store.llm_usage)
+    data["llm"] = usage.model_dump()
+    return data
+
+
+async def task_metrics(store: Store) -> dict[str, Any]:
+    def query() -> dict[str, Any]:
+        with store.read() as conn:
+            statuses = conn.execute(
+                select(T_TASKS.c.status, func.count()).group_by(T_TASKS.c.status)
+            ).all()
+            modes = conn.execute(
+                select(T_TASKS.c.mode, func.count()).group_by(T_TASKS.c.mode)
+            ).all()
+            decisions = conn.execute(
+                select(T_DECISIONS.c.decision, func.count()).group_by(T_DECISIONS.c.decision)
+            ).all()
+            per_task = (
+                select(T_ITERATIONS.c.task_id, func.max(T_ITERATIONS.c.number).label("n"))
+                .group_by(T_ITERATIONS.c.task_id)
+                .subquery()
+            )
+            mean_iterations = conn.execute(select(func.avg(per_task.c.n))).scalar()
+            gate = conn.execute(select(func.avg(T_ITERATIONS.c.gate_mean))).scalar()
+            consensus = conn.execute(select(func.avg(T_ITERATIONS.c.consensus_mean))).scalar()
+        by_status = {str(s): int(c) for s, c in statuses}
+        return {
+            "total": sum(by_status.values()),
+            "byStatus": by_status,
+            "byMode": {str(m): int(c) for m, c in modes},
+            "decisions": {str(d): int(c) for d, c in decisions},
+            "meanIterations": None if mean_iterations is None else round(float(mean_iterations), 3),
+            "meanGate": None if gate is None else round(float(gate), 4),
+            "meanConsensus": None if consensus is None else round(float(consensus), 4),
+        }
+
+    return await asyncio.to_thread(query)
