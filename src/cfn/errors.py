@@ -112,6 +112,33 @@ class AgentLookupError(CfnError):
     """No such agent to re-attach to, or a pid that is not that agent."""
 
 
+# --- MCP (issue 6) ----------------------------------------------------------------------
+
+
+class McpAuthError(CfnError):
+    """An MCP token that is missing, malformed, forged or expired (HTTP 401)."""
+
+    status = 401
+
+
+class McpForbiddenError(CfnError):
+    """A valid MCP token that may not do this: wrong skill, task or scope (HTTP 403)."""
+
+    status = 403
+
+
+class McpToolError(InvalidInputError):
+    """A tool call with bad arguments, or one its server refuses (HTTP 400)."""
+
+    status = 400
+
+
+class McpServerError(CfnError):
+    """An MCP server could not be started, reached, or answered with an error (HTTP 502)."""
+
+    status = 502
+
+
 # --- portal (issue 7) ----------------------------------------------------------------
 
 

@@ -188,6 +188,24 @@ def keyspace_channel(db: int, key: str) -> str:
     return f"__keyspace@{db}__:{key}"
 
 
+# --- MCP (issue 6) ------------------------------------------------------------------------
+
+
+def swarm_pattern(task_id: str) -> str:
+    """Glob matching every ``swarm:`` key of one task (signals, results, heartbeats)."""
+    return f"swarm:{validate_id(task_id, 'task id')}:*"
+
+
+def context_pattern(task_id: str) -> str:
+    """Glob matching every ``context:`` key of one task."""
+    return f"context:{validate_id(task_id, 'task id')}:*"
+
+
+def mcp_audit() -> str:
+    """``mcp:audit``: capped stream of MCP tool calls (agent, task, server, tool, outcome)."""
+    return "mcp:audit"
+
+
 # --- the portal (issue 7) --------------------------------------------------------------
 
 #: The consumer group of orchestrator workers on :func:`task_queue`.

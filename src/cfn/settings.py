@@ -185,6 +185,54 @@ class Settings(BaseSettings):
         default=3600, gt=0, le=30 * 24 * 3600, description="TTL of session:{task} data."
     )
 
+    # --- MCP (seed: "MCP Integration") ---
+    mcp_auth_token: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs MCP tokens (seed: AUTH_TOKEN=${MCP_AUTH_TOKEN}); unset: "
+        "one generated once under <state>/mcp/secret (0600). At least 32 characters.",
+    )
+    mcp_token_ttl: int = Field(
+        default=3600, gt=0, le=30 * 24 * 3600, description="Lifetime of a minted MCP token (s)."
+    )
+    mcp_skill_mapping: str | None = Field(
+        default=None,
+        description='Skill routing, JSON {"skill": ["server", ...]} (or the seed\'s '
+        '{"skill_to_mcp_mapping": {...}}); unset: the seed\'s mapping.',
+    )
+    mcp_host: str = Field(default="127.0.0.1", description="Address the MCP servers bind.")
+    mcp_playwright_port: int = Field(default=8081, ge=1, le=65535)
+    mcp_redis_tools_port: int = Field(default=8082, ge=1, le=65535)
+    mcp_n8n_port: int = Field(default=8083, ge=1, le=65535)
+    mcp_security_scanner_port: int = Field(default=8084, ge=1, le=65535)
+    mcp_gateway_port: int = Field(
+        default=8080, ge=1, le=65535, description="The gateway (not in the seed's table)."
+    )
+    mcp_gateway_url: str | None = Field(
+        default=None,
+        description="Where agents reach the gateway; set by `cfn mcp up` for spawned agents.",
+    )
+    cfn_mcp_token: SecretStr | None = Field(
+        default=None, description="An agent's own MCP token (given to it at spawn)."
+    )
+    mcp_workspace: Path | None = Field(
+        default=None,
+        description="The only tree the security scanner may scan; default: the checkout.",
+    )
+    mcp_playwright_allowed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:*", "http://localhost:*"],
+        description="URL patterns (fnmatch, comma separated) the browser may load.",
+    )
+    mcp_chromium_path: str = "/usr/bin/chromium"
+    mcp_browser_idle_timeout: float = Field(
+        default=300.0, gt=0, le=24 * 3600, description="An idle browser session closes after."
+    )
+    mcp_scan_timeout: float = Field(default=120.0, gt=0, le=3600)
+    n8n_url: str = Field(default="http://127.0.0.1:5678", description="n8n's base URL.")
+    n8n_api_key: SecretStr | None = Field(default=None, description="n8n REST API key.")
+    mcp_cgroups: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Server limits through cgroup v1: auto, on (required), off."
+    )
+
     # --- Portal (seed: "Web Portal Integration") ---
     cfn_portal_secret: SecretStr | None = Field(
         default=None,
@@ -214,6 +262,13 @@ class Settings(BaseSettings):
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("mcp_playwright_allowed_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

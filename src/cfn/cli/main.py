@@ -17,6 +17,7 @@ from cfn.cli import loop as loop_cli
 from cfn.cli import portal as portal_cli
 from cfn.cli import store as store_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
+from cfn.cli.mcp import mcp_app
 from cfn.cli.providers import providers_app
 from cfn.cli.runtime import agent_app
 from cfn.coordination.completion import CollectReport
@@ -46,6 +47,7 @@ app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
 app.command("spawn-agent")(agents_cli.spawn_agent_cmd)
 app.add_typer(agent_app, name="agent")
+app.add_typer(mcp_app, name="mcp")
 app.command("orchestrate")(loop_cli.orchestrate_cmd)
 app.command("run")(loop_cli.run_cmd)
 app.command("resume")(loop_cli.resume_cmd)

@@ -1,0 +1,80 @@
+"""Run one MCP server (or the gateway) in this process: ``python -m cfn.mcp.serve NAME``.
+
+The launcher (``cfn mcp up``) starts one of these per server, under the
+server's cgroup limits; tests start them the same way on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+
+from cfn.errors import CfnError
+from cfn.mcp.audit import AuditLog, audit_path
+from cfn.mcp.base import Common
+from cfn.mcp.routing import SERVERS, skill_mapping
+from cfn.mcp.tokens import TokenAuthority
+from cfn.settings import Settings, load_settings
+
+GATEWAY = "gateway"
+
+
+def common(settings: Settings, via: str = "direct") -> Common:
+    return Common(
+        authority=TokenAuthority.from_settings(settings),
+        mapping=skill_mapping(settings),
+        audit=AuditLog(audit_path(settings), via=via),
+    )
+
+
+def build_app(name: str, settings: Settings) -> Starlette:
+    """The ASGI app of server ``name`` (or the gateway)."""
+    if name == GATEWAY:
+        from cfn.mcp.gateway import Gateway
+
+        return Gateway(settings, common(settings, via="gateway")).app(host=settings.mcp_host)
+    spec = SERVERS.get(name)
+    if spec is None:
+        raise CfnError(f"unknown MCP server {name!r}; known: {', '.join(SERVERS)}, {GATEWAY}")
+    module = importlib.import_module(spec.module)
+    server = module.build(settings, common(settings))
+    app: Starlette = server.app(host=settings.mcp_host)
+    return app
+
+
+def port_of(name: str, settings: Settings) -> int:
+    if name == GATEWAY:
+        return settings.mcp_gateway_port
+    return SERVERS[name].port(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cfn.mcp.serve")
+    parser.add_argument("name", choices=[*SERVERS, GATEWAY])
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        app = build_app(args.name, settings)
+    except CfnError as exc:
+        logging.getLogger("cfn.mcp").error("[ERROR] %s", exc)
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host or settings.mcp_host,
+        port=args.port or port_of(args.name, settings),
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The built-in MCP servers; each module has ``build(settings, common) -> ToolServer``."""
