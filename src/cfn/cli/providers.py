@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from cfn.agents.profiles import load_profiles
 from cfn.cli.common import out, print_plain, settings
-from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidInputError
-from cfn.providers import ChatRequest, ChatResponse, LLMService, RedisLedger, TaskTraits
-from cfn.providers.probe import probe_all
-from cfn.providers.routes import load_route_table
-from cfn.providers.types import COMPLEXITIES, OFFLINE
+
+if TYPE_CHECKING:
+    from cfn.providers import ChatResponse, TaskTraits
+
+# The provider SDKs take about a second to import: commands import them when run,
+# so the rest of the CLI (and every agent process) starts without them.
 
 providers_app = typer.Typer(help="LLM provider routing and clients.", no_args_is_help=True)
 
@@ -29,6 +29,9 @@ CostOpt = Annotated[bool, typer.Option("--cost-sensitive", help="The task is cos
 
 
 def _traits(complexity: str | None, cost_sensitive: bool) -> TaskTraits:
+    from cfn.providers import TaskTraits
+    from cfn.providers.types import COMPLEXITIES
+
     if complexity is not None and complexity not in COMPLEXITIES:
         raise InvalidInputError(
             f"invalid --complexity {complexity!r}: use one of {', '.join(COMPLEXITIES)}"
@@ -44,6 +47,8 @@ def route_cmd(
     provider: Annotated[str | None, typer.Option("--provider", help="Force a provider.")] = None,
 ) -> None:
     """Explain which provider and model an agent's call goes to, and why."""
+    from cfn.providers import LLMService
+
     service = LLMService(settings())
     decision = service.route(agent, _traits(complexity, cost_sensitive), provider=provider)
     for number, reason in enumerate(decision.reasons, 1):
@@ -62,6 +67,10 @@ def list_cmd(
     urls: Annotated[bool, typer.Option("--urls", help="Show base URLs.")] = False,
 ) -> None:
     """Routes, whether their key is set, and whether their endpoint answers."""
+    from cfn.providers.probe import probe_all
+    from cfn.providers.routes import load_route_table
+    from cfn.providers.types import OFFLINE
+
     cfg = settings()
     table = load_route_table(cfg)
     reach = asyncio.run(probe_all(table, timeout=2.0)) if probe else {}
@@ -97,6 +106,8 @@ def list_cmd(
 @providers_app.command("profiles")
 def profiles_cmd() -> None:
     """Agent profiles: built-in and from CFN_AGENTS_DIR."""
+    from cfn.agents.profiles import load_profiles
+
     profiles = load_profiles(settings())
     view = Table(title="Agent profiles")
     for col in ("id", "name", "provider", "model", "temperature", "max tokens", "source"):
@@ -138,6 +149,9 @@ def call_cmd(
     stream: Annotated[bool, typer.Option("--stream", help="Print text as it arrives.")] = False,
 ) -> None:
     """Send one prompt through routing, fallback and the budget; print the reply."""
+    from cfn.coordination.connection import RedisManager
+    from cfn.providers import ChatRequest, LLMService, RedisLedger
+
     cfg = settings()
     traits = _traits(complexity, cost_sensitive)
     request = ChatRequest.of(prompt, system)
@@ -189,6 +203,9 @@ def usage_cmd(
     calls: Annotated[int, typer.Option("--calls", min=0, max=1000, help="Recent calls.")] = 10,
 ) -> None:
     """LLM spend of a task (from Redis): totals, per agent, recent calls."""
+    from cfn.coordination.connection import RedisManager
+    from cfn.providers import RedisLedger
+
     cfg = settings()
 
     async def main() -> tuple[object, dict[str, object], list[dict[str, object]]]:
