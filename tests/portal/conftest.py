@@ -78,7 +78,7 @@ class RunningPortal:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+        except BaseException as exc:
             self.error = exc
             self._ready.set()
 

@@ -163,7 +163,7 @@ async def test_a_dead_workers_task_is_taken_over(
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115,ASYNC230
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     first = subprocess.Popen(
         [*CFN, "worker", "--name", "w-doomed", "--claim-idle", str(CLAIM_IDLE)],
         stdout=log,
@@ -187,7 +187,8 @@ async def test_a_dead_workers_task_is_taken_over(
     second = Worker(portal_settings, redis, store, name="w-heir", claim_idle=CLAIM_IDLE)
     running = asyncio.create_task(second.run())
     try:
-        async with httpx.AsyncClient(base_url=bare_portal.url, headers=bare_portal.headers()) as http:
+        headers = bare_portal.headers()
+        async with httpx.AsyncClient(base_url=bare_portal.url, headers=headers) as http:
             # The heir resumes the task; its HumanOwner waits for a decision again.
             resumed = asyncio.Event()
 
