@@ -39,7 +39,7 @@ from cfn.mcp.serve import GATEWAY, port_of
 from cfn.settings import Settings
 
 STATE_FILE = "servers.json"
-START_TIMEOUT = 45.0
+START_TIMEOUT = 90.0
 STOP_GRACE = 5.0
 GATEWAY_LIMITS = ("256m", "128m", 0.5, 0.1)
 

@@ -47,7 +47,7 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--no-first-run",
 )
-ACTION_TIMEOUT_MS = 10_000
+ACTION_TIMEOUT_MS = 30_000
 MAX_TEXT = 100_000
 ALWAYS_ALLOWED = ("about:blank", "data:*")
 
