@@ -152,3 +152,14 @@ class ForbiddenError(CfnError):
 
 class ConflictError(CfnError):
     """The request contradicts the current state (HTTP 409): a duplicate, an ambiguous id."""
+
+
+# --- worktrees and deployment (issue 8) ------------------------------------------------
+
+
+class WorktreeError(CfnError):
+    """A git worktree operation failed (git's own message is included)."""
+
+
+class UnknownWorktreeError(InvalidInputError):
+    """No worktree of the named branch exists."""

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from cfn.errors import ConfigError
 
@@ -33,8 +39,16 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
+WORKTREE_ENV = Path(".cfn") / "worktree.env"
+
+
+def worktree_env_file(root: Path | None = None) -> Path:
+    """The file ``cfn worktree create`` writes into a worktree: its branch, project, ports."""
+    return (root or find_project_root()) / WORKTREE_ENV
+
+
 class Settings(BaseSettings):
-    """cfn's configuration, from the environment (and an optional ``.env``)."""
+    """cfn's configuration, from the environment, then the checkout's ``.cfn/worktree.env``."""
 
     model_config = SettingsConfigDict(
         env_file=None,
@@ -67,7 +81,9 @@ class Settings(BaseSettings):
     # --- Coordination limits -----------------------------------------------
     cfn_context_max_bytes: int = Field(default=1024 * 1024, gt=0, le=512 * 1024 * 1024)
 
-    # --- Worktrees and ports (seed: "Multi-Worktree Support") --------------
+    # --- Worktrees and Docker (seed: "Multi-Worktree Support") ---
+    # A worktree made by `cfn worktree create` keeps these in <checkout>/.cfn/worktree.env,
+    # which is read after the environment (the environment wins).
     worktree_branch: str | None = None
     compose_project_name: str | None = None
     cfn_redis_port: int | None = Field(default=None, ge=1, le=65535)
@@ -76,6 +92,24 @@ class Settings(BaseSettings):
     cfn_state_dir: Path | None = Field(
         default=None, description="Where cfn keeps its state; default <checkout>/.cfn"
     )
+    cfn_network_subnet: str = Field(
+        default="172.30.0.0/16",
+        description="cfn-network's subnet; a worktree gets its own (Docker refuses overlaps).",
+    )
+    cfn_mcp_subnet: str = Field(
+        default="172.31.0.0/16", description="mcp-network's subnet (internal network)."
+    )
+    cfn_compose_dir: Path | None = Field(
+        default=None, description="Where the compose files live; default: the checkout."
+    )
+    cfn_base_image: str = Field(
+        default="python:3.11-slim-bookworm",
+        description="Base image of the agent and orchestrator Dockerfiles (BASE_IMAGE).",
+    )
+    cfn_agent_image: str = "cfn-agent:latest"
+    cfn_orchestrator_image: str = "cfn-orchestrator:latest"
+    cfn_redis_image: str = "redis:7-bookworm"
+    cfn_postgres_image: str = "postgres:16-bookworm"
 
     # --- Agents (seed: "CLI Coordination") ----------------------------------
     agent_memory_limit: str = Field(
@@ -258,6 +292,19 @@ class Settings(BaseSettings):
         description="Seconds without its worker's keep-alive before another worker takes a "
         "task over.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The worktree's file comes after the environment, so an exported variable wins.
+        worktree = DotEnvSettingsSource(settings_cls, env_file=worktree_env_file())
+        return init_settings, env_settings, worktree, dotenv_settings, file_secret_settings
 
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod

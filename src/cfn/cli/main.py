@@ -16,6 +16,7 @@ from cfn.cli import coordination as coord_cli
 from cfn.cli import loop as loop_cli
 from cfn.cli import portal as portal_cli
 from cfn.cli import store as store_cli
+from cfn.cli import worktree as worktree_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
 from cfn.cli.mcp import mcp_app
 from cfn.cli.providers import providers_app
@@ -55,6 +56,9 @@ app.command("decide")(loop_cli.decide_cmd)
 app.add_typer(portal_cli.portal_app, name="portal")
 app.command("token")(portal_cli.token_cmd)
 app.command("worker")(portal_cli.worker_cmd)
+app.add_typer(worktree_cli.worktree_app, name="worktree")
+app.add_typer(worktree_cli.compose_app, name="compose")
+app.command("validate-config")(worktree_cli.validate_config_cmd)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Deployment files generated from settings: compose files (Dockerfiles live in deploy/)."""
