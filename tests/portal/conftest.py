@@ -35,6 +35,9 @@ def portal_settings(
         "CFN_AGENTS_DIR": str(tmp_path / "agents"),
         "AGENT_TIMEOUT": "90",
         "CFN_WORKER_CLAIM_IDLE": str(CLAIM_IDLE),
+        # Slow agent start-up on a loaded machine must not count as a lapsed heartbeat
+        # (start-up grace is twice the interval): these tests are about the portal.
+        "CFN_AGENT_HEARTBEAT_INTERVAL": "15",
     }
     (tmp_path / "agents").mkdir()
     for name, value in env.items():

@@ -231,7 +231,7 @@ function addEvent(kind, data) {
   const skip = new Set(["taskId", "eventId", "replay", "ts"]);
   const text = Object.entries(data).filter(([k]) => !skip.has(k))
     .map(([k, v]) => k + "=" + (typeof v === "object" && v !== null ? JSON.stringify(v) : v)).join(" ");
-  const t = data.ts ? new Date(data.ts * 1000).toLocaleTimeString() : "";
+  const t = data.ts ? new Date(data.ts * 1000).toLocaleTimeString([], { hour12: false }) : "";
   const li = el("li", { "data-kind": kind }, el("span", { class: "muted" }, t),
     el("span", { class: "k " + kind.split(":")[0] }, kind), el("span", { class: "d", title: text }, text));
   const list = $("events");
