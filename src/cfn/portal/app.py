@@ -340,9 +340,9 @@ class Portal:
             """Redis, the database and the workers (200 when all answer, else 503)."""
             return await portal.health(me)
 
-        @api.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (admin)")
+        @api.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (operator, admin)")
         async def prometheus(me: Who) -> Response:
-            me.require("admin", "operator")
+            me.require("operator", "admin")
             text = generate_latest(portal.metrics.registry)
             return Response(text, media_type=CONTENT_TYPE_LATEST)
 

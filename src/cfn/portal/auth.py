@@ -6,10 +6,9 @@ A token's claims are the seed's: ``sub`` (the agent id, or a person's name),
 
 - ``agent``: one task only (``task_id`` is required); reads that task and
   its live events, nothing else.
-- ``operator``: a person running tasks: every read, creating tasks, decisions,
-  spawning and stopping agents.
-- ``admin``: an operator who may also mint tokens through the API and read
-  the Prometheus metrics.
+- ``operator``: a person running tasks: every read (metrics too), creating
+  tasks, decisions, spawning and stopping agents.
+- ``admin``: an operator who may also mint tokens through the API.
 
 The signing key is CFN_PORTAL_SECRET, or one generated on first use and kept
 at ``<state>/portal/jwt.secret`` (mode 0600). It is never logged.
