@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
@@ -36,8 +37,19 @@ from cfn.agents.tools import TOOL_SPECS, Workspace, execute
 from cfn.coordination import completion, locks
 from cfn.coordination.connection import RedisManager
 from cfn.errors import CfnError, WaitTimeoutError
-from cfn.providers import ChatRequest, ChatResponse, LLMService, Message, TaskTraits, build_service
+from cfn.providers import (
+    ChatRequest,
+    ChatResponse,
+    LLMService,
+    Message,
+    TaskTraits,
+    ToolCall,
+    build_service,
+)
 from cfn.settings import Settings
+
+if TYPE_CHECKING:
+    from cfn.agents.mcp_tools import GatewayTools
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +121,30 @@ def _brief(context: AgentContext) -> str:
     return "\n\n".join(parts)
 
 
+#: The client module of each provider wire format (see _preload_sdk).
+_SDK_MODULES = {
+    "openai": "cfn.providers.clients.openai_compat",
+    "anthropic": "cfn.providers.clients.anthropic_messages",
+}
+
+
+def _preload_sdk(service: LLMService, provider: str) -> None:
+    """Import the provider's SDK ahead of the first model call, off the event loop.
+
+    The router creates its client on the first call, and importing an SDK
+    there (openai: over a second on a busy two-core machine) blocks the
+    event loop: the heartbeat task misses its beats and the orchestrator's
+    monitor kills a healthy agent as hung.
+    """
+    try:
+        kind = service.table.spec(provider).kind
+    except CfnError:
+        return  # the call itself reports the unknown provider, as a failed run
+    module = _SDK_MODULES.get(kind)
+    if module is not None:
+        importlib.import_module(module)
+
+
 def _lock_resource(context: AgentContext) -> str:
     digest = hashlib.sha256(f"{context.task_id}/{context.agent_id}".encode()).hexdigest()[:40]
     return f"agent-{digest}"
@@ -132,6 +168,9 @@ class AgentRuntime:
         timeout = min(context.resources.timeout_seconds, 600.0)
         self.workspace = Workspace(Path(context.workspace), command_timeout=timeout)
         self.responses: list[ChatResponse] = []
+        #: The MCP gateway's tools for this agent, when it was given a token.
+        self.mcp: GatewayTools | None = None
+        self.mcp_note: str | None = None
 
     # --- the conversation ---------------------------------------------------------------
 
@@ -143,6 +182,8 @@ class AgentRuntime:
         )
         if self.role == "product-owner":
             allowed = tuple(t for t in allowed if t.name != "run_command")
+        if self.mcp is not None:
+            allowed = allowed + self.mcp.specs
         return ChatRequest(
             messages=tuple(messages),
             tools=allowed,
@@ -177,10 +218,25 @@ class AgentRuntime:
             for call in reply.tool_calls:
                 if self.role != "implementer" and call.name == "write_file":
                     output = "error: this role may not write files"
+                elif self.mcp is not None and call.name in self.mcp.names:
+                    output = await self._call_mcp(call)
                 else:
                     output = await execute(self.workspace, call)
                 messages.append(Message("tool", output, tool_call_id=call.id))
         return RunResult("failed", self._payload(error=f"no final answer after {MAX_TURNS} turns"))
+
+    async def _call_mcp(self, call: ToolCall) -> str:
+        assert self.mcp is not None
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError as exc:
+            return f"error: arguments are not valid JSON ({exc})"
+        if not isinstance(arguments, dict):
+            return "error: arguments must be a JSON object"
+        try:
+            return await self.mcp.call(call.name, arguments)
+        except Exception as exc:  # the gateway went away: the model hears it
+            return f"error: MCP gateway call failed: {exc}"
 
     def _final(self, reply: ChatResponse) -> RunResult:
         final = parse_final(reply.text)
@@ -212,6 +268,8 @@ class AgentRuntime:
             "output_tokens": sum(r.usage.output_tokens for r in self.responses),
             "cost_usd": round(sum(r.cost_usd for r in self.responses), 6),
         }
+        if self.mcp_note is not None:
+            payload["mcp"] = self.mcp_note
         payload.update(fields)
         return payload
 
@@ -270,9 +328,30 @@ class AgentRuntime:
 
     async def _converse_safely(self) -> RunResult:
         try:
-            return await self.converse()
+            # In a thread: the event loop keeps beating while the SDK loads.
+            await asyncio.to_thread(_preload_sdk, self.service, self.context.provider)
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_mcp(stack)
+                return await self.converse()
         except CfnError as exc:
             return RunResult("failed", self._payload(error=str(exc)))
+
+    async def _open_mcp(self, stack: contextlib.AsyncExitStack) -> None:
+        """Connect to the MCP gateway when this agent was given a token for it."""
+        url = self.settings.mcp_gateway_url
+        token = self.settings.cfn_mcp_token
+        if not url or token is None:
+            return
+        from cfn.agents.mcp_tools import GatewayTools  # the MCP SDK only when used
+
+        try:
+            self.mcp = await stack.enter_async_context(GatewayTools(url, token.get_secret_value()))
+            self.mcp_note = f"{len(self.mcp.specs)} MCP tools via {url}"
+        except Exception as exc:
+            # The agent still works with its built-in tools; the report says why not MCP.
+            self.mcp = None
+            self.mcp_note = f"MCP gateway {url} unavailable: {exc}"
+            log.warning("%s", self.mcp_note)
 
     async def _already_reported(self) -> bool:
         key = self.context.coordination.channels.complete

@@ -27,6 +27,17 @@ ROLE_PROFILES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: MCP skills each built-in profile's token carries (skill_to_mcp_mapping decides servers).
+PROFILE_SKILLS: dict[str, tuple[str, ...]] = {
+    "coder": ("redis-management",),
+    "system-architect": ("redis-management",),
+    "reviewer": ("security-scanning",),
+    "tester": ("browser-automation", "security-scanning"),
+    "security-specialist": ("security-scanning",),
+    "product-owner": ("redis-management",),
+}
+
+
 def profile_for(role: str, agent_id: str) -> str:
     """Profiles rotate through the role's list by the agent's index (``impl-2-1`` → 2nd)."""
     choices = ROLE_PROFILES.get(role, ("coder",))
@@ -105,10 +116,25 @@ class ProcessLauncher:
             feedback=[str(f) for f in plan.brief.get("feedback", [])],
             extra=extra,
         )
-        handle = await self.spawner.spawn(context)
+        handle = await self.spawner.spawn(context, env=self._mcp_env(plan, profile))
         return _Running(handle, profile, decision.provider, decision.model)
 
-    async def reattach(self, plan: AgentPlan, pid: int) -> RunningAgent | None:
+    def _mcp_env(self, plan: AgentPlan, profile: str) -> dict[str, str]:
+        """A signed MCP token for the agent, minted at spawn, when a gateway is configured."""
+        url = self.settings.mcp_gateway_url
+        if not url:
+            return {}
+        from cfn.mcp.tokens import TokenAuthority
+
+        token = TokenAuthority.from_settings(self.settings).mint(
+            plan.agent_id,
+            plan.task_id,
+            PROFILE_SKILLS.get(profile, ()),
+            ttl=self.settings.mcp_token_ttl + self.settings.agent_timeout,
+        )
+        return {"MCP_GATEWAY_URL": url, "CFN_MCP_TOKEN": token}
+
+    async def reattach(self, plan: AgentPlan, pid: int | None) -> RunningAgent | None:
         try:
             handle = await self.spawner.attach(plan.task_id, plan.agent_id, pid)
         except AgentLookupError:
