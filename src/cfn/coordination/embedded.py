@@ -24,6 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cfn.errors import CfnError, RedisServerMissingError
 from cfn.settings import Settings
@@ -224,8 +226,14 @@ class EmbeddedRedis:
             if not isinstance(port, int) or not self.is_ours(port):
                 return False
             pid = data.get("pid")
+            # No retries: the connection closing is SHUTDOWN succeeding, and redis-py's
+            # default retries would wait ~3.5 s on it.
             client = redis.Redis(
-                host="127.0.0.1", port=port, password=str(data["password"]), socket_timeout=5.0
+                host="127.0.0.1",
+                port=port,
+                password=str(data["password"]),
+                socket_timeout=5.0,
+                retry=Retry(NoBackoff(), 0),
             )
             with contextlib.suppress(redis.ConnectionError):
                 client.shutdown()
