@@ -18,7 +18,9 @@ import pytest
 import redis
 
 from cfn.coordination.embedded import EmbeddedRedis
+from cfn.errors import InvalidInputError, UnknownWorktreeError
 from cfn.settings import Settings
+from cfn.worktree import manage
 from cfn.worktree.manage import read_env
 from cfn.worktree.ports import calculate_ports, port_is_free
 from cfn.worktree.project import branch_slug, project_name_for
@@ -78,7 +80,7 @@ def free_branches(count: int, prefix: str) -> list[str]:
     pytest.skip("no free ports for the test branches")
 
 
-def test_create_writes_env_and_list_remove(repo: Path) -> None:
+def test_create_writes_env_and_list_remove(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (branch,) = free_branches(1, "feature/Auth")
     made = cfn(repo, "worktree", "create", branch)
     assert made.returncode == 0, made.stderr
@@ -99,25 +101,15 @@ def test_create_writes_env_and_list_remove(repo: Path) -> None:
         str(ports.orchestrator),
     )
     # Settings in the worktree read the file; an exported variable still wins.
-    probe = (
-        "from cfn.settings import Settings; s = Settings(); "
-        "print(s.worktree_branch, s.cfn_redis_port)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=path, env=clean_env(), capture_output=True, text=True
-    )
-    assert out.stdout.split() == [branch, str(ports.redis)]
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=path,
-        env=clean_env(CFN_REDIS_PORT="7777"),
-        capture_output=True,
-        text=True,
-    )
-    assert out.stdout.split() == [branch, "7777"]
-    # The main checkout still uses the seed's defaults.
-    assert cfn(repo, "ports").stdout.count("6379") == 1
-
+    monkeypatch.delenv("CFN_STATE_DIR")
+    monkeypatch.chdir(path)
+    cfg = Settings()
+    assert (cfg.worktree_branch, cfg.cfn_redis_port) == (branch, ports.redis)
+    assert cfg.state_dir == path.resolve() / ".cfn"
+    monkeypatch.setenv("CFN_REDIS_PORT", "7777")
+    assert Settings().cfn_redis_port == 7777
+    monkeypatch.chdir(repo)
+    assert Settings().worktree_branch is None
     listed = cfn(repo, "worktree", "list")
     assert listed.returncode == 0, listed.stderr
     assert branch in listed.stdout and "main" in listed.stdout
@@ -141,25 +133,30 @@ def test_create_writes_env_and_list_remove(repo: Path) -> None:
 
 def test_bad_input_is_one_error_and_creates_nothing(repo: Path, tmp_path: Path) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
-    for bad in ("bad..name", "-x", "with space", "trailing/", "x.lock", "naïve"):
-        run = cfn(repo, "worktree", "create", "--", bad)
-        assert run.returncode == 2, (bad, run.stderr)
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("[ERROR]"), run.stderr
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    run = cfn(repo, "worktree", "create", "feature-x", str(taken))
-    assert run.returncode == 2 and "already exists" in run.stderr
-    run = cfn(repo, "worktree", "create", "main")
-    assert run.returncode == 2 and "already checked out" in run.stderr
-    run = cfn(repo, "worktree", "remove", "no-such-branch")
-    assert run.returncode == 2 and run.stderr.startswith("[ERROR] no worktree has branch")
-    run = cfn(repo, "worktree", "remove", "main")
-    assert run.returncode == 2 and "main checkout" in run.stderr
+    # The CLI's shape once: one [ERROR] line, exit 2 for bad input, 1 for a failure.
+    run = cfn(repo, "worktree", "create", "--", "bad..name")
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[ERROR]"), run.stderr
     outside = tmp_path / "plain"
     outside.mkdir()
-    run = cfn(outside, "worktree", "list")
-    assert run.returncode == 1 and run.stderr.startswith("[ERROR]")
+    run = cfn(outside, "worktree", "remove", "x")
+    assert run.returncode == 1 and run.stderr.startswith("[ERROR]"), run.stderr
+    # The rest through the library (each a CfnError with the exit code the CLI uses).
+    for bad in ("-x", "with space", "trailing/", "x.lock", "naïve", "a//b", "", "x" * 201):
+        with pytest.raises(InvalidInputError, match="not a usable branch name"):
+            manage.create(repo, bad)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(InvalidInputError, match="already exists"):
+        manage.create(repo, "feature-x", taken)
+    with pytest.raises(InvalidInputError, match="already checked out"):
+        manage.create(repo, "main")
+    with pytest.raises(UnknownWorktreeError, match="no worktree has branch") as info:
+        manage.remove(repo, "no-such-branch")
+    assert info.value.exit_code == 2
+    with pytest.raises(InvalidInputError, match="main checkout"):
+        manage.remove(repo, "main")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "taken", "plain"])
     worktrees = subprocess.run(
         ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True
