@@ -119,4 +119,4 @@ def validate_config_cmd(
     count = report.problem_count
     if verbose or count:
         out.print(f"{count} problem(s)", markup=False)
-    raise typer.Exit(min(count, 125))
+    raise typer.Exit(report.exit_code)
