@@ -168,7 +168,9 @@ def ports_cmd(
     table.add_column("in use", justify="right")
     for service in ("redis", "postgres", "orchestrator"):
         entry = recorded.get(service)
-        table.add_row(service, str(defaults.get(service)), str(entry["port"]) if entry else "-")
+        # CFN_*_PORT (a worktree's .cfn/worktree.env) is what this checkout asks for.
+        wanted = getattr(cfg, f"cfn_{service}_port", None) or defaults.get(service)
+        table.add_row(service, str(wanted), str(entry["port"]) if entry else "-")
     out.print(table)
 
 
