@@ -18,7 +18,7 @@ from cfn import keys
 from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidInputError, NotFoundError
 from cfn.loop.journal import SqlJournal
-from cfn.loop.state import AgentRow, TaskOptions
+from cfn.loop.state import AgentRow, Checkpoint, TaskOptions
 from cfn.portal.workers import queued_options
 from cfn.store.repository import T_AGENTS, T_DECISIONS, T_ITERATIONS, T_TASKS, Store
 
@@ -112,16 +112,40 @@ async def task_exists(store: Store, redis: RedisManager, task_id: str) -> bool:
         return await queued_options(redis, task_id) is not None
 
 
+def _read_task(store: Store, task_id: str) -> dict[str, Any] | None:
+    """The task row, its iterations, decisions and agents: one read transaction."""
+    with store.read() as conn:
+        task = conn.execute(select(T_TASKS).where(T_TASKS.c.id == task_id)).first()
+        if task is None:
+            return None
+        iterations = conn.execute(
+            select(T_ITERATIONS)
+            .where(T_ITERATIONS.c.task_id == task_id)
+            .order_by(T_ITERATIONS.c.number)
+        ).all()
+        decisions = conn.execute(
+            select(T_DECISIONS).where(T_DECISIONS.c.task_id == task_id).order_by(T_DECISIONS.c.id)
+        ).all()
+        agent_rows = conn.execute(
+            select(T_AGENTS)
+            .where(T_AGENTS.c.task_id == task_id)
+            .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id)
+        ).all()
+    return {"task": task, "iterations": iterations, "decisions": decisions, "agents": agent_rows}
+
+
 async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[str, Any]:
-    """Everything the dashboard shows for one task; NotFoundError for an unknown id."""
+    """Everything the dashboard shows for one task; NotFoundError for an unknown id.
+
+    One SQL read transaction and one Redis round trip (a pipeline), so the
+    endpoint stays cheap enough to poll.
+    """
     keys.validate_id(task_id, "task id")
-    journal = SqlJournal(store)
-    try:
-        record = await asyncio.to_thread(store.get_task, task_id)
-    except NotFoundError:
+    found = await asyncio.to_thread(_read_task, store, task_id)
+    if found is None:
         queued = await queued_options(redis, task_id)
         if queued is None:
-            raise
+            raise NotFoundError(f"no task {task_id!r}")
         return {
             "taskId": task_id,
             "status": "queued",
@@ -134,15 +158,39 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
             "decisions": [],
             "awaitingDecision": False,
         }
+    record = found["task"]
     try:
-        options, checkpoint, _status = await asyncio.to_thread(journal.load_task, task_id)
-    except InvalidInputError:
-        options = None
-        checkpoint = None
-    iterations = await asyncio.to_thread(store.iterations, task_id)
-    decisions = await asyncio.to_thread(store.decisions, task_id)
+        options = TaskOptions.from_json(record.options) if record.options else None
+        checkpoint = Checkpoint.from_json(record.checkpoint) if record.checkpoint else None
+    except (ValueError, TypeError, KeyError, InvalidInputError):
+        options = checkpoint = None
+    rows = [
+        AgentRow(
+            r.task_id, r.id, r.role, r.loop or 0, r.iteration or 0, r.profile, r.provider,
+            r.model, r.status, r.pid, r.confidence, r.reason,
+        )
+        for r in found["agents"]
+    ]
     decision_key = keys.decision(task_id)
-    raw_decision = await redis.run(lambda r: r.get(decision_key))
+    beat_keys = [keys.heartbeat(task_id, r.agent_id) for r in rows]
+
+    async def fetch(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        pipe.get(decision_key)
+        if beat_keys:
+            pipe.mget(beat_keys)
+        return await pipe.execute()
+
+    replies = await redis.run(fetch)
+    raw_decision = replies[0]
+    beats: dict[str, dict[str, Any]] = {}
+    for row, raw in zip(rows, replies[1] if beat_keys else [], strict=True):
+        try:
+            beat = json.loads(raw) if raw is not None else None
+        except ValueError:
+            beat = None
+        if isinstance(beat, dict):
+            beats[row.agent_id] = beat
     try:
         decision_state = json.loads(raw_decision) if raw_decision else None
     except ValueError:
@@ -152,6 +200,7 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
         and decision_state.get("status") == "awaiting"
         and record.status == "running"
     )
+    now = time.time()
     return {
         "taskId": task_id,
         "status": record.status,
@@ -175,9 +224,9 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
                 "startedAt": _iso(it.started_at),
                 "finishedAt": _iso(it.finished_at),
             }
-            for it in iterations
+            for it in found["iterations"]
         ],
-        "agents": await agents(store, redis, task_id),
+        "agents": [_agent(r, beats.get(r.agent_id), now) for r in rows],
         "decisions": [
             {
                 "iteration": d.iteration,
@@ -186,7 +235,7 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
                 "reason": d.reason,
                 "at": _iso(d.created_at),
             }
-            for d in decisions
+            for d in found["decisions"]
         ],
         "awaitingDecision": bool(awaiting),
         "awaiting": decision_state if awaiting else None,
