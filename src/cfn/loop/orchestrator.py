@@ -83,7 +83,9 @@ class RunningAgent(Protocol):
 class AgentLauncher(Protocol):
     async def launch(self, plan: AgentPlan) -> RunningAgent: ...
 
-    async def reattach(self, plan: AgentPlan, pid: int) -> RunningAgent | None: ...
+    async def reattach(self, plan: AgentPlan, pid: int | None) -> RunningAgent | None:
+        """The agent's process if it still runs (``pid``: the one recorded, if any)."""
+        ...
 
 
 class ProductOwner(Protocol):
@@ -384,10 +386,14 @@ class Orchestrator:
             plan = AgentPlan(task_id, agent_id, role, loop, cp.iteration, brief)
             handle: RunningAgent | None = None
             row = known.get(agent_id)
-            if row is not None and row.pid and row.status == "running":
-                handle = await self.launcher.reattach(plan, row.pid)
-            if handle is None:
-                handle = await self.launcher.launch(plan)
+            if row is None or (row.pid and row.status == "running"):
+                # With no row too: a kill between spawning an agent and saving its
+                # row leaves it running, and spawning it again would be refused.
+                handle = await self.launcher.reattach(plan, row.pid if row else None)
+                if handle is None and await self._completed(task_id, [agent_id]):
+                    continue  # it finished between the first look and now
+            if handle is None or row is None:
+                handle = handle or await self.launcher.launch(plan)
                 row = AgentRow(
                     task_id,
                     agent_id,
