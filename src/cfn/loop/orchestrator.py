@@ -44,6 +44,8 @@ from cfn.loop.state import (
 
 log = logging.getLogger(__name__)
 
+#: Seconds a newly started agent has to send its first heartbeat.
+STARTUP_GRACE = 60.0
 #: Seconds an agent may run past AGENT_TIMEOUT before its result counts as missing.
 COLLECT_SLACK = 30.0
 
@@ -557,7 +559,12 @@ class Orchestrator:
     async def _monitor(self, task_id: str, handles: dict[str, RunningAgent]) -> None:
         """Kill agents whose heartbeat lapses (hung or crashed) and record them failed."""
         assert self.heartbeat_interval is not None
-        async with HeartbeatMonitor(self.redis, task_id, self.heartbeat_interval) as monitor:
+        # An agent has up to STARTUP_GRACE to send its first beat (starting Python and
+        # its imports take seconds on a busy machine); after that, 2x the interval.
+        grace = max(STARTUP_GRACE, 2 * self.heartbeat_interval)
+        async with HeartbeatMonitor(
+            self.redis, task_id, self.heartbeat_interval, startup_grace=grace
+        ) as monitor:
             for agent_id in handles:
                 await monitor.watch(agent_id)
             while monitor.watching:

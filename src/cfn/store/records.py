@@ -61,6 +61,10 @@ class AgentRecord(_Record):
     status: str
     confidence: float | None
     heartbeat: datetime | None
+    loop: int | None = None
+    iteration: int | None = None
+    pid: int | None = None
+    reason: str | None = None
 
 
 class IterationRecord(_Record):
