@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -32,7 +32,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cfn.errors import ConfigError, RedisUnavailableError
-from cfn.settings import Settings
+
+if TYPE_CHECKING:
+    # Only for types: agents that just report a completion start without pydantic-settings.
+    from cfn.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -170,7 +173,10 @@ class RedisManager:
     def from_url(
         cls, url: str, settings: Settings | None = None, fallback_url: str | None = None
     ) -> RedisManager:
-        settings = settings or Settings()
+        if settings is None:
+            from cfn.settings import Settings
+
+            settings = Settings()
         primary = cls._member(url, settings, "primary")
         fallback = cls._member(fallback_url, settings, "fallback") if fallback_url else None
         return cls(primary, fallback)
