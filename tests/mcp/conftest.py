@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from cfn.mcp.launcher import Launcher
 from cfn.mcp.tokens import TokenAuthority
 from cfn.settings import Settings
-from mcp import ClientSession
 from tests.support.mcp_fakes import LocalWeb
 from tests.support.servers import RedisServer, free_port
 

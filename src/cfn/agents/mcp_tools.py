@@ -15,10 +15,10 @@ from types import TracebackType
 from typing import Any
 
 import httpx2
+from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from cfn.providers.types import ToolSpec
-from mcp import ClientSession
 
 MAX_RESULT = 16 * 1024
 
