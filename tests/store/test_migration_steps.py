@@ -35,6 +35,9 @@ def _fill(store: Store) -> None:
     store.record_llm_call(
         provider="offline", model="m", input_tokens=3, output_tokens=4, cost_usd=0.0, task_id="t1"
     )
+    store.append_mcp_audit(
+        [{"server": "redis-tools", "tool": "redis_scan", "outcome": "ok", "duration_ms": 1.5}]
+    )
 
 
 def test_each_step_down_and_up_keeps_surviving_rows(store: Store) -> None:

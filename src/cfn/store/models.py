@@ -225,3 +225,37 @@ class LlmCall(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime, nullable=False, server_default=func.current_timestamp()
     )
+
+
+#: What became of an MCP tool call (cfn.mcp.audit).
+MCP_OUTCOMES = ("ok", "error", "forbidden", "unauthorized")
+
+
+class McpAudit(Base):
+    """One MCP call, allowed or refused, on a server or at the gateway (revision 0004).
+
+    Append-only by use (cfn never updates it); agent and task are plain columns,
+    not foreign keys: a refused call may carry no valid identity at all, and an
+    operator's token names no task in this database.
+    """
+
+    __tablename__ = "mcp_audit"
+    __table_args__ = (
+        CheckConstraint(_in("outcome", MCP_OUTCOMES), name="outcome"),
+        CheckConstraint("duration_ms >= 0", name="duration"),
+        Index("ix_mcp_audit_task_id_id", "task_id", "id"),
+        Index("ix_mcp_audit_agent_id_id", "agent_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime, nullable=False, server_default=func.current_timestamp()
+    )
+    via: Mapped[str] = mapped_column(String(16), nullable=False)
+    agent_id: Mapped[str | None] = mapped_column(String(128))
+    task_id: Mapped[str | None] = mapped_column(String(128))
+    server: Mapped[str] = mapped_column(String(64), nullable=False)
+    tool: Mapped[str] = mapped_column(String(255), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)

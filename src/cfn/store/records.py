@@ -131,3 +131,18 @@ class ApprovalInput(_Record):
     decision: str
     confidence: float
     metadata: str | None = None
+
+
+class McpAuditRecord(_Record):
+    """One audited MCP call (table ``mcp_audit``)."""
+
+    id: int
+    created_at: datetime
+    via: str
+    agent_id: str | None
+    task_id: str | None
+    server: str
+    tool: str
+    outcome: str
+    duration_ms: float
+    reason: str | None

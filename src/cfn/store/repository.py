@@ -34,6 +34,7 @@ from cfn.store.engine import WRITE_OPTION, database_url, describe, make_engine
 from cfn.store.models import (
     AGENT_STATUSES,
     LOOP_DECISIONS,
+    MCP_OUTCOMES,
     MODES,
     TASK_STATUSES,
     Base,
@@ -47,6 +48,7 @@ from cfn.store.records import (
     EventRecord,
     IterationRecord,
     LlmCallRecord,
+    McpAuditRecord,
     SkillChange,
     SkillRecord,
     TaskRecord,
@@ -63,6 +65,7 @@ T_AGENTS: Table = Base.metadata.tables["agents"]
 T_DECISIONS: Table = Base.metadata.tables["decisions"]
 T_EVENTS: Table = Base.metadata.tables["events"]
 T_LLM_CALLS: Table = Base.metadata.tables["llm_calls"]
+T_MCP_AUDIT: Table = Base.metadata.tables["mcp_audit"]
 
 
 # Statements built once: building ``insert().values(...)`` per row costs more than
@@ -76,6 +79,8 @@ _HISTORY = (
 )
 _APPROVAL_LIST = TypeAdapter(list[ApprovalRecord])
 _INSERT_EVENTS = insert(T_EVENTS).returning(T_EVENTS.c.id, sort_by_parameter_order=True)
+_INSERT_MCP_AUDIT = insert(T_MCP_AUDIT)
+MCP_AUDIT_REASON_MAX = 2000
 
 
 def utcnow() -> datetime:
@@ -92,6 +97,46 @@ def _choice(value: object, allowed: tuple[str, ...], what: str) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise InvalidInputError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
     return value
+
+
+def _clip(value: object, limit: int) -> str | None:
+    """Audit text as recorded: printable, at most ``limit`` characters (never refused)."""
+    if value is None:
+        return None
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
+    return text or None
+
+
+def _mcp_audit_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One audit entry (the JSON line's keys) as a row; a bad entry raises InvalidInputError.
+
+    Identity and names come from a verified token or from the server itself, but
+    a refused call's tool name is whatever the client sent: it is clipped, not refused.
+    """
+    outcome = _choice(entry.get("outcome"), MCP_OUTCOMES, "MCP call outcome")
+    try:
+        duration = float(entry.get("duration_ms") or 0.0)
+        ts = entry.get("ts")
+        created = (
+            datetime.fromtimestamp(float(ts), UTC).replace(tzinfo=None)
+            if ts is not None
+            else utcnow()
+        )
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise InvalidInputError(f"bad MCP audit entry: {exc}") from None
+    if not duration >= 0:
+        raise InvalidInputError(f"MCP call duration {duration!r} must be a number >= 0")
+    return {
+        "created_at": created,
+        "via": _clip(entry.get("via"), 16) or "direct",
+        "agent_id": _clip(entry.get("agent_id"), 128),
+        "task_id": _clip(entry.get("task_id"), 128),
+        "server": _clip(entry.get("server"), 64) or "?",
+        "tool": _clip(entry.get("tool"), 255) or "?",
+        "outcome": outcome,
+        "duration_ms": duration,
+        "reason": _clip(entry.get("reason"), MCP_AUDIT_REASON_MAX),
+    }
 
 
 def _payload(value: Mapping[str, Any] | str) -> str:
@@ -620,6 +665,52 @@ class Store:
             output_tokens=int(tokens_out),
             cost_usd=float(cost),
         )
+
+    # --- the MCP audit trail ------------------------------------------------------
+
+    def append_mcp_audit(self, entries: Iterable[Mapping[str, Any]]) -> int:
+        """Append a batch of MCP call records in one transaction; returns how many.
+
+        Entries have the keys of cfn.mcp.audit's JSON lines (``ts``, ``via``,
+        ``agent_id``, ``task_id``, ``server``, ``tool``, ``outcome``,
+        ``duration_ms``, ``reason``). A bad entry anywhere appends none.
+        """
+        rows = [_mcp_audit_row(entry) for entry in entries]
+        if rows:
+            with self.write() as conn:
+                conn.execute(_INSERT_MCP_AUDIT, rows)
+        return len(rows)
+
+    def mcp_audit(
+        self,
+        *,
+        agent_id: str | None = None,
+        task_id: str | None = None,
+        server: str | None = None,
+        outcome: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[McpAuditRecord]:
+        """Audited MCP calls in append order after ``after_id``, optionally filtered."""
+        query = (
+            select(T_MCP_AUDIT)
+            .where(T_MCP_AUDIT.c.id > after_id)
+            .order_by(T_MCP_AUDIT.c.id)
+            .limit(max(1, limit))
+        )
+        if agent_id is not None:
+            query = query.where(T_MCP_AUDIT.c.agent_id == agent_id)
+        if task_id is not None:
+            query = query.where(T_MCP_AUDIT.c.task_id == task_id)
+        if server is not None:
+            query = query.where(T_MCP_AUDIT.c.server == server)
+        if outcome is not None:
+            query = query.where(
+                T_MCP_AUDIT.c.outcome == _choice(outcome, MCP_OUTCOMES, "MCP call outcome")
+            )
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        return [McpAuditRecord.model_validate(dict(row._mapping)) for row in rows]
 
     # --- introspection --------------------------------------------------------------
 
