@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,14 +22,22 @@ from cfn.mcp.routing import SERVERS, skill_mapping
 from cfn.mcp.tokens import TokenAuthority
 from cfn.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from cfn.store.repository import Store
+
 GATEWAY = "gateway"
 
 
 def common(settings: Settings, via: str = "direct") -> Common:
+    def open_store() -> Store:
+        from cfn.store.repository import Store
+
+        return Store.open(settings)
+
     return Common(
         authority=TokenAuthority.from_settings(settings),
         mapping=skill_mapping(settings),
-        audit=AuditLog(audit_path(settings), via=via),
+        audit=AuditLog(audit_path(settings), via=via, open_store=open_store),
     )
 
 
