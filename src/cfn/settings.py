@@ -266,6 +266,11 @@ class Settings(BaseSettings):
     mcp_cgroups: Literal["auto", "on", "off"] = Field(
         default="auto", description="Server limits through cgroup v1: auto, on (required), off."
     )
+    cfn_portal_mcp: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Mount the MCP gateway in the portal under /mcp: on, off, or auto (when "
+        "the MCP servers are configured: MCP_AUTH_TOKEN set or `cfn mcp up` has run).",
+    )
 
     # --- Portal (seed: "Web Portal Integration") ---
     cfn_portal_secret: SecretStr | None = Field(

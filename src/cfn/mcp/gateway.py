@@ -12,7 +12,10 @@
 - ``GET /health``: the gateway and each upstream's /health.
 
 The gateway app can run on its own (``cfn mcp up`` starts it on
-MCP_GATEWAY_PORT) or be mounted in another ASGI app.
+MCP_GATEWAY_PORT) or be mounted in another ASGI app: ``app(mounted=True)``
+serves ``/``, ``/{server}``, ``/execute`` and ``/health`` for a mount at
+``/mcp`` (the portal's), and :meth:`Gateway.lifespan` is the lifespan the host
+app must run itself (Starlette never runs a mounted app's).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -138,6 +141,9 @@ class Gateway:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tool_owner: dict[str, str] = {}
         self._http: httpx.AsyncClient | None = None
+        #: Set by :meth:`app`: the all-servers MCP endpoint and the app's lifespan.
+        self.endpoint: _GatewayMcp | None = None
+        self.lifespan: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     # --- auth ------------------------------------------------------------------------------
 
@@ -353,20 +359,29 @@ class Gateway:
 
     # --- the app ----------------------------------------------------------------------------
 
-    def app(self, *, host: str = "127.0.0.1") -> Starlette:
+    def app(self, *, host: str = "127.0.0.1", mounted: bool = False) -> Starlette:
+        """The gateway's ASGI app.
+
+        On its own port: ``/mcp``, ``/mcp/{server}``, ``/execute``, ``/health``.
+        ``mounted``: the same under a mount at ``/mcp`` (``/mcp/``,
+        ``/mcp/{server}``, ``/mcp/execute``, ``/mcp/health``); the host app
+        routes the bare ``/mcp`` to :attr:`endpoint` and runs :meth:`lifespan`.
+        """
         managers: dict[str | None, StreamableHTTPSessionManager] = {
             only: StreamableHTTPSessionManager(
                 app=self.mcp_server(only), security_settings=transport_security(host)
             )
             for only in (None, *SERVERS)
         }
+        self.endpoint = _GatewayMcp(self, managers[None], None)
+        mcp = "" if mounted else "/mcp"
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/execute", self.execute, methods=["POST"]),
-            Route("/mcp", _GatewayMcp(self, managers[None], None)),
+            Route(mcp or "/", self.endpoint),
         ]
         routes += [
-            Route(f"/mcp/{name}", _GatewayMcp(self, managers[name], name)) for name in SERVERS
+            Route(f"{mcp}/{name}", _GatewayMcp(self, managers[name], name)) for name in SERVERS
         ]
 
         @contextlib.asynccontextmanager
@@ -385,7 +400,9 @@ class Gateway:
                     if self.common.audit is not None:
                         await self.common.audit.aclose()
 
-        return Starlette(routes=routes, lifespan=lifespan)
+        app = Starlette(routes=routes, lifespan=lifespan)
+        self.lifespan = lambda: lifespan(app)
+        return app
 
 
 class _GatewayMcp:

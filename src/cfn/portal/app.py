@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import socketio
 from fastapi import Depends, FastAPI, Query, Request
@@ -23,6 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from cfn import __version__, keys
 from cfn.coordination.connection import RedisManager
@@ -45,6 +47,9 @@ from cfn.portal.metrics import PortalMetrics
 from cfn.portal.workers import Worker, queue_info, submit_task
 from cfn.settings import Settings
 from cfn.store.repository import Store
+
+if TYPE_CHECKING:
+    from cfn.mcp.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +146,11 @@ class Portal:
         self._feeds: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+        self.gateway: Gateway | None = None
+        self.gateway_app: ASGIApp | None = None
+        self._gateway_stack: contextlib.AsyncExitStack | None = None
+        if self._mount_mcp():
+            self.gateway, self.gateway_app = self._build_gateway()
         self.api = self._build_api()
         self._register_socket()
         self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.api)
@@ -148,6 +158,13 @@ class Portal:
     # --- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        gateway = self.gateway
+        if gateway is not None and gateway.lifespan is not None and self._gateway_stack is None:
+            # Starlette never runs a mounted app's lifespan: the gateway's (its HTTP
+            # client, the MCP session managers, the audit writer) runs here, with ours.
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(gateway.lifespan())
+            self._gateway_stack = stack
         if self.with_worker and self.worker is None:
             self.worker = Worker(self.settings, self.redis, self.store)
             self._worker_task = asyncio.create_task(self.worker.run())
@@ -164,6 +181,12 @@ class Portal:
         for task in [*self._feeds.values(), *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._gateway_stack is not None:
+            stack, self._gateway_stack = self._gateway_stack, None
+            try:
+                await stack.aclose()  # ends upstream sessions, flushes the audit into the store
+            except Exception:
+                log.exception("closing the MCP gateway failed")
         await self.redis.close()
         self.store.close()
 
@@ -354,7 +377,43 @@ class Portal:
             token = mint_token(portal.secret, body.sub, body.role, body.task_id, ttl)
             return {"token": token, "expiresIn": ttl}
 
+        # --- the MCP gateway (its own tokens, checked by the gateway) ---
+
+        gateway, gateway_app = portal.gateway, portal.gateway_app
+        if gateway is not None and gateway.endpoint is not None and gateway_app is not None:
+            api.router.routes.append(Route("/mcp", gateway.endpoint))
+            api.mount("/mcp", gateway_app, name="mcp")
+
         return api
+
+    # --- the MCP gateway ------------------------------------------------------------------
+
+    def _mount_mcp(self) -> bool:
+        mode = self.settings.cfn_portal_mcp
+        if mode != "auto":
+            return mode == "on"
+        # "Configured": a signing secret in the environment, or `cfn mcp up` has run here.
+        return (
+            self.settings.mcp_auth_token is not None
+            or (self.settings.state_dir / "mcp" / "servers.json").exists()
+        )
+
+    def _build_gateway(self) -> "tuple[Gateway, ASGIApp]":
+        """The MCP gateway and its app for the mount at /mcp, auditing into our store."""
+        from cfn.mcp.audit import AuditLog, audit_path
+        from cfn.mcp.base import Common
+        from cfn.mcp.gateway import Gateway
+        from cfn.mcp.routing import skill_mapping
+        from cfn.mcp.tokens import TokenAuthority
+
+        settings = self.settings
+        common = Common(
+            authority=TokenAuthority.from_settings(settings),
+            mapping=skill_mapping(settings),
+            audit=AuditLog(audit_path(settings), via="gateway", store=self.store),
+        )
+        gateway = Gateway(settings, common)
+        return gateway, gateway.app(host=settings.cfn_portal_host, mounted=True)
 
     # --- actions ----------------------------------------------------------------------
 
