@@ -212,6 +212,10 @@ class Worker:
         )
         entries = claimed[1] if claimed and len(claimed) > 1 else []
         for message_id, fields in entries:
+            if str(message_id) in self.running:
+                # Our own run, idle only because this event loop was slow to touch it
+                # (a busy machine): XAUTOCLAIM just gave it back to us. Never run it twice.
+                continue
             if fields:
                 log.warning(
                     "worker %s takes over task %s (its worker stopped answering)",
