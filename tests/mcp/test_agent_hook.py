@@ -46,8 +46,8 @@ def agent_settings(stack: Stack, tmp_path: Path, llm: LLMServer, token: str) -> 
 async def test_agent_calls_an_mcp_tool_through_the_gateway(
     stack: Stack, tmp_path: Path, llm: LLMServer
 ) -> None:
-    stack.redis.client().set("coord:task-mcp:loop2:start", "{}")
-    token = stack.token(["redis-management"], agent_id="impl-1-1", task_id="task-mcp")
+    stack.redis.client().set("coord:task-hook:loop2:start", "{}")
+    token = stack.token(["redis-management"], agent_id="impl-1-1", task_id="task-hook")
     settings = agent_settings(stack, tmp_path, llm, token)
     llm.push(
         openai_json(None, tool_calls=[("c1", "redis_scan", json.dumps({"pattern": "coord:*"}))]),
@@ -55,7 +55,7 @@ async def test_agent_calls_an_mcp_tool_through_the_gateway(
     )
     (tmp_path / "ws").mkdir()
     context = generate_cli_context(
-        "task-mcp",
+        "task-hook",
         "impl-1-1",
         settings=settings,
         redis_host="127.0.0.1",
@@ -80,7 +80,7 @@ async def test_agent_calls_an_mcp_tool_through_the_gateway(
     # Only the servers its skills map to: no browser, scanner or n8n tools.
     assert not {n for n in offered if n.startswith(("browser", "playwright", "security", "n8n"))}
     tool_reply = [m for m in llm.requests[1].body["messages"] if m["role"] == "tool"]
-    assert "coord:task-mcp:loop2:start" in tool_reply[0]["content"]
+    assert "coord:task-hook:loop2:start" in tool_reply[0]["content"]
     assert "MCP tools via" in result.payload["mcp"]
 
 
@@ -94,7 +94,7 @@ async def test_unreachable_gateway_is_reported_not_fatal(
     llm.push(openai_json('{"confidence": 0.7}'))
     (tmp_path / "ws").mkdir()
     context = generate_cli_context(
-        "task-mcp",
+        "task-hook",
         "impl-2-1",
         settings=settings,
         redis_host="127.0.0.1",
@@ -126,10 +126,10 @@ def test_launcher_mints_a_token_per_agent_with_its_profile_skills(
     launcher = ProcessLauncher(
         settings, build_service(settings), stack.redis.url, tmp_path, TaskTraits(), "mvp"
     )
-    plan = AgentPlan("task-mcp", "val-2-1", "validator", 2, 1, {})
+    plan = AgentPlan("task-hook", "val-2-1", "validator", 2, 1, {})
     env = launcher._mcp_env(plan, "tester")
     claims = TokenAuthority.from_settings(settings).verify(env["CFN_MCP_TOKEN"])
-    assert (claims.agent_id, claims.task_id) == ("val-2-1", "task-mcp")
+    assert (claims.agent_id, claims.task_id) == ("val-2-1", "task-hook")
     assert set(claims.skills) == {"browser-automation", "security-scanning"}
     assert env["MCP_GATEWAY_URL"] == stack.url("gateway")
     no_gateway = ProcessLauncher(
