@@ -17,6 +17,24 @@ import pytest
 from tests.support.servers import RedisServer, cfn_env
 
 
+def collect_cmd(total: int, timeout: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "cfn",
+        "collect-results",
+        "--task-id",
+        "S1",
+        "--expected",
+        str(total),
+        "--threshold",
+        "0.5",
+        "--timeout",
+        str(timeout),
+        "--json",
+    ]
+
+
 def soak(tmp_path: Path, server: RedisServer, cycles: int, per_cycle: int = 5) -> None:
     env = cfn_env(tmp_path, REDIS_URL=server.url)
     client = server.client()
@@ -24,21 +42,7 @@ def soak(tmp_path: Path, server: RedisServer, cycles: int, per_cycle: int = 5) -
     sent = 0
     for _cycle in range(cycles):
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cfn",
-                "collect-results",
-                "--task-id",
-                "S1",
-                "--expected",
-                str(total),
-                "--threshold",
-                "0.5",
-                "--timeout",
-                "120",
-                "--json",
-            ],
+            collect_cmd(total, 120),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -58,21 +62,7 @@ def soak(tmp_path: Path, server: RedisServer, cycles: int, per_cycle: int = 5) -
             assert time.monotonic() < deadline
             time.sleep(0.02)
     final = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cfn",
-            "collect-results",
-            "--task-id",
-            "S1",
-            "--expected",
-            str(total),
-            "--threshold",
-            "0.5",
-            "--timeout",
-            "30",
-            "--json",
-        ],
+        collect_cmd(total, 30),
         env=env,
         capture_output=True,
         text=True,

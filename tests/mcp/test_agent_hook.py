@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from cfn.agents.context import generate_cli_context
-from cfn.agents.runtime import AgentRuntime
+from cfn.agents.runtime import AgentRuntime, RunResult
 from cfn.coordination.connection import RedisManager
 from cfn.loop.launcher import ProcessLauncher
 from cfn.loop.orchestrator import AgentPlan
@@ -43,6 +43,33 @@ def agent_settings(stack: Stack, tmp_path: Path, llm: LLMServer, token: str) -> 
     )
 
 
+async def run_agent(
+    stack: Stack, settings: Settings, tmp_path: Path, agent_id: str, epic: str
+) -> RunResult:
+    """One implementer agent of task-hook, in-process, on the kimi stand-in."""
+    (tmp_path / "ws").mkdir()
+    context = generate_cli_context(
+        "task-hook",
+        agent_id,
+        settings=settings,
+        redis_host="127.0.0.1",
+        redis_port=stack.redis.port,
+        workspace=tmp_path / "ws",
+        provider="kimi",
+        role="implementer",
+        loop=3,
+        iteration=1,
+        epic=epic,
+    )
+    redis = RedisManager.from_url(stack.redis.url, settings)
+    service = build_service(settings, redis)
+    try:
+        return await AgentRuntime(context, settings, redis, service, None).run()
+    finally:
+        await service.aclose()
+        await redis.close()
+
+
 async def test_agent_calls_an_mcp_tool_through_the_gateway(
     stack: Stack, tmp_path: Path, llm: LLMServer
 ) -> None:
@@ -53,27 +80,7 @@ async def test_agent_calls_an_mcp_tool_through_the_gateway(
         openai_json(None, tool_calls=[("c1", "redis_scan", json.dumps({"pattern": "coord:*"}))]),
         openai_json('{"confidence": 0.8, "summary": "looked at the keys"}'),
     )
-    (tmp_path / "ws").mkdir()
-    context = generate_cli_context(
-        "task-hook",
-        "impl-1-1",
-        settings=settings,
-        redis_host="127.0.0.1",
-        redis_port=stack.redis.port,
-        workspace=tmp_path / "ws",
-        provider="kimi",
-        role="implementer",
-        loop=3,
-        iteration=1,
-        epic="Inspect the coordination keys",
-    )
-    redis = RedisManager.from_url(stack.redis.url, settings)
-    service = build_service(settings, redis)
-    try:
-        result = await AgentRuntime(context, settings, redis, service, None).run()
-    finally:
-        await service.aclose()
-        await redis.close()
+    result = await run_agent(stack, settings, tmp_path, "impl-1-1", "Inspect the coordination keys")
     assert result.result == "success", result.payload
     offered = {t["function"]["name"] for t in llm.requests[0].body["tools"]}
     assert "redis_scan" in offered and "read_file" in offered
@@ -92,27 +99,7 @@ async def test_unreachable_gateway_is_reported_not_fatal(
         update={"mcp_gateway_url": "http://127.0.0.1:9"}
     )
     llm.push(openai_json('{"confidence": 0.7}'))
-    (tmp_path / "ws").mkdir()
-    context = generate_cli_context(
-        "task-hook",
-        "impl-2-1",
-        settings=settings,
-        redis_host="127.0.0.1",
-        redis_port=stack.redis.port,
-        workspace=tmp_path / "ws",
-        provider="kimi",
-        role="implementer",
-        loop=3,
-        iteration=1,
-        epic="x",
-    )
-    redis = RedisManager.from_url(stack.redis.url, settings)
-    service = build_service(settings, redis)
-    try:
-        result = await AgentRuntime(context, settings, redis, service, None).run()
-    finally:
-        await service.aclose()
-        await redis.close()
+    result = await run_agent(stack, settings, tmp_path, "impl-2-1", "x")
     assert result.result == "success"
     assert "unavailable" in result.payload["mcp"]
 
