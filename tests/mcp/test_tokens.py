@@ -91,3 +91,19 @@ def test_skill_mapping_configurable_and_checked() -> None:
     require_server(claims, "playwright", mapping)
     with pytest.raises(McpForbiddenError, match="may not use the n8n server"):
         require_server(claims, "n8n", mapping)
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cfn.mcp.tokens as tokens
+
+    authority = TokenAuthority(b"s" * 32, leeway=0)
+    token = authority.mint("impl-1-1", "task-1", ["redis-management"], ttl=60)
+    first = authority.verify(token)
+    assert authority.verify(token) is first  # the second check is the cache's
+    later = first.expires_at + 1
+    monkeypatch.setattr(tokens.time, "time", lambda: float(later))
+    with pytest.raises(McpAuthError, match="expired"):
+        authority.verify(token)
+    forged = TokenAuthority(b"f" * 32).mint("impl-1-1", "task-1", ["redis-management"])
+    with pytest.raises(McpAuthError, match="forged"):
+        authority.verify(forged)

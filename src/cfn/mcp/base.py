@@ -124,6 +124,12 @@ class ToolServer:
         self.name = name
         self.spec = SERVERS[name]
         self.tools = {tool.name: tool for tool in tools}
+        self._validators = {
+            tool.name: jsonschema.validators.validator_for(tool.schema)(tool.schema)
+            for tool in tools
+        }
+        for tool in tools:
+            type(self._validators[tool.name]).check_schema(tool.schema)  # once, at build
         self.actions = {tool.action: tool for tool in tools}
         self.authority = authority
         self.mapping = mapping
@@ -168,11 +174,12 @@ class ToolServer:
                     f"unknown tool {name!r} on {self.name}; tools: {', '.join(self.tools)}"
                 )
             args = dict(arguments or {})
-            try:
-                jsonschema.validate(args, tool.schema)
-            except jsonschema.ValidationError as exc:
-                where = ".".join(str(p) for p in exc.absolute_path) or "arguments"
-                raise McpToolError(f"{name}: {where}: {exc.message}") from None
+            # What jsonschema.validate reports, without re-checking the schema on every call
+            # (that check alone was ~4 ms of a 5 ms redis_ttl on a loaded machine).
+            problem = jsonschema.exceptions.best_match(self._validators[name].iter_errors(args))
+            if problem is not None:
+                where = ".".join(str(p) for p in problem.absolute_path) or "arguments"
+                raise McpToolError(f"{name}: {where}: {problem.message}")
             if tool.write and not call.claims.can_write:
                 raise McpForbiddenError(
                     f"{name} changes data: the token's scope is read-only (mint one with "
@@ -265,6 +272,9 @@ class ToolServer:
         manager = StreamableHTTPSessionManager(
             app=self.mcp_server(),
             security_settings=transport_security(host),
+            # A tool call's answer as one JSON body, not an SSE stream: the tools send no
+            # notifications mid-call, and SSE framing costs ~1 ms a call each way.
+            json_response=True,
         )
         mcp_app = AuthenticatedMcp(StreamableHTTPASGIApp(manager), self)
 

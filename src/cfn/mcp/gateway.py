@@ -369,7 +369,9 @@ class Gateway:
         """
         managers: dict[str | None, StreamableHTTPSessionManager] = {
             only: StreamableHTTPSessionManager(
-                app=self.mcp_server(only), security_settings=transport_security(host)
+                app=self.mcp_server(only),
+                security_settings=transport_security(host),
+                json_response=True,  # as the servers: one JSON body per call, no SSE
             )
             for only in (None, *SERVERS)
         }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from cfn.store.repository import Store
 
 GATEWAY = "gateway"
+QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "alembic")
 
 
 def common(settings: Settings, via: str = "direct") -> Common:
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Per-request INFO lines of the HTTP clients and the SDK ("HTTP Request: POST ...",
+    # "Processing request of type CallToolRequest") would be a log write per call.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
         app = build_app(args.name, settings)

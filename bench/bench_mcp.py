@@ -1,0 +1,257 @@
+"""MCP gateway overhead: the same tool call through the gateway and straight to its server.
+
+Starts its own redis-server and, through cfn's launcher (``python -m
+cfn.mcp.serve``, as ``cfn mcp up`` does), the Redis Tools server and the
+gateway on free ports. One MCP client session (the SDK's streamable HTTP
+client, the same kind of session both ways) to the gateway's
+``/mcp/redis-tools`` and one to the server's ``/mcp``; each sample calls
+``redis_ttl`` once on each, in alternating order, after a warm-up. The seed's
+``POST /execute`` is measured the same way (plain HTTP, no MCP session).
+
+Where the time goes is measured alongside: a token check (the gateway and the
+server each do one per request), ``AuditLog.record`` (the only audit work on
+the request path), and a bare loopback HTTP round trip (``GET /health``).
+
+Cgroup limits are off by default (``MCP_CGROUPS=off``): the seed's 0.25-CPU
+quota for Redis Tools would measure the throttling, not the gateway.
+``--cgroups`` keeps them.
+
+    .venv/bin/python -m bench mcp [--samples=1000] [--warmup=100] [--cgroups]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from tests.support.servers import RedisServer, free_port
+
+from cfn.mcp.audit import AuditLog
+from cfn.mcp.launcher import Launcher
+from cfn.mcp.tokens import TokenAuthority
+from cfn.settings import Settings
+from cfn.store.repository import Store
+
+TARGET_ADDED_P50_MS = 2.0
+GATEWAY_AGENT = "bench-gateway"
+DIRECT_AGENT = "bench-direct"
+TOOL = "redis_ttl"
+ARGS: dict[str, Any] = {"keys": ["bench:mcp:a", "bench:mcp:b"]}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class Session:
+    """One SDK client session held open for the run."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> ClientSession:
+        http = await self._stack.enter_async_context(
+            httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {self.token}"}, timeout=httpx2.Timeout(30.0)
+            )
+        )
+        streams = await self._stack.enter_async_context(
+            streamable_http_client(self.url, http_client=http)
+        )
+        session = await self._stack.enter_async_context(ClientSession(streams[0], streams[1]))
+        await session.initialize()
+        return session
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
+async def _timed(fn: Callable[[], Awaitable[None]]) -> float:
+    began = time.perf_counter()
+    await fn()
+    return (time.perf_counter() - began) * 1000
+
+
+async def measure(
+    gateway: str, server: str, tokens: tuple[str, str], samples: int, warmup: int
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {
+        "mcp direct": [], "mcp gateway": [], "execute direct": [], "execute gateway": [],
+        "http /health direct": [],
+    }  # fmt: skip
+    gateway_token, direct_token = tokens
+    body = {"tool": "redis", "action": "ttl", **ARGS}
+    async with (
+        Session(gateway + "/mcp/redis-tools", gateway_token) as via_gateway,
+        Session(server + "/mcp", direct_token) as direct,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+
+        async def call(session: ClientSession) -> None:
+            result = await session.call_tool(TOOL, ARGS)
+            if result.is_error:
+                raise RuntimeError(f"{TOOL} failed: {result.content}")
+
+        async def execute(base: str, token: str) -> None:
+            reply = await http.post(
+                base + "/execute", json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            reply.raise_for_status()
+
+        async def health() -> None:
+            (await http.get(server + "/health")).raise_for_status()
+
+        probes: dict[str, Callable[[], Awaitable[None]]] = {
+            "mcp direct": lambda: call(direct),
+            "mcp gateway": lambda: call(via_gateway),
+            "execute direct": lambda: execute(server, direct_token),
+            "execute gateway": lambda: execute(gateway, gateway_token),
+            "http /health direct": health,
+        }
+        names = list(probes)
+        for i in range(warmup + samples):
+            # Rotate the order each sample: neither path always runs first (or after a GC).
+            order = names[i % len(names) :] + names[: i % len(names)]
+            for name in order:
+                elapsed = await _timed(probes[name])
+                if i >= warmup:
+                    out[name].append(elapsed)
+    return out
+
+
+def audit_durations(settings: Settings) -> dict[tuple[str, str], list[float]]:
+    """Durations (ms) of the run's ``redis_ttl`` audit rows by (via, agent)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    with Store.open(settings) as store:
+        for agent in (GATEWAY_AGENT, DIRECT_AGENT):
+            for row in store.mcp_audit(agent_id=agent, limit=1_000_000):
+                if row.tool == TOOL and row.outcome == "ok":
+                    out.setdefault((row.via, agent), []).append(row.duration_ms)
+    return out
+
+
+def in_process_costs(authority: TokenAuthority, token: str, tmp: Path) -> dict[str, float]:
+    """Microseconds per token check and per ``AuditLog.record`` (the hot-path parts)."""
+    n = 5000
+    began = time.perf_counter()
+    for _ in range(n):
+        claims = authority.verify(token)
+    verify_us = (time.perf_counter() - began) / n * 1e6
+
+    async def records() -> float:
+        audit = AuditLog(tmp / "audit.jsonl", via="gateway")
+        began = time.perf_counter()
+        for _ in range(n):
+            audit.record(server="redis-tools", tool=TOOL, claims=claims, outcome="ok",
+                         duration=0.001)  # fmt: skip
+        spent = (time.perf_counter() - began) / n * 1e6
+        await audit.aclose()
+        return spent
+
+    return {"verify": verify_us, "record": asyncio.run(records())}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench mcp")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--cgroups", action="store_true", help="keep the seed's cgroup limits")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        redis = RedisServer(root / "redis").start()
+        env = {
+            "CFN_STATE_DIR": str(root / ".cfn"),
+            "REDIS_URL": redis.url,
+            "MCP_AUTH_TOKEN": secrets.token_hex(32),
+            "MCP_REDIS_TOOLS_PORT": str(free_port()),
+            "MCP_GATEWAY_PORT": str(free_port()),
+            "MCP_PLAYWRIGHT_PORT": str(free_port()),
+            "MCP_N8N_PORT": str(free_port()),
+            "MCP_SECURITY_SCANNER_PORT": str(free_port()),
+            "MCP_CGROUPS": "auto" if args.cgroups else "off",
+        }
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        settings = Settings()
+        launcher = Launcher(settings)
+        try:
+            launcher.up(["redis-tools", "gateway"], env=env)
+            authority = TokenAuthority.from_settings(settings)
+            tokens = (
+                authority.mint(GATEWAY_AGENT, "bench", ["redis-management"], ttl=3600),
+                authority.mint(DIRECT_AGENT, "bench", ["redis-management"], ttl=3600),
+            )
+            began = time.perf_counter()
+            results = asyncio.run(
+                measure(
+                    launcher.url("gateway"), launcher.url("redis-tools"), tokens,
+                    args.samples, args.warmup,
+                )
+            )  # fmt: skip
+            wall = time.perf_counter() - began
+            costs = in_process_costs(authority, tokens[0], root)
+        finally:
+            launcher.down()  # the servers flush their audit batches as they stop
+            redis.stop()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        audited = audit_durations(settings)
+    print(f"{TOOL} over MCP streamable HTTP (SDK client), {args.samples} samples per path after "
+          f"{args.warmup} warm-up, interleaved, {wall:.1f} s; cgroups "
+          f"{'on' if args.cgroups else 'off'}")  # fmt: skip
+    print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    for name, values in results.items():
+        print(f"{name:<22}{pct(values, 0.5):>9.3f}{pct(values, 0.9):>9.3f}"
+              f"{pct(values, 0.99):>9.3f}{statistics.fmean(values):>9.3f}")  # fmt: skip
+    added = pct(results["mcp gateway"], 0.5) - pct(results["mcp direct"], 0.5)
+    paired = statistics.median(
+        g - d for g, d in zip(results["mcp gateway"], results["mcp direct"], strict=True)
+    )
+    added_exec = pct(results["execute gateway"], 0.5) - pct(results["execute direct"], 0.5)
+    verdict = "met" if added < TARGET_ADDED_P50_MS else "MISSED"
+    print(f"added by the gateway, MCP: p50 {added:+.3f} ms (median of paired differences "
+          f"{paired:+.3f} ms); target < {TARGET_ADDED_P50_MS:g} ms: {verdict}")  # fmt: skip
+    print(f"added by the gateway, /execute: p50 {added_exec:+.3f} ms")
+    print(f"in-process: token check {costs['verify']:.1f} us, AuditLog.record "
+          f"{costs['record']:.2f} us per call")  # fmt: skip
+    # Where the gateway's MCP time goes, from the audit rows (each side times its own part).
+    tool_gw = audited.get(("direct", GATEWAY_AGENT), [])
+    upstream = audited.get(("gateway", GATEWAY_AGENT), [])
+    tool_direct = audited.get(("direct", DIRECT_AGENT), [])
+    if tool_gw and upstream and tool_direct:
+        client_gw = pct(results["mcp gateway"], 0.5)
+        print(f"audit rows in the SQL store: {sum(map(len, audited.values()))}; p50 of their "
+              f"durations: the tool on the server {pct(tool_direct, 0.5):.3f} ms (direct) / "
+              f"{pct(tool_gw, 0.5):.3f} ms (via the gateway)")  # fmt: skip
+        print(f"gateway path, p50: client -> gateway SDK server and back "
+              f"{client_gw - pct(upstream, 0.5):.3f} ms; gateway's upstream call (SDK client, "
+              f"hop, server) {pct(upstream, 0.5):.3f} ms, of which the tool itself "
+              f"{pct(tool_gw, 0.5):.3f} ms")  # fmt: skip
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
