@@ -20,7 +20,7 @@ def gateway(stack: Stack) -> str:
 async def test_redis_tools(stack: Stack, gateway: str) -> None:
     r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
     task = "task-mcp"
-    # The session's stack is shared: test_agent_hook leaves keys of this task behind.
+    # The stack is shared by the whole session: start from this test's own keys only.
     for key in r.scan_iter(f"*{task}*"):
         r.delete(key)
     r.lpush(f"coord:{task}:complete", "impl-1-1:success", "impl-2-1:failed")
