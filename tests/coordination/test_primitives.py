@@ -360,3 +360,12 @@ async def test_completion_survives_script_cache_flush(manager: RedisManager) -> 
     await manager.client.script_flush()  # as after a server restart
     await completion.signal_completion(manager, "T1", "a2", "success", '{"confidence": 1}')
     assert await manager.client.llen("coord:T1:complete") == 2
+
+
+async def test_payload_only_in_swarm_result_is_found(manager: RedisManager) -> None:
+    """An agent that keeps its result at swarm:{task}:result:{agent} only still counts."""
+    await manager.client.set("swarm:T1:result:a1", json.dumps({"confidence": 0.66}))
+    await manager.client.lpush("coord:T1:complete", "a1:success")
+    await completion.signal_completion(manager, "T1", "a2", "success", '{"confidence": 0.9}')
+    report = await completion.collect_results(manager, "T1", 2, 0.5, 5)
+    assert {r.agent_id: r.confidence for r in report.results} == {"a1": 0.66, "a2": 0.9}

@@ -308,19 +308,27 @@ async def _read_payloads(
     if not agent_ids:
         return {}
 
-    async def read(r: Any) -> list[Any]:
+    async def read(r: Any, names: list[str]) -> list[Any]:
         async with r.pipeline(transaction=False) as pipe:
-            for agent in agent_ids:
-                pipe.lindex(keys.coord_payload(task_id, agent), 0)
-                pipe.get(keys.swarm_result(task_id, agent))
+            for name in names:
+                if name.startswith("coord:"):
+                    pipe.lindex(name, 0)
+                else:
+                    pipe.get(name)
             result: list[Any] = await pipe.execute()
             return result
 
-    values = await redis.run(read)
-    return {
-        agent: values[2 * i] if values[2 * i] is not None else values[2 * i + 1]
-        for i, agent in enumerate(agent_ids)
-    }
+    # The seed's payload list first; swarm:{task}:result:{agent} only for agents
+    # without one (a second round trip that the usual case never needs).
+    lists = [keys.coord_payload(task_id, agent) for agent in agent_ids]
+    values = await redis.run(lambda r: read(r, lists))
+    found: dict[str, str | None] = dict(zip(agent_ids, values, strict=True))
+    missing = [agent for agent, value in found.items() if value is None]
+    if missing:
+        results = [keys.swarm_result(task_id, agent) for agent in missing]
+        for agent, value in zip(missing, await redis.run(lambda r: read(r, results)), strict=True):
+            found[agent] = value
+    return found
 
 
 async def collect_results(
