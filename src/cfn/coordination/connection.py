@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -101,7 +101,36 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     return SentinelTarget(sentinels, segments[0], db, username, password)
 
 
-def _client_options(settings: Settings) -> dict[str, Any]:
+class ConnectionSettings(Protocol):
+    """What building a client reads: ``Settings`` has it, so do the seed's defaults."""
+
+    @property
+    def redis_connect_timeout(self) -> float: ...
+    @property
+    def redis_retry_delay_on_failover(self) -> float: ...
+    @property
+    def redis_max_retries_per_request(self) -> int: ...
+    @property
+    def redis_username(self) -> str: ...
+    @property
+    def redis_password(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _SeedDefaults:
+    """The connection settings ``_client_options`` and friends read, at the seed's values."""
+
+    redis_connect_timeout: float = 10.0
+    redis_retry_delay_on_failover: float = 0.1
+    redis_max_retries_per_request: int = 3
+    redis_username: str = ""
+    redis_password: str = ""
+
+
+SEED_DEFAULTS = _SeedDefaults()
+
+
+def _client_options(settings: ConnectionSettings) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.redis_connect_timeout,
         # No read timeout: BLPOP and pub/sub waits block for as long as asked.
@@ -116,7 +145,7 @@ def _client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _client_from_url(url: str, settings: Settings) -> tuple[aioredis.Redis, int]:
+def _client_from_url(url: str, settings: ConnectionSettings) -> tuple[aioredis.Redis, int]:
     options = _client_options(settings)
     parts = urlsplit(url)
     if parts.scheme not in {"redis", "rediss", "unix"}:
@@ -136,7 +165,7 @@ def _client_from_url(url: str, settings: Settings) -> tuple[aioredis.Redis, int]
     return client, db
 
 
-def _client_from_sentinel(target: SentinelTarget, settings: Settings) -> aioredis.Redis:
+def _client_from_sentinel(target: SentinelTarget, settings: ConnectionSettings) -> aioredis.Redis:
     options = _client_options(settings)
     username = target.username or settings.redis_username or None
     password = target.password or settings.redis_password or None
@@ -171,12 +200,15 @@ class RedisManager:
 
     @classmethod
     def from_url(
-        cls, url: str, settings: Settings | None = None, fallback_url: str | None = None
+        cls,
+        url: str,
+        settings: ConnectionSettings | None = None,
+        fallback_url: str | None = None,
     ) -> RedisManager:
         if settings is None:
-            from cfn.settings import Settings
-
-            settings = Settings()
+            # The seed's defaults (10 s connect timeout, 3 retries, 100 ms apart),
+            # without reading the environment: an agent that only reports starts fast.
+            settings = SEED_DEFAULTS
         primary = cls._member(url, settings, "primary")
         fallback = cls._member(fallback_url, settings, "fallback") if fallback_url else None
         return cls(primary, fallback)
@@ -213,7 +245,7 @@ class RedisManager:
         return cls(primary, fallback)
 
     @staticmethod
-    def _member(url: str, settings: Settings, _role: str) -> _Member:
+    def _member(url: str, settings: ConnectionSettings, _role: str) -> _Member:
         if url.startswith("redis+sentinel://"):
             target = parse_sentinel_url(url)
             return _Member(mask_url(url), _client_from_sentinel(target, settings), target.db)
