@@ -354,9 +354,8 @@ class AgentRuntime:
             log.warning("%s", self.mcp_note)
 
     async def _already_reported(self) -> bool:
-        key = self.context.coordination.channels.complete
-        entries = await self.redis.run(lambda r: r.lrange(key, 0, -1))
-        return any(str(e).split(":", 1)[0] == self.context.agent_id for e in entries)
+        reported = await completion.reported_agents(self.redis, self.context.task_id)
+        return self.context.agent_id in reported
 
     async def _keep_lock(self, handle: locks.LockHandle, ttl: float) -> None:
         while True:

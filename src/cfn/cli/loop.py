@@ -241,7 +241,7 @@ def run_cmd(
 
     task_id = new_task_id()
     out.print(f"task id: [bold]{task_id}[/]")
-    options = _options(
+    orchestrate_cmd(
         task_id,
         epic,
         mode,
@@ -251,10 +251,9 @@ def run_cmd(
         implementers,
         validators,
         workspace,
-        max_iterations,
         provider,
+        max_iterations,
     )
-    raise typer.Exit(_run(options, None).exit_code)
 
 
 def resume_cmd(task_id: Annotated[str, typer.Argument(help="The task to continue.")]) -> None:

@@ -277,6 +277,13 @@ def parse_entry(entry: str) -> tuple[str, str] | None:
     return agent, result
 
 
+async def reported_agents(redis: RedisManager, task_id: str) -> set[str]:
+    """Every agent with an entry on ``coord:{task}:complete`` (read, never consumed)."""
+    key = keys.coord_complete(task_id)
+    entries = await redis.run(lambda r: r.lrange(key, 0, -1))
+    return {parsed[0] for entry in entries if (parsed := parse_entry(str(entry)))}
+
+
 class CompletionReader:
     """Reads new entries of ``coord:{task}:complete`` without consuming them."""
 

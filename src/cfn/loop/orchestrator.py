@@ -578,15 +578,7 @@ class Orchestrator:
                     )
 
     async def _completed(self, task_id: str, ids: list[str]) -> set[str]:
-        key = keys.coord_complete(task_id)
-        entries = await self.redis.run(lambda r: r.lrange(key, 0, -1))
-        wanted = set(ids)
-        found: set[str] = set()
-        for entry in entries:
-            parsed = completion.parse_entry(str(entry))
-            if parsed and parsed[0] in wanted:
-                found.add(parsed[0])
-        return found
+        return await completion.reported_agents(self.redis, task_id) & set(ids)
 
     # --- decision ----------------------------------------------------------------------
 
