@@ -102,11 +102,6 @@ class Settings(BaseSettings):
     cfn_compose_dir: Path | None = Field(
         default=None, description="Where the compose files live; default: the checkout."
     )
-    docker_host: str | None = Field(
-        default=None,
-        description="Docker or Podman API (DOCKER_HOST, e.g. unix:///run/podman/podman.sock); "
-        "set: `cfn health` checks the compose project's orchestrator, redis and postgres.",
-    )
     cfn_base_image: str = Field(
         default="python:3.11-slim-bookworm",
         description="Base image of the agent and orchestrator Dockerfiles (BASE_IMAGE).",
