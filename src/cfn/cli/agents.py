@@ -1,17 +1,24 @@
-"""Agent commands: the seed's spawn-agent.sh."""
+"""Agent commands: the seed's spawn-agent.sh; ``cfn agents list | kill`` (docker ps / kill)."""
 
 from __future__ import annotations
 
 import asyncio
 import shlex
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from cfn.agents.spawner import spawn_agent
-from cfn.cli.common import print_plain, settings
+from cfn.cli.common import err, out, print_json, print_plain, settings
 from cfn.errors import InvalidInputError
+from cfn.troubleshoot import find_agents, kill_agent
+
+agents_app = typer.Typer(help="Agents spawned here: list them, kill one.", no_args_is_help=True)
+STATUS_STYLE = {"running": "yellow", "exited": "green", "starting": "cyan"}
 
 
 def spawn_agent_cmd(
@@ -51,3 +58,63 @@ def spawn_agent_cmd(
         )
     )
     print_plain(handle.name)
+
+
+def _age(started: float | None) -> str:
+    if started is None:
+        return "-"
+    seconds = max(0.0, time.time() - started)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M")
+
+
+@agents_app.command("list")
+def list_cmd(
+    task_id: Annotated[str | None, typer.Option("--task-id", help="Only this task.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-a", help="Ended agents too (like docker ps -a).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Agents spawned from this checkout's state dir: running ones (all with --all)."""
+    found = find_agents(settings(), task_id=task_id)
+    if not show_all:
+        found = [a for a in found if a.status in ("running", "starting")]
+    if as_json:
+        print_json([a.to_dict() for a in found])
+        return
+    table = Table(title=f"{len(found)} agent(s)" + ("" if show_all else " running"))
+    for column in ("task", "agent", "pid", "status", "started", "exit", "log"):
+        table.add_column(column)
+    for agent in found:
+        style = STATUS_STYLE.get(agent.status, "red")
+        code = agent.exit.exit_code if agent.exit else None
+        table.add_row(
+            agent.task_id,
+            agent.agent_id,
+            str(agent.pid or "-"),
+            f"[{style}]{agent.status}[/]",
+            _age(agent.started_at),
+            "-" if agent.exit is None else (str(code) if code is not None else agent.exit.reason),
+            str(agent.log_path),
+        )
+    out.print(table)
+
+
+@agents_app.command("kill")
+def kill_cmd(
+    agent_id: Annotated[str, typer.Argument(help="The agent to stop (e.g. impl-1-1).")],
+    task_id: Annotated[
+        str | None, typer.Option("--task-id", help="Its task, when several tasks use the id.")
+    ] = None,
+    graceful: Annotated[
+        bool,
+        typer.Option("--graceful", help="SIGTERM first, SIGKILL after CFN_AGENT_KILL_GRACE."),
+    ] = False,
+) -> None:
+    """Stop a running agent (SIGKILL to it and everything it started) and wait for its end."""
+    info = asyncio.run(kill_agent(settings(), agent_id, task_id, graceful=graceful))
+    err.print(f"{info.name} stopped: {info.status} ({info.reason})", markup=False)

@@ -13,6 +13,8 @@ from rich.table import Table
 from cfn import __version__
 from cfn.cli import agents as agents_cli
 from cfn.cli import coordination as coord_cli
+from cfn.cli import debug as debug_cli
+from cfn.cli import health as health_cli
 from cfn.cli import loop as loop_cli
 from cfn.cli import portal as portal_cli
 from cfn.cli import store as store_cli
@@ -47,6 +49,10 @@ app.command("collect-results")(coord_cli.collect_results_cmd)
 app.command("wait-completion")(coord_cli.wait_completion_cmd)
 app.command("keys")(coord_cli.keys_cmd)
 app.command("spawn-agent")(agents_cli.spawn_agent_cmd)
+app.add_typer(agents_cli.agents_app, name="agents")
+app.command("health")(health_cli.health_cmd)
+app.command("logs")(debug_cli.logs_cmd)
+app.command("stats")(debug_cli.stats_cmd)
 app.add_typer(agent_app, name="agent")
 app.add_typer(mcp_app, name="mcp")
 app.command("orchestrate")(loop_cli.orchestrate_cmd)

@@ -41,7 +41,7 @@ from cfn.errors import (
 from cfn.loop.state import MAX_EPIC, Phase, TaskOptions
 from cfn.loop.workspace import is_build_task
 from cfn.portal import views
-from cfn.portal.auth import Principal, load_secret, mint_token, verify_token
+from cfn.portal.auth import Principal, Verifier, load_secret, mint_token
 from cfn.portal.feed import task_events
 from cfn.portal.metrics import PortalMetrics
 from cfn.portal.workers import Worker, queue_info, submit_task
@@ -136,9 +136,11 @@ class Portal:
     ) -> None:
         self.settings = settings
         self.secret = load_secret(settings)
+        self.verify = Verifier(self.secret)
         self.redis = redis or RedisManager.from_settings(settings)
         self.store = store or Store.open(settings)
         self.metrics = PortalMetrics(self.store)
+        self.status_reader = views.StatusReader(self.store)
         self.started = time.time()
         self.with_worker = settings.cfn_portal_worker if worker is None else worker
         self.worker: Worker | None = None
@@ -203,7 +205,7 @@ class Portal:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("the Authorization header must be 'Bearer <token>'")
-        return verify_token(self.secret, token)
+        return self.verify(token)
 
     # --- REST -----------------------------------------------------------------------------
 
@@ -325,12 +327,13 @@ class Portal:
             me.require("operator", "admin")
             return await portal.create_task(body)
 
-        @api.get("/api/tasks/{taskId}/status", tags=["tasks"])
-        async def task_status(taskId: str, me: Who) -> dict[str, Any]:
+        @api.get("/api/tasks/{taskId}/status", tags=["tasks"], response_class=JSONResponse)
+        async def task_status(taskId: str, me: Who) -> JSONResponse:
             """Everything about one task: iterations, gate, consensus, agents, decisions."""
             keys.validate_id(taskId, "task id")
             me.require_task(taskId)
-            return await views.task_status(portal.store, portal.redis, taskId)
+            # Plain JSON values already: straight to json.dumps, not FastAPI's encoder.
+            return JSONResponse(await views.task_status(portal.status_reader, portal.redis, taskId))
 
         @api.post("/api/tasks/{taskId}/decision", status_code=202, tags=["tasks"])
         async def decide(taskId: str, body: DecisionBody, me: Who) -> dict[str, Any]:
@@ -449,7 +452,7 @@ class Portal:
         from cfn.loop.app import submit_decision
 
         keys.validate_id(task_id, "task id")
-        status = await views.task_status(self.store, self.redis, task_id)  # 404 first
+        status = await views.task_status(self.status_reader, self.redis, task_id)  # 404 first
         if not status["awaitingDecision"]:
             raise ConflictError(
                 f"task {task_id!r} is not waiting for a decision (status {status['status']}"
@@ -698,12 +701,18 @@ class Portal:
                 }
             except CfnError as exc:
                 checks["workers"] = {"ok": False, "error": str(exc)}
+        from cfn.health import Check, check_system
+
+        serving = Check("portal", "ok", "answering this request")
+        system = await check_system(self.settings, portal=serving)
         body = {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
             "uptimeSeconds": round(time.time() - self.started, 1),
             "socketClients": len(self._feeds),
             "checks": checks,
+            # cfn.health's report (`cfn health --json`): every part, not just this process's.
+            "system": system.to_dict(),
             "you": {"sub": me.sub, "role": me.role, "taskId": me.task_id},
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
@@ -719,7 +728,7 @@ class Portal:
                     "auth must be {taskId, token}", {"error": "unauthorized"}
                 )
             try:
-                me = verify_token(portal.secret, auth.get("token"))
+                me = portal.verify(auth.get("token"))
                 task_id = keys.validate_id(auth.get("taskId"), "task id")
                 me.require_task(task_id)
                 if not await views.task_exists(portal.store, portal.redis, task_id):
