@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     cfn_redis_sentinel_master: str = "mymaster"
     cfn_redis_server_bin: str = "redis-server"
+    cfn_redis_agent_acl: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Per-agent Redis ACL users: auto (when the server allows ACL SETUSER, "
+        "else one warning), on (required), off (agents share the orchestrator's credentials).",
+    )
 
     # --- Coordination limits -----------------------------------------------
     cfn_context_max_bytes: int = Field(default=1024 * 1024, gt=0, le=512 * 1024 * 1024)
@@ -110,6 +115,21 @@ class Settings(BaseSettings):
     cfn_orchestrator_image: str = "cfn-orchestrator:latest"
     cfn_redis_image: str = "redis:7-bookworm"
     cfn_postgres_image: str = "postgres:16-bookworm"
+    # --- Containers (cfn.deploy.podman, cfn.agents.container) ---
+    cfn_spawn_mode: Literal["process", "docker"] | None = Field(
+        default=None,
+        description="How the loop starts agents: process (default) or docker (containers).",
+    )
+    mode: str | None = Field(
+        default=None, description="The seed's MODE: MODE=docker also selects the container spawner."
+    )
+    docker_host: str | None = Field(
+        default=None, description="Docker API endpoint; unset: cfn's own podman service."
+    )
+    cfn_podman_bin: str = "podman"
+    cfn_docker_network: str | None = Field(
+        default=None, description="Agents' network; default {COMPOSE_PROJECT_NAME}_cfn-network."
+    )
 
     # --- Agents (seed: "CLI Coordination") ----------------------------------
     agent_memory_limit: str = Field(
@@ -367,6 +387,13 @@ class Settings(BaseSettings):
     @property
     def project_root(self) -> Path:
         return find_project_root()
+
+    @property
+    def spawn_mode(self) -> Literal["process", "docker"]:
+        """CFN_SPAWN_MODE, else the seed's MODE=docker, else process; never guessed."""
+        if self.cfn_spawn_mode is not None:
+            return self.cfn_spawn_mode
+        return "docker" if (self.mode or "").strip().lower() == "docker" else "process"
 
     @property
     def state_dir(self) -> Path:

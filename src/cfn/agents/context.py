@@ -17,8 +17,10 @@ Every agent gets one JSON file describing who it is and how to coordinate::
 The top-level keys and their value types are exactly the seed's (the seed
 renders ``memory_limit`` and ``timeout`` as strings, so do we), so a bash
 agent written against the seed reads ours unchanged. Everything cfn adds lives
-under the one ``cfn`` object. Secrets are never written here: ``cfn.redis``
-names the environment variables that carry the URL and password.
+under the one ``cfn`` object. No shared secret is written here: ``cfn.redis``
+names the environment variables that carry the URL and password; with
+per-agent Redis ACL users (cfn.coordination.acl) it also holds the agent's own
+disposable ``username`` and ``password``, deleted from Redis when the agent ends.
 
 The file is written 0600 to ``<state>/tasks/{task}/agents/{agent}/context.json``
 (not ``<state>/agents/``, where agent profiles may live).
@@ -105,7 +107,8 @@ class RedisAccess(_Strict):
 
     url_env: str = "REDIS_URL"
     password_env: str = "REDISCLI_AUTH"  # noqa: S105 - a variable name, not a secret
-    username: str = ""
+    username: str = Field(default="", max_length=256)
+    password: str = Field(default="", max_length=256, repr=False)
     db: int = Field(default=0, ge=0, le=1_000_000)
 
 
@@ -317,6 +320,7 @@ def generate_cli_context(
     epic: str | None = None,
     feedback: list[str] | None = None,
     redis_username: str = "",
+    redis_password: str = "",
     redis_db: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> AgentContext:
@@ -371,7 +375,7 @@ def generate_cli_context(
             "signal_key": keys.swarm_signal(task_id, agent_id),
             "result_key": keys.swarm_result(task_id, agent_id),
             "payload_key": keys.coord_payload(task_id, agent_id),
-            "redis": {"username": redis_username, "db": redis_db},
+            "redis": {"username": redis_username, "password": redis_password, "db": redis_db},
             "state_dir": str(settings.state_dir),
             "log_file": None,
             "extra": dict(extra or {}),

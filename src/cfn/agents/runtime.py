@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -34,7 +33,7 @@ from cfn.agents.context import AgentContext
 from cfn.agents.heartbeat import Heartbeater
 from cfn.agents.profiles import AgentProfile
 from cfn.agents.tools import TOOL_SPECS, Workspace, execute
-from cfn.coordination import completion, locks
+from cfn.coordination import acl, completion, locks
 from cfn.coordination.connection import RedisManager
 from cfn.errors import CfnError, WaitTimeoutError
 from cfn.providers import (
@@ -146,8 +145,8 @@ def _preload_sdk(service: LLMService, provider: str) -> None:
 
 
 def _lock_resource(context: AgentContext) -> str:
-    digest = hashlib.sha256(f"{context.task_id}/{context.agent_id}".encode()).hexdigest()[:40]
-    return f"agent-{digest}"
+    """The agent's lock; its ACL user is granted exactly this key (cfn.coordination.acl)."""
+    return acl.lock_resource(context.task_id, context.agent_id)
 
 
 class AgentRuntime:

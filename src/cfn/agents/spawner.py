@@ -55,6 +55,7 @@ from cfn.agents.context import (
     redis_endpoint,
     write_private,
 )
+from cfn.coordination import acl
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
 
@@ -496,7 +497,26 @@ class ProcessSpawner:
                 extra[context.cfn.redis.password_env] = unquote(password)
         # Agents inherit the orchestrator's environment (PATH, provider keys, ...),
         # the same way a child process would without an explicit env.
-        return {**os.environ, **extra}
+        inherited = {**os.environ, **extra}
+        access = context.cfn.redis
+        if not (access.username and access.password):
+            return {
+                k: v for k, v in inherited.items() if k not in acl.SIGNING_SECRETS
+            }
+        # The agent has its own Redis ACL user: no admin secret reaches it.
+        admin = {
+            acl.url_password(self.redis_url),
+            acl.url_password(os.environ.get("REDIS_URL")),
+            acl.url_password(self.settings.redis_fallback_1),
+            self.settings.redis_password,
+        }
+        return acl.agent_environment(
+            inherited,
+            acl.AgentCredentials(access.username, access.password),
+            url_env=access.url_env,
+            password_env=access.password_env,
+            admin_secrets={s for s in admin if s},
+        )
 
     async def spawn(
         self,

@@ -10,11 +10,14 @@ starts ``cfn agent run`` through the process spawner.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cfn.agents.context import generate_cli_context, redis_endpoint
 from cfn.agents.spawner import ExitInfo, ProcessHandle, ProcessSpawner
+from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
 from cfn.errors import AgentLookupError
 from cfn.loop.orchestrator import AgentPlan, RunningAgent
 from cfn.providers import LLMService, TaskTraits
@@ -46,6 +49,11 @@ def profile_for(role: str, agent_id: str) -> str:
     return choices[index % len(choices)]
 
 
+#: How long a user outlives the orchestrator's watch when its agent has not ended yet.
+REAP_WAIT = 30.0
+_REAPERS: set[asyncio.Future[None]] = set()
+
+
 def describe_exit(info: ExitInfo) -> str:
     return info.reason or info.status
 
@@ -56,13 +64,36 @@ class _Running:
     profile: str | None
     provider: str | None
     model: str | None
+    acl: AgentAcl | None = None
 
     @property
     def pid(self) -> int:
         return self.handle.pid
 
     async def wait(self) -> str:
-        return describe_exit(await self.handle.wait())
+        try:
+            info = await self.handle.wait()
+        except asyncio.CancelledError:
+            # The orchestrator stopped watching (it has the agent's report): the user
+            # goes once the process has ended, in the background.
+            if self.acl is not None:
+                task = asyncio.ensure_future(self._drop_user_after_exit())
+                _REAPERS.add(task)
+                task.add_done_callback(_REAPERS.discard)
+            raise
+        await self._drop_user()
+        return describe_exit(info)
+
+    async def _drop_user(self) -> None:
+        """The agent has ended: delete its Redis ACL user (and with it any connection)."""
+        if self.acl is not None:
+            acl, self.acl = self.acl, None
+            await acl.delete(self.handle.task_id, self.handle.agent_id)
+
+    async def _drop_user_after_exit(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.handle.wait()), REAP_WAIT)
+        await self._drop_user()
 
     async def kill(self) -> None:
         await self.handle.kill()
@@ -88,11 +119,17 @@ class ProcessLauncher:
         self.loop_mode = loop_mode
         self.provider = provider
         self.spawner = ProcessSpawner(settings, redis_url=redis_url)
+        # Sentinel-followed masters and failovers would lose the user: shared creds there.
+        self.acl = AgentAcl(
+            [redis_url, settings.redis_fallback_1 or ""],
+            "off" if settings.cfn_redis_sentinels else settings.cfn_redis_agent_acl,
+        )
 
     async def launch(self, plan: AgentPlan) -> RunningAgent:
         profile = profile_for(plan.role, plan.agent_id)
         decision = self.service.route(profile, self.traits, provider=self.provider)
         endpoint = redis_endpoint(self.redis_url)
+        creds = await self.acl.create(plan.task_id, plan.agent_id)
         extra: dict[str, object] = {
             key: plan.brief[key]
             for key in ("deliverables", "complexity", "cost_sensitive", "gate", "consensus")
@@ -115,9 +152,30 @@ class ProcessLauncher:
             epic=str(plan.brief.get("epic", "")),
             feedback=[str(f) for f in plan.brief.get("feedback", [])],
             extra=extra,
+            redis_username=creds.username if creds else "",
+            redis_password=creds.password if creds else "",
         )
-        handle = await self.spawner.spawn(context, env=self._mcp_env(plan, profile))
-        return _Running(handle, profile, decision.provider, decision.model)
+        env = {**self._mcp_env(plan, profile), **self._redis_env(creds)}
+        try:
+            handle = await self.spawner.spawn(context, env=env)
+        except BaseException:
+            if creds is not None:
+                with contextlib.suppress(Exception):
+                    await self.acl.delete(plan.task_id, plan.agent_id)
+            raise
+        acl = self.acl if creds is not None else None
+        return _Running(handle, profile, decision.provider, decision.model, acl)
+
+    def _redis_env(self, creds: AgentCredentials | None) -> dict[str, str]:
+        """The agent's own Redis user (per-agent ACL), for any spawner."""
+        if creds is None:
+            return {}
+        return {
+            "REDIS_URL": with_credentials(self.redis_url, creds.username, creds.password),
+            "REDIS_USERNAME": creds.username,
+            "REDIS_PASSWORD": creds.password,
+            "REDISCLI_AUTH": creds.password,
+        }
 
     def _mcp_env(self, plan: AgentPlan, profile: str) -> dict[str, str]:
         """A signed MCP token for the agent, minted at spawn, when a gateway is configured."""
@@ -142,4 +200,5 @@ class ProcessLauncher:
         if not handle.running:
             return None
         profile = profile_for(plan.role, plan.agent_id)
-        return _Running(handle, profile, None, None)
+        acl = self.acl if self.acl.enabled else None
+        return _Running(handle, profile, None, None, acl)
