@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import redis
+from tests.loop.conftest import options
+from tests.support.servers import RedisServer
 
 from cfn.agents import heartbeat as hb
 from cfn.agents.context import generate_cli_context
@@ -29,8 +31,6 @@ from cfn.loop.app import run_loop
 from cfn.providers import RedisLedger
 from cfn.providers.usage import Charge
 from cfn.settings import Settings
-from tests.loop.conftest import options
-from tests.support.servers import RedisServer
 
 ADMIN_PW = "admin-Pw-7f3c9e2a1b"
 BASH_AGENT = Path(__file__).resolve().parents[2] / "examples" / "agents" / "bash-agent.sh"
@@ -101,7 +101,7 @@ async def test_agent_user_reaches_only_its_own_task(server: RedisServer) -> None
     # Scripts run with the agent's permissions: keys inside are checked too.
     with pytest.raises(redis.exceptions.NoPermissionError):
         agent.eval("return redis.call('GET', KEYS[1])", 1, "coord:t2:complete")
-    with pytest.raises(redis.exceptions.ResponseError, match="can.t access"):
+    with pytest.raises(redis.exceptions.ResponseError, match=r"can.t access"):
         agent.eval("return redis.call('LPUSH', 'coord:t2:complete', 'x:success')", 0)
     assert admin.lrange("coord:t2:complete", 0, -1) == ["x:success"]  # untouched
     assert admin.get("context:t1:metadata") == "{}"
