@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(redis-server redis-tools postgresql chromium)
+APT_PACKAGES=(redis-server redis-tools postgresql chromium podman runc debootstrap)
 
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -20,6 +20,7 @@ from cfn.cli import portal as portal_cli
 from cfn.cli import store as store_cli
 from cfn.cli import worktree as worktree_cli
 from cfn.cli.common import err, out, print_plain, settings, setup_logging
+from cfn.cli.docker import docker_app
 from cfn.cli.mcp import mcp_app
 from cfn.cli.providers import providers_app
 from cfn.cli.runtime import agent_app
@@ -65,6 +66,7 @@ app.command("worker")(portal_cli.worker_cmd)
 app.add_typer(worktree_cli.worktree_app, name="worktree")
 app.add_typer(worktree_cli.compose_app, name="compose")
 app.command("validate-config")(worktree_cli.validate_config_cmd)
+app.add_typer(docker_app, name="docker")
 
 
 def _print_version(value: bool) -> None:

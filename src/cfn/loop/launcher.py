@@ -15,6 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfn.agents.container import ContainerHandle, ContainerSpawner
 from cfn.agents.context import generate_cli_context, redis_endpoint
 from cfn.agents.spawner import ExitInfo, ProcessHandle, ProcessSpawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
@@ -60,7 +61,7 @@ def describe_exit(info: ExitInfo) -> str:
 
 @dataclass
 class _Running:
-    handle: ProcessHandle
+    handle: ProcessHandle | ContainerHandle
     profile: str | None
     provider: str | None
     model: str | None
@@ -118,7 +119,12 @@ class ProcessLauncher:
         self.traits = traits
         self.loop_mode = loop_mode
         self.provider = provider
-        self.spawner = ProcessSpawner(settings, redis_url=redis_url)
+        # CFN_SPAWN_MODE=docker or the seed's MODE=docker: containers (never guessed).
+        self.spawner: ProcessSpawner | ContainerSpawner = (
+            ContainerSpawner(settings, redis_url=redis_url)
+            if settings.spawn_mode == "docker"
+            else ProcessSpawner(settings, redis_url=redis_url)
+        )
         # Sentinel-followed masters and failovers would lose the user: shared creds there.
         self.acl = AgentAcl(
             [redis_url, settings.redis_fallback_1 or ""],

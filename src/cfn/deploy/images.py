@@ -1,0 +1,415 @@
+"""Building cfn's images with no image registry in reach (the seed's build-from-linux.sh).
+
+Three steps, each skipped when its inputs have not changed:
+
+1. **base**: ``debootstrap --variant=minbase --include=python3,... bookworm DIR``
+   (Debian's own mirror, the default: no mirror argument), then ``podman
+   import`` as ``cfn-python:bookworm``. The package list holds everything the
+   images need (python3 and venv, the seed's tools bash, curl, jq, sqlite3,
+   redis-cli, and redis-server for the test stack), so no build step needs a
+   network. The image carries the sha256 of its inputs as label ``cfn.inputs``.
+2. **wheels**: ``pip wheel`` on the host builds cfn's wheel and collects its
+   dependencies' wheels (same Python 3.11, same glibc) into a build context
+   under ``<state>/images/context``; inside the build ``pip install --no-index``
+   installs them, since pip in a build container cannot reach the registry.
+3. **images**: ``cfn-agent``, ``cfn-orchestrator`` and ``cfn-redis`` from
+   ``deploy/Dockerfile.*`` through the Docker API (Podman's), tagged
+   ``cfn.inputs`` too, so a warm build with nothing changed builds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cfn.deploy.podman import PodmanService
+from cfn.errors import CfnError
+from cfn.settings import Settings
+
+if TYPE_CHECKING:
+    import docker
+
+log = logging.getLogger(__name__)
+
+SUITE = "bookworm"
+BASE_IMAGE = "cfn-python:bookworm"
+BASE_PACKAGES = (
+    "python3",
+    "python3-venv",
+    "bash",
+    "curl",
+    "jq",
+    "sqlite3",
+    "redis-tools",
+    "redis-server",
+    "ca-certificates",
+)
+#: Bump when the recipe changes in a way the inputs below do not show.
+RECIPE = "1"
+LABEL = "cfn.inputs"
+DOCKERFILES = {
+    "agent": "Dockerfile.agent",
+    "orchestrator": "Dockerfile.orchestrator",
+    "redis": "Dockerfile.redis",
+}
+ALL_IMAGES = ("agent", "orchestrator", "redis")
+
+Progress = Callable[[str, str], None]
+
+
+class ImageBuildError(CfnError):
+    """An image could not be built; the message says which step and why."""
+
+
+@dataclass
+class BuildReport:
+    built: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _sha(parts: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _tree_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+
+
+def _tree_hash(root: Path, files: Iterable[Path]) -> str:
+    return _sha(part for p in files for part in (str(p.relative_to(root)).encode(), p.read_bytes()))
+
+
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None, **kw: Any) -> None:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, **kw)
+    except OSError as exc:
+        raise ImageBuildError(f"{what}: could not run {argv[0]}: {exc}") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise ImageBuildError(f"{what} failed (exit {result.returncode}): " + " | ".join(tail))
+
+
+class ImageBuilder:
+    """Builds the base image, the wheels and the images; skips what is up to date."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: docker.DockerClient,
+        *,
+        progress: Progress | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.progress = progress or (lambda step, message: log.info("%s: %s", step, message))
+        self.python = python
+        self.root = settings.project_root
+        self.dir = settings.state_dir / "images"
+        self.context = self.dir / "context"
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _label(self, image: str) -> str | None:
+        import docker.errors
+
+        try:
+            found = self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return None
+        labels = found.labels or {}
+        value = labels.get(LABEL)
+        return value if isinstance(value, str) else None
+
+    # --- 1. base ------------------------------------------------------------------------
+
+    def base_inputs(self) -> str:
+        return _sha([RECIPE.encode(), SUITE.encode(), ",".join(BASE_PACKAGES).encode()])
+
+    def build_base(self, report: BuildReport, *, force: bool = False) -> None:
+        want = self.base_inputs()
+        if not force and self._label(BASE_IMAGE) == want:
+            report.cached.append(BASE_IMAGE)
+            self.progress("base", f"{BASE_IMAGE} is up to date")
+            return
+        debootstrap = shutil.which("debootstrap")
+        if debootstrap is None:
+            raise ImageBuildError(
+                "debootstrap is not installed: run scripts/bootstrap.sh (apt package debootstrap)"
+            )
+        started = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=self.dir))
+        try:
+            self.progress("base", f"debootstrap {SUITE} (minbase + {len(BASE_PACKAGES)} packages)")
+            _run(
+                [
+                    debootstrap,
+                    "--variant=minbase",
+                    f"--include={','.join(BASE_PACKAGES)}",
+                    SUITE,
+                    str(rootfs),
+                ],
+                "debootstrap",
+            )
+            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for item in (rootfs / junk).glob("*"):
+                    if item.is_file():
+                        item.unlink()
+            self.progress("base", f"podman import as {BASE_IMAGE}")
+            service = PodmanService(self.settings)
+            tar = subprocess.Popen(
+                ["tar", "--numeric-owner", "--one-file-system", "-C", str(rootfs), "-cf", "-", "."],
+                stdout=subprocess.PIPE,
+            )
+            try:
+                _run(
+                    [
+                        service.podman_bin(),
+                        "import",
+                        "--change",
+                        f"LABEL {LABEL}={want}",
+                        "--change",
+                        'CMD ["/bin/bash"]',
+                        "-",
+                        BASE_IMAGE,
+                    ],
+                    "podman import",
+                    env=service.env(),
+                    stdin=tar.stdout,
+                )
+            finally:
+                if tar.stdout is not None:
+                    tar.stdout.close()
+                tar.wait()
+        finally:
+            # debootstrap leaves root-owned device nodes; rmtree handles them as root.
+            shutil.rmtree(rootfs, ignore_errors=True)
+        report.built.append(BASE_IMAGE)
+        report.seconds["base"] = round(time.monotonic() - started, 1)
+
+    # --- 2. wheels ----------------------------------------------------------------------
+
+    def dependencies(self) -> list[str]:
+        data = tomllib.loads((self.root / "pyproject.toml").read_text())
+        deps = data.get("project", {}).get("dependencies", [])
+        return [str(d) for d in deps]
+
+    def _complete_for_image(self, deps_dir: Path, rounds: int = 8) -> None:
+        """Add the wheels the image's Python needs beyond the host's.
+
+        The host resolves for its own Python (3.11.7 here); the image has Debian's
+        3.11.2, for which some markers differ (redis needs async-timeout below 3.11.3).
+        pip's --python-version does not evaluate python_full_version, so ask the image:
+        a dry-run install against the wheel directory names what is missing.
+        """
+        import docker.errors
+
+        for _ in range(rounds):
+            try:
+                self.client.containers.run(
+                    BASE_IMAGE,
+                    [
+                        "sh",
+                        "-c",
+                        "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --dry-run "
+                        "--no-index --find-links /wheels -r /wheels/requirements.txt",
+                    ],
+                    volumes={str(deps_dir): {"bind": "/wheels", "mode": "ro"}},
+                    network_mode="none",
+                    remove=True,
+                )
+                return
+            except docker.errors.ContainerError as exc:
+                text = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            match = re.search(r"No matching distribution found for ([^;\s]+)", text)
+            if match is None:
+                raise ImageBuildError(
+                    "the dependency wheels do not install in the base image: "
+                    + " | ".join(text.strip().splitlines()[-3:])
+                )
+            missing = match.group(1)
+            self.progress("wheels", f"the image's Python also needs {missing}")
+            _run(
+                [self.python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(deps_dir), missing],
+                f"pip wheel {missing}",
+            )
+        raise ImageBuildError(f"the dependency wheels were still incomplete after {rounds} rounds")
+
+    def build_wheels(self, report: BuildReport) -> None:
+        started = time.monotonic()
+        wheels = self.context / "wheels"
+        deps_dir = wheels / "deps"
+        cfn_dir = wheels / "cfn"
+        deps = self.dependencies()
+        deps_want = _sha([RECIPE.encode(), *(d.encode() for d in deps)])
+        stamp = deps_dir / ".inputs"
+        if stamp.exists() and stamp.read_text() == deps_want:
+            report.cached.append("dependency wheels")
+        else:
+            self.progress("wheels", f"pip wheel: {len(deps)} dependencies and theirs")
+            shutil.rmtree(deps_dir, ignore_errors=True)
+            deps_dir.mkdir(parents=True)
+            _run(
+                [self.python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(deps_dir), *deps],
+                "pip wheel (dependencies)",
+            )
+            (deps_dir / "requirements.txt").write_text("\n".join(deps) + "\n")
+            self._complete_for_image(deps_dir)
+            stamp.write_text(deps_want)
+            report.built.append("dependency wheels")
+        sources = [self.root / "pyproject.toml", self.root / "README.md"]
+        sources += _tree_files(self.root / "src")
+        cfn_want = _tree_hash(self.root, sources)
+        stamp = cfn_dir / ".inputs"
+        if stamp.exists() and stamp.read_text() == cfn_want:
+            report.cached.append("cfn wheel")
+        else:
+            self.progress("wheels", "pip wheel: cfn")
+            shutil.rmtree(cfn_dir, ignore_errors=True)
+            cfn_dir.mkdir(parents=True)
+            with tempfile.TemporaryDirectory(dir=self.dir) as scratch:
+                # Build from a copy: setuptools would leave build/ and *.egg-info in the checkout.
+                copy = Path(scratch) / "src"
+                copy.mkdir()
+                for name in ("pyproject.toml", "README.md"):
+                    shutil.copy2(self.root / name, copy / name)
+                shutil.copytree(
+                    self.root / "src",
+                    copy / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+                )
+                _run(
+                    [
+                        self.python,
+                        "-m",
+                        "pip",
+                        "wheel",
+                        "--quiet",
+                        "--no-deps",
+                        "--wheel-dir",
+                        str(cfn_dir),
+                        str(copy),
+                    ],
+                    "pip wheel (cfn)",
+                )
+            stamp.write_text(cfn_want)
+            report.built.append("cfn wheel")
+        report.seconds["wheels"] = round(time.monotonic() - started, 1)
+
+    # --- 3. images ----------------------------------------------------------------------
+
+    def image_name(self, kind: str) -> str:
+        return {
+            "agent": self.settings.cfn_agent_image,
+            "orchestrator": self.settings.cfn_orchestrator_image,
+            "redis": "cfn-redis:latest",
+        }[kind]
+
+    def context_for(self, kind: str) -> Path:
+        """The agent and orchestrator get the wheels; the Redis image an empty context."""
+        return self.dir / "redis-context" if kind == "redis" else self.context
+
+    def _context_inputs(self, context: Path, dockerfile: Path, base_id: str) -> str:
+        files = [p for p in _tree_files(context / "wheels") if p.name != ".inputs"]
+        return _sha(
+            [
+                RECIPE.encode(),
+                base_id.encode(),
+                dockerfile.read_bytes(),
+                _tree_hash(context, files).encode(),
+            ]
+        )
+
+    def build_image(self, kind: str, report: BuildReport, *, force: bool = False) -> None:
+        import docker.errors
+
+        source = self.root / "deploy" / DOCKERFILES[kind]
+        if not source.is_file():
+            raise ImageBuildError(f"{source} is missing")
+        context = self.context_for(kind)
+        context.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, context / DOCKERFILES[kind])
+        base_id = str(self.client.images.get(BASE_IMAGE).id)
+        want = self._context_inputs(context, source, base_id)
+        image = self.image_name(kind)
+        if not force and self._label(image) == want:
+            report.cached.append(image)
+            self.progress(kind, f"{image} is up to date")
+            return
+        started = time.monotonic()
+        self.progress(kind, f"building {image}")
+        try:
+            stream = self.client.api.build(
+                path=str(context),
+                dockerfile=DOCKERFILES[kind],
+                tag=image,
+                buildargs={"BASE_IMAGE": BASE_IMAGE},
+                labels={LABEL: want},
+                rm=True,
+                pull=False,
+                decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise ImageBuildError(f"building {image}: {chunk['error']}".strip())
+                line = str(chunk.get("stream", "")).strip()
+                if line.startswith("STEP") or line.startswith("Step"):
+                    self.progress(kind, line[:120])
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"building {image}: {exc.explanation or exc}") from None
+        if self._label(image) != want:
+            raise ImageBuildError(f"building {image} ended without the image (see the engine log)")
+        report.built.append(image)
+        report.seconds[kind] = round(time.monotonic() - started, 1)
+
+    def _write_context_files(self) -> None:
+        self.context.mkdir(parents=True, exist_ok=True)
+        (self.context / ".dockerignore").write_text(".inputs\n**/.inputs\n")
+
+    def build(
+        self, images: Iterable[str] = ALL_IMAGES, *, force_base: bool = False, force: bool = False
+    ) -> BuildReport:
+        kinds = list(images)
+        unknown = [k for k in kinds if k not in DOCKERFILES]
+        if unknown:
+            raise ImageBuildError(
+                f"unknown image {unknown[0]!r}: choose from {', '.join(ALL_IMAGES)}"
+            )
+        report = BuildReport()
+        started = time.monotonic()
+        self.build_base(report, force=force_base)
+        self._write_context_files()
+        if any(k in ("agent", "orchestrator") for k in kinds):
+            self.build_wheels(report)
+        for kind in kinds:
+            self.build_image(kind, report, force=force)
+        report.seconds["total"] = round(time.monotonic() - started, 1)
+        (self.dir / "last-build.json").write_text(
+            json.dumps(
+                {"built": report.built, "cached": report.cached, "seconds": report.seconds},
+                indent=2,
+            )
+        )
+        return report

@@ -1,0 +1,292 @@
+"""Podman as the Docker engine: its settings and the Docker-API socket, started on demand.
+
+No Docker daemon runs here; Podman serves the Docker API from ``podman system
+service``. cfn runs that service itself, one per state dir, on
+``<state>/podman/podman.sock`` with the settings ``../shared/DESIGN.md`` asks
+for (``default_ulimits = []`` under ``[containers]``, ``runtime = "runc"``
+under ``[engine]``) in its own ``containers.conf``, handed to every podman it
+starts through ``CONTAINERS_CONF``, so the machine's files stay untouched.
+
+Which engine cfn talks to is never guessed from a socket lying around:
+``DOCKER_HOST`` when it is set, otherwise this service (started by
+``cfn docker up`` or on first use by the container spawner and the image build).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cfn.errors import CfnError, ConfigError
+from cfn.settings import Settings
+
+if TYPE_CHECKING:
+    import docker
+
+log = logging.getLogger(__name__)
+
+CONTAINERS_CONF = """\
+# Written by cfn (cfn.deploy.podman); podman reads it through CONTAINERS_CONF.
+[containers]
+# The default nofile/nproc ulimits podman asks for exceed what this machine grants.
+default_ulimits = []
+
+[engine]
+# Debian's podman prefers crun; runc is what is installed.
+runtime = "runc"
+"""
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+class EngineUnavailableError(CfnError):
+    """The container engine (Podman's Docker API) cannot be reached or started."""
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    running: bool
+    managed: bool  # cfn's own podman service (not an external DOCKER_HOST)
+    docker_host: str
+    pid: int | None
+    version: str | None
+    api_version: str | None
+
+
+def _ping_unix(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
+    """GET /version on a Docker-API unix socket; None when nothing answers."""
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        conn = http.client.HTTPConnection("localhost", timeout=timeout)
+        conn.sock = sock
+        conn.request("GET", "/version")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        sock.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class PodmanService:
+    """``podman system service --time=0 unix://<state>/podman/podman.sock``, cfn's own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.state_dir / "podman"
+        self.socket = self.dir / "podman.sock"
+        self.pid_file = self.dir / "service.pid"
+        self.log_file = self.dir / "service.log"
+        self.conf_file = self.dir / "containers.conf"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def podman_bin(self) -> str:
+        found = shutil.which(self.settings.cfn_podman_bin)
+        if found is None:
+            raise EngineUnavailableError(
+                f"{self.settings.cfn_podman_bin!r} is not installed: run scripts/bootstrap.sh "
+                "(apt packages podman and runc) or set CFN_PODMAN_BIN"
+            )
+        return found
+
+    def write_conf(self) -> Path:
+        """Our containers.conf, rewritten only when its text differs (idempotent)."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.conf_file.exists() or self.conf_file.read_text() != CONTAINERS_CONF:
+            tmp = self.conf_file.with_suffix(".tmp")
+            tmp.write_text(CONTAINERS_CONF)
+            tmp.replace(self.conf_file)
+        return self.conf_file
+
+    def env(self) -> dict[str, str]:
+        """The environment every podman command cfn runs gets."""
+        return {**os.environ, "CONTAINERS_CONF": str(self.write_conf())}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.dir / "start.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def pid(self) -> int | None:
+        """The service's pid if the recorded one still is our podman service."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        argv = _cmdline(pid)
+        if len(argv) >= 3 and argv[1:3] == ["system", "service"] and self.docker_host in argv:
+            return pid
+        return None
+
+    def running(self) -> bool:
+        return self.pid() is not None and _ping_unix(self.socket) is not None
+
+    def start(self) -> str:
+        """Start the service unless it already answers; returns its DOCKER_HOST."""
+        with self._locked():
+            if self.running():
+                return self.docker_host
+            podman = self.podman_bin()
+            stale = self.pid()
+            if stale is not None:  # alive but not answering: replace it
+                self._terminate(stale)
+            self.socket.unlink(missing_ok=True)
+            with open(self.log_file, "ab") as log_handle:
+                process = subprocess.Popen(
+                    [podman, "system", "service", "--time=0", self.docker_host],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_handle,
+                    stderr=log_handle,
+                    env=self.env(),
+                    start_new_session=True,
+                )
+            self.pid_file.write_text(f"{process.pid}\n")
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                if _ping_unix(self.socket) is not None:
+                    log.info("podman service %s started (pid %d)", self.docker_host, process.pid)
+                    return self.docker_host
+                if process.poll() is not None:
+                    break
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+            self.pid_file.unlink(missing_ok=True)
+            tail = self._log_tail()
+            raise EngineUnavailableError(
+                f"podman system service did not answer on {self.socket} within "
+                f"{START_TIMEOUT:g} s; see {self.log_file}" + (f": {tail}" if tail else "")
+            )
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    def _terminate(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            state = _proc_state(pid)
+            if state in (None, "Z"):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def stop(self) -> bool:
+        """Stop the service (containers keep running: podman owns them, not the service)."""
+        with self._locked():
+            pid = self.pid()
+            if pid is not None:
+                self._terminate(pid)
+            self.pid_file.unlink(missing_ok=True)
+            self.socket.unlink(missing_ok=True)
+            return pid is not None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def docker_host(settings: Settings, *, start: bool = True) -> tuple[str, bool]:
+    """``(DOCKER_HOST, managed)``: the configured one, else cfn's podman service."""
+    if settings.docker_host:
+        if not settings.docker_host.startswith(("unix://", "tcp://", "ssh://", "http://")):
+            raise ConfigError(
+                f"DOCKER_HOST {settings.docker_host!r} is not a Docker endpoint: use "
+                "unix:///path/to.sock or tcp://host:port"
+            )
+        return settings.docker_host, False
+    service = PodmanService(settings)
+    if start:
+        return service.start(), True
+    return service.docker_host, True
+
+
+def status(settings: Settings) -> EngineStatus:
+    host, managed = docker_host(settings, start=False)
+    pid = PodmanService(settings).pid() if managed else None
+    info: dict[str, Any] | None = None
+    if host.startswith("unix://"):
+        info = _ping_unix(Path(host.removeprefix("unix://")))
+    else:
+        with contextlib.suppress(EngineUnavailableError):
+            client = connect(settings, start=False)
+            try:
+                info = client.version()
+            finally:
+                client.close()
+    return EngineStatus(
+        running=info is not None,
+        managed=managed,
+        docker_host=host,
+        pid=pid,
+        version=str(info.get("Version")) if info else None,
+        api_version=str(info.get("ApiVersion")) if info else None,
+    )
+
+
+def connect(settings: Settings, *, start: bool = True, timeout: int = 120) -> docker.DockerClient:
+    """A docker SDK client on DOCKER_HOST or cfn's podman service (started if need be)."""
+    import docker
+    import docker.errors
+
+    host, _managed = docker_host(settings, start=start)
+    try:
+        client = docker.DockerClient(base_url=host, timeout=timeout, version="auto")
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineUnavailableError(
+            f"no Docker API answers on {host}: {exc}"
+            + ("" if settings.docker_host else " (run `cfn docker up`)")
+        ) from None
+    return client
