@@ -198,8 +198,7 @@ def _database_check(settings: Settings) -> Check:
 
     url = database_url(settings)
     label = describe(url)
-    sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if sqlite_file and not Path(str(url.database)).is_file():
+    if _sqlite_missing(settings):
         return Check(
             "database",
             "error",
@@ -354,12 +353,26 @@ class _AgentRow:
     pid: int | None
 
 
+def _sqlite_missing(settings: Settings) -> bool:
+    """A SQLite database whose file does not exist (opening it would create it)."""
+    from cfn.store.engine import database_url
+
+    url = database_url(settings)
+    return (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(str(url.database)).is_file()
+    )
+
+
 def _running_rows(settings: Settings) -> list[_AgentRow]:
     from sqlalchemy import select
 
     from cfn.store.models import Agent
     from cfn.store.repository import Store
 
+    if _sqlite_missing(settings):
+        raise ConfigError("the database file does not exist")
     store = Store.open(settings, auto_migrate=False)
     try:
         table = Agent.__table__
@@ -616,6 +629,28 @@ async def _bounded(
     return result if isinstance(result, list) else [result]
 
 
+def _preload() -> None:
+    """Import what the checks need before any of them starts its clock.
+
+    The imports are lazy so that every other ``cfn`` command (and each agent) starts
+    fast; done inside a running check, they would block the event loop for seconds
+    and time out the others' connections.
+    """
+    import sqlalchemy  # noqa: F401
+
+    import cfn.coordination.embedded
+    import cfn.deploy
+    import cfn.mcp.launcher
+    import cfn.mcp.routing
+    import cfn.mcp.serve
+    import cfn.portal.server
+    import cfn.store.engine
+    import cfn.store.migrate
+    import cfn.store.models
+    import cfn.store.repository
+    import cfn.worktree.project  # noqa: F401
+
+
 async def check_system(
     settings: Settings,
     *,
@@ -624,6 +659,7 @@ async def check_system(
 ) -> HealthReport:
     """Every check at once; ``portal`` replaces the portal check (the portal asking itself)."""
     began = time.perf_counter()
+    await asyncio.to_thread(_preload)
     limit = timeout * 2 + 1  # a check may make a couple of round trips
     jobs: list[tuple[str, Callable[[], Awaitable[Check | list[Check]]]]] = [
         ("redis", lambda: check_redis(settings, timeout)),
