@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -172,3 +174,40 @@ def verify_token(secret: bytes, token: object) -> Principal:
     if role == "agent" and task_id is None:
         raise AuthError("agent token without a task_id claim")
     return Principal(sub=str(sub), role=role, task_id=task_id, exp=int(claims["exp"]))
+
+
+class Verifier:
+    """:func:`verify_token` with verified tokens remembered until they expire.
+
+    A request's JWT check (PyJWT's decode: base64, JSON, HMAC, claims) costs
+    about as much as the rest of a cheap request; people and agents send the
+    same token again and again. A token string verified once is kept (up to
+    ``size``, least recently used out first) with its principal and is
+    accepted again only while ``now < exp + LEEWAY`` — PyJWT's own expiry rule —
+    so a remembered token expires exactly when a re-verified one would. Any
+    other string (a forged or altered token) is not in the map and is verified
+    in full. The map holds only what verification already accepted.
+    """
+
+    def __init__(self, secret: bytes, size: int = 4096) -> None:
+        self.secret = secret
+        self.size = size
+        self._known: OrderedDict[str, Principal] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, token: object) -> Principal:
+        if isinstance(token, str):
+            with self._lock:
+                known = self._known.get(token)
+                if known is not None:
+                    if time.time() < known.exp + LEEWAY:
+                        self._known.move_to_end(token)
+                        return known
+                    del self._known[token]
+        principal = verify_token(self.secret, token)
+        assert isinstance(token, str)  # verify_token accepted it
+        with self._lock:
+            self._known[token] = principal
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
+        return principal

@@ -9,14 +9,17 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BindParameter, Select, bindparam, func, select
+from sqlalchemy.engine import Dialect
 
 from cfn import keys
 from cfn.coordination.connection import RedisManager
-from cfn.errors import InvalidInputError, NotFoundError
+from cfn.errors import DatabaseError, InvalidInputError, NotFoundError
 from cfn.loop.journal import SqlJournal
 from cfn.loop.state import AgentRow, Checkpoint, TaskOptions
 from cfn.portal.workers import queued_options
@@ -112,36 +115,111 @@ async def task_exists(store: Store, redis: RedisManager, task_id: str) -> bool:
         return await queued_options(redis, task_id) is not None
 
 
-def _read_task(store: Store, task_id: str) -> dict[str, Any] | None:
-    """The task row, its iterations, decisions and agents: one read transaction."""
-    with store.read() as conn:
-        task = conn.execute(select(T_TASKS).where(T_TASKS.c.id == task_id)).first()
-        if task is None:
-            return None
-        iterations = conn.execute(
+@dataclass(frozen=True)
+class _Statement:
+    """One SELECT compiled once for the store's dialect, with its columns' converters."""
+
+    sql: str
+    positional: bool
+    columns: tuple[str, ...]
+    converters: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def build(cls, select_: Select[Any], dialect: Dialect) -> _Statement:
+        compiled = select_.compile(dialect=dialect)
+        columns = tuple(str(c.name) for c in select_.selected_columns)
+        converters = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None)
+            for c in select_.selected_columns
+        )
+        return cls(str(compiled), bool(compiled.positional), columns, converters)
+
+    def run(self, cursor: Any, task_id: str) -> list[dict[str, Any]]:
+        cursor.execute(self.sql, (task_id,) if self.positional else {"task_id": task_id})
+        out: list[dict[str, Any]] = []
+        for raw in cursor.fetchall():
+            out.append(
+                {
+                    name: value if convert is None or value is None else convert(value)
+                    for name, convert, value in zip(
+                        self.columns, self.converters, raw, strict=True
+                    )
+                }
+            )
+        return out
+
+
+class StatusReader:
+    """The status endpoint's SQL read: a task row, its iterations, decisions and agents.
+
+    The four SELECTs are compiled once for the store's dialect and run on the
+    DB-API cursor of one pooled connection inside the store's read transaction.
+    Building and compiling SQLAlchemy statements per request cost about 30
+    times what SQLite spends answering them (profiled: ~1.6 ms against ~60 us
+    for four point reads), and the status endpoint is the one the dashboard and
+    scripts call most. Values pass through the columns' own result processors
+    (SQLite's datetime strings become datetimes), so rows read the same as
+    through SQLAlchemy; tests compare both on SQLite and PostgreSQL.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        dialect = store.engine.dialect
+        task_id: BindParameter[str] = bindparam("task_id")
+        self._task = _Statement.build(select(T_TASKS).where(T_TASKS.c.id == task_id), dialect)
+        self._iterations = _Statement.build(
             select(T_ITERATIONS)
             .where(T_ITERATIONS.c.task_id == task_id)
-            .order_by(T_ITERATIONS.c.number)
-        ).all()
-        decisions = conn.execute(
-            select(T_DECISIONS).where(T_DECISIONS.c.task_id == task_id).order_by(T_DECISIONS.c.id)
-        ).all()
-        agent_rows = conn.execute(
+            .order_by(T_ITERATIONS.c.number),
+            dialect,
+        )
+        self._decisions = _Statement.build(
+            select(T_DECISIONS)
+            .where(T_DECISIONS.c.task_id == task_id)
+            .order_by(T_DECISIONS.c.id),
+            dialect,
+        )
+        self._agents = _Statement.build(
             select(T_AGENTS)
             .where(T_AGENTS.c.task_id == task_id)
-            .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id)
-        ).all()
-    return {"task": task, "iterations": iterations, "decisions": decisions, "agents": agent_rows}
+            .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id),
+            dialect,
+        )
+        self._driver_error: type[BaseException] = dialect.loaded_dbapi.Error
+
+    def read(self, task_id: str) -> dict[str, Any] | None:
+        """The task's rows (dicts of column values) in one read transaction, or None."""
+        keys.validate_id(task_id, "task id")
+        try:
+            with self.store.read() as conn:
+                cursor = conn.connection.cursor()
+                try:
+                    found = self._task.run(cursor, task_id)
+                    if not found:
+                        return None
+                    return {
+                        "task": found[0],
+                        "iterations": self._iterations.run(cursor, task_id),
+                        "decisions": self._decisions.run(cursor, task_id),
+                        "agents": self._agents.run(cursor, task_id),
+                    }
+                finally:
+                    cursor.close()
+        except self._driver_error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseError(f"database {self.store.label} is not usable: {first}") from exc
 
 
-async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[str, Any]:
+async def task_status(
+    reader: StatusReader, redis: RedisManager, task_id: str
+) -> dict[str, Any]:
     """Everything the dashboard shows for one task; NotFoundError for an unknown id.
 
-    One SQL read transaction and one Redis round trip (a pipeline), so the
-    endpoint stays cheap enough to poll.
+    One SQL read transaction (:class:`StatusReader`) and one Redis round trip
+    (a pipeline), so the endpoint stays cheap enough to call often.
     """
     keys.validate_id(task_id, "task id")
-    found = await asyncio.to_thread(_read_task, store, task_id)
+    found = await asyncio.to_thread(reader.read, task_id)
     if found is None:
         queued = await queued_options(redis, task_id)
         if queued is None:
@@ -160,14 +238,17 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
         }
     record = found["task"]
     try:
-        options = TaskOptions.from_json(record.options) if record.options else None
-        checkpoint = Checkpoint.from_json(record.checkpoint) if record.checkpoint else None
+        options = TaskOptions.from_json(record["options"]) if record["options"] else None
+        checkpoint = (
+            Checkpoint.from_json(record["checkpoint"]) if record["checkpoint"] else None
+        )
     except (ValueError, TypeError, KeyError, InvalidInputError):
         options = checkpoint = None
     rows = [
         AgentRow(
-            r.task_id, r.id, r.role, r.loop or 0, r.iteration or 0, r.profile, r.provider,
-            r.model, r.status, r.pid, r.confidence, r.reason,
+            r["task_id"], r["id"], r["role"], r["loop"] or 0, r["iteration"] or 0,
+            r["profile"], r["provider"], r["model"], r["status"], r["pid"], r["confidence"],
+            r["reason"],
         )
         for r in found["agents"]
     ]
@@ -198,16 +279,16 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
     awaiting = (
         isinstance(decision_state, dict)
         and decision_state.get("status") == "awaiting"
-        and record.status == "running"
+        and record["status"] == "running"
     )
     now = time.time()
     return {
         "taskId": task_id,
-        "status": record.status,
-        "mode": record.mode,
-        "epic": record.epic,
-        "createdAt": _iso(record.created_at),
-        "updatedAt": _iso(record.updated_at),
+        "status": record["status"],
+        "mode": record["mode"],
+        "epic": record["epic"],
+        "createdAt": _iso(record["created_at"]),
+        "updatedAt": _iso(record["updated_at"]),
         "options": None if options is None else _options(options),
         "thresholds": None if options is None else _team(options),
         "iteration": None if checkpoint is None else checkpoint.iteration,
@@ -218,22 +299,22 @@ async def task_status(store: Store, redis: RedisManager, task_id: str) -> dict[s
         "reason": None if checkpoint is None else checkpoint.reason,
         "iterations": [
             {
-                "number": it.number,
-                "gateMean": it.gate_mean,
-                "consensusMean": it.consensus_mean,
-                "startedAt": _iso(it.started_at),
-                "finishedAt": _iso(it.finished_at),
+                "number": it["number"],
+                "gateMean": it["gate_mean"],
+                "consensusMean": it["consensus_mean"],
+                "startedAt": _iso(it["started_at"]),
+                "finishedAt": _iso(it["finished_at"]),
             }
             for it in found["iterations"]
         ],
         "agents": [_agent(r, beats.get(r.agent_id), now) for r in rows],
         "decisions": [
             {
-                "iteration": d.iteration,
-                "decision": d.decision,
-                "by": d.decided_by,
-                "reason": d.reason,
-                "at": _iso(d.created_at),
+                "iteration": d["iteration"],
+                "decision": d["decision"],
+                "by": d["decided_by"],
+                "reason": d["reason"],
+                "at": _iso(d["created_at"]),
             }
             for d in found["decisions"]
         ],
