@@ -75,14 +75,21 @@ def test_calls_are_audited(stack: Stack) -> None:
     mine: list[dict[str, object]] = []
     while time.monotonic() < deadline:
         mine = [e for e in read_audit(path, 10_000) if e.get("agent_id") == "auditor-1"]
-        if len(mine) >= 2:
+        if len(mine) >= 3:
             break
         time.sleep(0.1)
-    outcomes = {(e["server"], e["outcome"]) for e in mine}
-    assert ("redis-tools", "ok") in outcomes and ("playwright", "forbidden") in outcomes
-    ok = next(e for e in mine if e["outcome"] == "ok")
+    # The allowed call as the gateway saw it and as the server saw it; the refusal at the gateway.
+    outcomes = {(e["via"], e["server"], e["outcome"]) for e in mine}
+    assert outcomes == {
+        ("gateway", "redis-tools", "ok"),
+        ("direct", "redis-tools", "ok"),
+        ("gateway", "playwright", "forbidden"),
+    }, outcomes
+    ok = next(e for e in mine if e["outcome"] == "ok" and e["via"] == "direct")
     assert ok["task_id"] == "task-mcp" and ok["tool"] == "redis_scan"
     assert isinstance(ok["duration_ms"], float)
+    at_gateway = next(e for e in mine if e["outcome"] == "ok" and e["via"] == "gateway")
+    assert at_gateway["tool"] == "redis/scan" and isinstance(at_gateway["duration_ms"], float)
 
 
 def test_cli_token_and_status(stack: Stack, tmp_path: Path) -> None:
