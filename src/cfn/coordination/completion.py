@@ -23,6 +23,17 @@ A result counts as successful only when its result word is ``success`` and
 its payload carries a ``confidence`` that is a JSON number in [0, 1]. Missing,
 non-numeric, NaN or out-of-range confidence is a failed report, never a
 default value.
+
+Failover (docs/coordination.md, "Faults"): Redis replicates asynchronously,
+so a completion the master accepted can vanish when the master dies before
+its replica got it. ``signal_completion`` therefore (1) makes re-sending
+harmless: the script records an ``agent:result`` entry once, and a re-send
+of one already recorded only rewrites it in place; (2) when the master has
+replicas connected, sends ``WAIT 1`` in the same pipeline and, while no
+replica acknowledges, re-sends (each re-send followed by its own WAIT);
+(3) when the server cannot be reached (a master being replaced), re-sends
+with backoff for up to ``resend_window`` seconds, to the fallback or to
+whatever master Sentinel names by then.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 import weakref
@@ -37,7 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from cfn import keys
 from cfn.coordination.connection import RedisManager
@@ -48,12 +60,21 @@ from cfn.coordination.validation import (
     check_timeout,
 )
 from cfn.coordination.watch import KeyWatch
-from cfn.errors import InvalidInputError, WaitTimeoutError
+from cfn.errors import InvalidInputError, RedisUnavailableError, WaitTimeoutError
+
+log = logging.getLogger(__name__)
 
 SUCCESS = "success"
 RESULT_WORD = keys.ID_PATTERN  # result words follow the id rules (no ':')
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_PAYLOAD_GRACE = 1.0
+#: Seconds a completion keeps being re-sent while Redis cannot take it or no
+#: replica acknowledges it (a Sentinel failover takes a few seconds).
+DEFAULT_RESEND_WINDOW = 30.0
+#: Milliseconds one ``WAIT 1`` waits for a replica's acknowledgement.
+DEFAULT_REPLICA_WAIT_MS = 1000
+#: Seconds a master's count of connected replicas is trusted before asking again.
+REPLICA_CHECK_TTL = 5.0
 
 
 @dataclass
@@ -176,30 +197,82 @@ async def signal_completion(
     payload: str | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    resend_window: float = DEFAULT_RESEND_WINDOW,
+    replica_wait_ms: int = DEFAULT_REPLICA_WAIT_MS,
 ) -> None:
-    """Report an agent's completion; payload (JSON) first, all in one transaction."""
+    """Report an agent's completion; payload (JSON) first, all in one atomic script.
+
+    Returns once the completion is on the server and, when the server has
+    replicas connected, acknowledged by one of them (``WAIT 1``). Until then
+    it is re-sent (harmless: see the module docstring) for up to
+    ``resend_window`` seconds; after that a completion Redis never took
+    raises ``RedisUnavailableError``, and one only the master holds is
+    logged as a warning and left there.
+    """
     complete = keys.coord_complete(task_id)
     payload_key = keys.coord_payload(task_id, agent_id)
     result_key = keys.swarm_result(task_id, agent_id)
     _check_result_word(result)
     if payload is not None:
         check_json(payload, "completion payload", max_bytes)
+    check_timeout(resend_window)
+    entry = f"{agent_id}:{result}"
+    script_keys = [payload_key, result_key, complete]
+    args = [payload or "", entry, "1" if payload is not None else "0"]
 
-    async def write(r: Any) -> None:
+    async def write(r: Any) -> int | None:
         batcher = _batchers.get(r)
         if batcher is None:
             batcher = _batchers[r] = _CompletionBatcher(r)
-        has_payload = "1" if payload is not None else "0"
-        await batcher.submit(
-            [payload_key, result_key, complete],
-            [payload or "", f"{agent_id}:{result}", has_payload],
-        )
+        acked: int | None = await batcher.submit(script_keys, args, replica_wait_ms)
+        return acked
 
-    await redis.run(write)
+    deadline = time.monotonic() + resend_window
+    delay = 0.05
+    sends = 0
+    while True:
+        sends += 1
+        try:
+            acked = await redis.run(write)
+        except RedisUnavailableError as exc:
+            if time.monotonic() + delay >= deadline:
+                raise
+            log.warning(
+                "completion %s on %s not written (%s); re-sending in %.2f s",
+                entry,
+                complete,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        if acked is None or acked >= 1:
+            if sends > 1:
+                log.info("completion %s on %s written after %d sends", entry, complete, sends)
+            return
+        if time.monotonic() >= deadline:
+            log.warning(
+                "completion %s on %s: no replica acknowledged it within %.1f s; "
+                "it is on the master only",
+                entry,
+                complete,
+                resend_window,
+            )
+            return
+        log.info("completion %s on %s not acknowledged by a replica; re-sending", entry, complete)
 
 
 #: Payload first, then the completion, in one atomic step (one round trip, unlike MULTI).
+#: An entry already on the list (a re-send) is rewritten in place instead of pushed
+#: again: nothing changes, yet the write is replicated, so the WAIT after it covers
+#: the original too (a replica's acknowledged offset is past both).
 _COMPLETE = """
+local at = redis.call('LPOS', KEYS[3], ARGV[2])
+if at then
+  redis.call('LSET', KEYS[3], at, ARGV[2])
+  return 0
+end
 if ARGV[3] == '1' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[1])
@@ -216,42 +289,74 @@ class _CompletionBatcher:
     event-loop turn go out as one pipeline of EVALSHA calls: one round trip
     for all of them instead of one each. Every completion stays its own
     atomic script; a lone completion is sent at once, with no added wait.
+
+    When the server has replicas connected, the pipeline ends with ``WAIT 1``
+    (same connection, so it covers every script before it); each caller gets
+    the number of replicas that acknowledged, else None (no replica to ask).
     """
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.queue: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        self.queue: list[tuple[list[str], list[str], int, asyncio.Future[Any]]] = []
         self.loaded = False
+        self.replicas = 0
+        self.replicas_checked = -REPLICA_CHECK_TTL
 
-    async def submit(self, script_keys: list[str], args: list[str]) -> Any:
+    async def submit(self, script_keys: list[str], args: list[str], wait_ms: int) -> int | None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self.queue.append((script_keys, args, future))
+        self.queue.append((script_keys, args, wait_ms, future))
         if len(self.queue) == 1:
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return await future
+        result: int | None = await future
+        return result
+
+    async def _replica_count(self, refresh: bool = False) -> int:
+        """Replicas connected to the server (INFO replication), remembered a few seconds."""
+        now = time.monotonic()
+        if refresh or now - self.replicas_checked >= REPLICA_CHECK_TTL:
+            try:
+                info = await self.client.info("replication")
+            except ResponseError as exc:  # INFO not allowed for this user: no WAIT
+                log.debug("INFO replication refused (%s); completions not WAITed for", exc)
+                info = {}
+            self.replicas = int(info.get("connected_slaves", 0) or 0)
+            self.replicas_checked = now
+        return self.replicas
 
     async def _flush(self) -> None:
         batch, self.queue = self.queue, []
+        acked: int | None = None
         try:
+            replicas = await self._replica_count()
             if not self.loaded:
                 await self.client.script_load(_COMPLETE)
                 self.loaded = True
             async with self.client.pipeline(transaction=False) as pipe:
-                for script_keys, args, _future in batch:
+                for script_keys, args, _wait, _future in batch:
                     pipe.evalsha(_COMPLETE_SHA, len(script_keys), *script_keys, *args)
+                if replicas:
+                    pipe.wait(1, max(item[2] for item in batch))
                 results = await pipe.execute(raise_on_error=False)
+            if replicas:
+                acked = results.pop()
+                if isinstance(acked, Exception):
+                    raise acked
+                if not acked and not await self._replica_count(refresh=True):
+                    acked = None  # the replica went away meanwhile: nothing left to wait for
         except BaseException as exc:  # the connection failed: every caller sees it
             self.loaded = False
-            for _keys, _args, future in batch:
+            self.replicas_checked = -REPLICA_CHECK_TTL
+            for *_rest, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (script_keys, args, future), result in zip(batch, results, strict=True):
+        for (script_keys, args, _wait, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, NoScriptError):
                 # The server lost its script cache (a restart): send the script itself.
+                # Not covered by the WAIT above: the caller re-sends (harmless) to check.
                 self.loaded = False
                 try:
                     result = await self.client.eval(
@@ -260,10 +365,12 @@ class _CompletionBatcher:
                 except BaseException as exc:
                     future.set_exception(exc)
                     continue
+                future.set_result(0 if acked is not None else None)
+                continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
-                future.set_result(result)
+                future.set_result(acked)
 
 
 _batchers: weakref.WeakKeyDictionary[Any, _CompletionBatcher] = weakref.WeakKeyDictionary()
@@ -374,6 +481,40 @@ async def collect_results(
         )
 
     patterns = [keys.coord_complete(task_id), keys.coord_payload_pattern(task_id)]
+    outage = _Outage(reader, deadline)
+    while True:
+        try:
+            return await _collect(
+                redis,
+                task_id,
+                expected,
+                reader,
+                patterns,
+                wanted,
+                (results, pending),
+                (deadline, payload_grace),
+                report,
+                on_update,
+            )
+        except RedisUnavailableError as exc:
+            await outage.wait(exc)
+
+
+async def _collect(
+    redis: RedisManager,
+    task_id: str,
+    expected: int,
+    reader: CompletionReader,
+    patterns: list[str],
+    wanted: set[str] | None,
+    found: tuple[dict[str, AgentResult], set[str]],
+    times: tuple[float, float],
+    report: Callable[[bool], CollectReport],
+    on_update: Callable[[CollectReport], None] | None,
+) -> CollectReport:
+    """One watch's worth of ``collect_results`` (a Redis outage ends it; the caller retries)."""
+    results, pending = found  # arrived; arrived with the payload not yet readable
+    deadline, payload_grace = times
     async with KeyWatch(redis, patterns) as watch:
         while True:
             now = time.monotonic()
@@ -449,18 +590,56 @@ async def wait_for_loop_completion(
     deadline = time.monotonic() + timeout
     reader = CompletionReader(redis, task_id)
     done: set[str] = set()
-    async with KeyWatch(redis, [keys.coord_complete(task_id)]) as watch:
-        while True:
-            for entry in await reader.read_new():
-                parsed = parse_entry(entry)
-                if parsed and (wanted is None or parsed[0] in wanted):
-                    done.add(parsed[0])
-            if len(done) >= expected_agents:
-                return len(done)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeoutError(
-                    f"timeout waiting for agent completion: {len(done)} of {expected_agents} "
-                    f"agents completed on {reader.key} within {timeout:g} s"
-                )
-            await watch.wait(remaining)
+    outage = _Outage(reader, deadline)
+    while True:
+        try:
+            async with KeyWatch(redis, [keys.coord_complete(task_id)]) as watch:
+                while True:
+                    for entry in await reader.read_new():
+                        parsed = parse_entry(entry)
+                        if parsed and (wanted is None or parsed[0] in wanted):
+                            done.add(parsed[0])
+                    if len(done) >= expected_agents:
+                        return len(done)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeoutError(
+                            f"timeout waiting for agent completion: {len(done)} of "
+                            f"{expected_agents} agents completed on {reader.key} within "
+                            f"{timeout:g} s"
+                        )
+                    await watch.wait(remaining)
+        except RedisUnavailableError as exc:
+            await outage.wait(exc)
+
+
+class _Outage:
+    """A collector's patience while Redis is unreachable (a master being replaced).
+
+    Waits with backoff and starts the reader over (the server that answers next
+    may be another one, whose list the reader has not seen); gives up, raising
+    the last error, after ``DEFAULT_RESEND_WINDOW`` seconds without Redis or at
+    the caller's deadline.
+    """
+
+    def __init__(self, reader: CompletionReader, deadline: float) -> None:
+        self.reader = reader
+        self.deadline = deadline
+        self.since: float | None = None
+        self.last = 0.0
+        self.delay = 0.05
+
+    async def wait(self, exc: RedisUnavailableError) -> None:
+        now = time.monotonic()
+        if self.since is None or now - self.last > 2 * self.delay + 1.0:
+            self.since, self.delay = now, 0.05  # Redis answered in between: a new outage
+        self.last = now
+        if (
+            now - self.since + self.delay > DEFAULT_RESEND_WINDOW
+            or now + self.delay > self.deadline
+        ):
+            raise exc
+        log.warning("collecting %s: %s; trying again in %.2f s", self.reader.key, exc, self.delay)
+        self.reader.seen = 0
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 1.0)
