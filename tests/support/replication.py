@@ -138,9 +138,7 @@ class SentinelCluster:
         )
         new = self.master_port()
         self.failovers += 1
-        self.nodes[old] = self._node(
-            RedisServer(self.nodes[old].workdir, port=old, replica_of=new)
-        )
+        self.nodes[old] = self._node(RedisServer(self.nodes[old].workdir, port=old, replica_of=new))
         self.wait_healthy(2 * timeout)
         return old, new
 
