@@ -205,7 +205,10 @@ class AgentContext(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, seed keys first, then ``cfn``."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if not self.cfn.redis.password:  # only an agent's own ACL user has one
+            data["cfn"]["redis"].pop("password", None)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -226,7 +229,7 @@ class AgentContext(_Strict):
     def from_json(cls, text: str, source: str = "agent context") -> AgentContext:
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise AgentContextError(f"{source}: not valid JSON ({exc})") from None
         return cls.from_dict(data, source)
 

@@ -43,6 +43,15 @@ def token_cmd(
     skill_list = _names(skills)
     if not skill_list:
         raise InvalidInputError("--skills needs at least one skill")
+    from cfn.mcp.routing import skill_mapping
+
+    known = skill_mapping(cfg)
+    unknown = [s for s in skill_list if s not in known]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown skill(s) {', '.join(map(repr, unknown))}: MCP_SKILL_MAPPING knows "
+            f"{', '.join(sorted(known))}"
+        )
     token = TokenAuthority.from_settings(cfg).mint(
         agent_id,
         task_id,
