@@ -8,17 +8,26 @@ strings into SQL; see docs/store.md.)
 Each public method is one transaction. :meth:`Store.write` is all-or-nothing:
 a failure anywhere inside (a constraint, a bad item half-way through a batch,
 an exception in the caller's code) rolls back everything it wrote.
+
+Faults (docs/store.md, "Faults"): a database that is busy (SQLite's write
+lock held past the busy timeout) or unreachable (PostgreSQL restarting) when
+a write starts is tried again, a bounded number of times with backoff, each
+retry logged; the write then either goes through or fails with one
+``DatabaseError``. A connection lost in the middle of a transaction rolls it
+back on the server; :meth:`Store.transaction` runs the whole unit of work
+again, which is what the store's own methods do.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, insert, select, update
@@ -56,6 +65,45 @@ from cfn.store.records import (
 )
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+#: A write that finds the database busy or unreachable is tried this many times in all,
+WRITE_ATTEMPTS = 6
+#: waiting this long before the first retry, doubling each time up to WRITE_BACKOFF_MAX.
+WRITE_BACKOFF = 0.1
+WRITE_BACKOFF_MAX = 2.0
+
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (a driver error, or a DatabaseError caused by one) may pass if retried.
+
+    SQLite: the database is locked or busy. PostgreSQL: the connection was lost or
+    could not be made (the server restarting, shutting down, starting up).
+    """
+    if isinstance(exc, DatabaseError):
+        exc = exc.__cause__ or exc
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    module = type(exc.orig).__module__
+    if module.startswith("sqlite3"):
+        text = str(exc.orig).lower()
+        return any(word in text for word in _SQLITE_BUSY)
+    return module.startswith("psycopg")
+
+
+class WriteInterruptedError(DatabaseError):
+    """A write transaction broke off; ``outcome_unknown`` when it was at its COMMIT."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
 
 T_SKILLS: Table = Base.metadata.tables["skills"]
 T_APPROVALS: Table = Base.metadata.tables["approval_history"]
@@ -224,13 +272,98 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A connection in a write transaction: all of it commits, or none of it."""
-        with (
-            self._translate(),
-            self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
-            conn.begin(),
-        ):
-            yield conn
+        """A connection in a write transaction: all of it commits, or none of it.
+
+        Starting the transaction is retried while the database is busy or
+        unreachable (see the module docstring). A connection lost later rolls
+        the transaction back and raises WriteInterruptedError.
+        """
+        with self._translate():
+            conn = self._begin_write()
+            try:
+                trans = conn.get_transaction()
+                assert trans is not None
+                try:
+                    yield conn
+                except BaseException as exc:
+                    with suppress(DBAPIError):
+                        trans.rollback()
+                    if isinstance(exc, DBAPIError) and transient(exc):
+                        raise WriteInterruptedError(
+                            f"database {self.label}: the write broke off "
+                            f"({_first_line(exc)}); it was rolled back, nothing of it was "
+                            "written",
+                            outcome_unknown=False,
+                        ) from exc
+                    raise
+                try:
+                    trans.commit()
+                except DBAPIError as exc:
+                    if not transient(exc):
+                        raise
+                    raise WriteInterruptedError(
+                        f"database {self.label}: the connection was lost at COMMIT "
+                        f"({_first_line(exc)}); the write may or may not have been saved",
+                        outcome_unknown=True,
+                    ) from exc
+            finally:
+                with suppress(DBAPIError):
+                    conn.close()
+
+    def _begin_write(self) -> Connection:
+        """Connect and BEGIN (IMMEDIATE on SQLite), retrying a busy or unreachable database."""
+        delay = WRITE_BACKOFF
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            conn: Connection | None = None
+            try:
+                conn = self.engine.connect().execution_options(**{WRITE_OPTION: True})
+                conn.begin()
+                return conn
+            except DBAPIError as exc:
+                if conn is not None:
+                    with suppress(DBAPIError):
+                        conn.close()
+                if not transient(exc):
+                    raise
+                if attempt == WRITE_ATTEMPTS:
+                    raise DatabaseError(
+                        f"database {self.label} stayed unavailable for writing "
+                        f"({_first_line(exc)}) through {WRITE_ATTEMPTS} attempts; nothing "
+                        "was written. Another process may hold the database's write lock "
+                        "(CFN_DB_BUSY_TIMEOUT), or the server is down."
+                    ) from exc
+                log.warning(
+                    "database %s unavailable for writing (%s); attempt %d of %d in %.2f s",
+                    self.label,
+                    _first_line(exc),
+                    attempt + 1,
+                    WRITE_ATTEMPTS,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, WRITE_BACKOFF_MAX)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def transaction(self, work: Callable[[Connection], R], *, idempotent: bool = False) -> R:
+        """``work(conn)`` in one write transaction, run again if the connection broke.
+
+        A transaction that broke off before its COMMIT was rolled back by the
+        server, so running ``work`` again is safe. One that broke at COMMIT may
+        have been saved: it is run again only when ``idempotent`` (running it
+        twice leaves what running it once does); otherwise the error is raised.
+        """
+        delay = WRITE_BACKOFF
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except WriteInterruptedError as exc:
+                if (exc.outcome_unknown and not idempotent) or attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("%s; running the transaction again (attempt %d)", exc, attempt + 1)
+                time.sleep(delay)
+                delay = min(delay * 2, WRITE_BACKOFF_MAX)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- skills ----------------------------------------------------------------------
 
@@ -250,7 +383,8 @@ class Store:
         if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
             raise InvalidInputError(f"content hash {content_hash!r} is not a sha256 hex digest")
         content_path = check.text_field(content_path, "content path", 512)
-        with self.write() as conn:
+
+        def work(conn: Connection) -> tuple[SkillRecord, SkillChange]:
             existing = self._find_skill(conn, name)
             now = utcnow()
             if existing is None:
@@ -274,8 +408,10 @@ class Store:
             else:
                 return existing, SkillChange.UNCHANGED
             record = self._find_skill(conn, name)
-        assert record is not None
-        return record, change
+            assert record is not None
+            return record, change
+
+        return self.transaction(work, idempotent=True)
 
     def find_skill(self, name: str) -> SkillRecord | None:
         with self.read() as conn:
@@ -328,8 +464,10 @@ class Store:
             for item in items
         ]
         out: list[ApprovalRecord] = []
-        with self.write() as conn:
-            ids: dict[str, int] = {}
+        ids: dict[str, int] = {}
+        now = utcnow()
+
+        def work(conn: Connection) -> list[int]:
             for name, *_ in clean:
                 if name not in ids:
                     skill = self._find_skill(conn, name)
@@ -338,7 +476,6 @@ class Store:
                             f"no skill named {name!r}; add it first with `cfn skills add PATH`"
                         )
                     ids[name] = skill.id
-            now = utcnow()
             params = [
                 {
                     "skill_id": ids[name],
@@ -350,7 +487,9 @@ class Store:
                 }
                 for name, agent_id, decision, confidence, metadata in clean
             ]
-            new_ids = conn.execute(_INSERT_APPROVALS, params).scalars().all() if params else []
+            return list(conn.execute(_INSERT_APPROVALS, params).scalars()) if params else []
+
+        new_ids = self.transaction(work)
         for row_id, (name, agent_id, decision, confidence, metadata) in zip(
             new_ids, clean, strict=True
         ):
@@ -392,7 +531,8 @@ class Store:
         epic = check.text_field(epic, "epic", 1_000_000)
         specs = [self._agent_values(task_id, spec) for spec in agents]
         now = utcnow()
-        with self.write() as conn:
+
+        def work(conn: Connection) -> None:
             if conn.execute(select(T_TASKS.c.id).where(T_TASKS.c.id == task_id)).first():
                 raise InvalidInputError(f"task {task_id!r} exists already")
             conn.execute(
@@ -407,6 +547,8 @@ class Store:
             )
             for values in specs:
                 conn.execute(insert(T_AGENTS).values(**values, created_at=now))
+
+        self.transaction(work)
         return self.get_task(task_id)
 
     @staticmethod
@@ -444,7 +586,8 @@ class Store:
 
     def set_task_status(self, task_id: str, status: str) -> None:
         status = _choice(status, TASK_STATUSES, "task status")
-        with self.write() as conn:
+
+        def work(conn: Connection) -> None:
             result = conn.execute(
                 update(T_TASKS)
                 .where(T_TASKS.c.id == keys.validate_id(task_id, "task id"))
@@ -453,13 +596,18 @@ class Store:
             if result.rowcount == 0:
                 raise NotFoundError(f"no task {task_id!r}")
 
+        self.transaction(work, idempotent=True)
+
     def add_agents(self, task_id: str, agents: Sequence[AgentSpec]) -> None:
         task_id = keys.validate_id(task_id, "task id")
         specs = [self._agent_values(task_id, spec) for spec in agents]
         now = utcnow()
-        with self.write() as conn:
+
+        def work(conn: Connection) -> None:
             for values in specs:
                 conn.execute(insert(T_AGENTS).values(**values, created_at=now))
+
+        self.transaction(work)
 
     def update_agent(
         self,
@@ -479,7 +627,8 @@ class Store:
             values["heartbeat"] = utcnow()
         if not values:
             return
-        with self.write() as conn:
+
+        def work(conn: Connection) -> None:
             result = conn.execute(
                 update(T_AGENTS)
                 .where(
@@ -490,6 +639,8 @@ class Store:
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"no agent {agent_id!r} in task {task_id!r}")
+
+        self.transaction(work, idempotent=True)
 
     def list_agents(self, task_id: str) -> list[AgentRecord]:
         with self.read() as conn:
@@ -503,14 +654,12 @@ class Store:
     def start_iteration(self, task_id: str, number: int) -> None:
         if number < 1:
             raise InvalidInputError(f"iteration number {number} must be >= 1")
-        with self.write() as conn:
-            conn.execute(
-                insert(T_ITERATIONS).values(
-                    task_id=keys.validate_id(task_id, "task id"),
-                    number=number,
-                    started_at=utcnow(),
-                )
-            )
+        values = {
+            "task_id": keys.validate_id(task_id, "task id"),
+            "number": number,
+            "started_at": utcnow(),
+        }
+        self.transaction(lambda conn: conn.execute(insert(T_ITERATIONS).values(**values)))
 
     def finish_iteration(
         self,
@@ -519,7 +668,7 @@ class Store:
         gate_mean: float | None = None,
         consensus_mean: float | None = None,
     ) -> None:
-        with self.write() as conn:
+        def work(conn: Connection) -> None:
             result = conn.execute(
                 update(T_ITERATIONS)
                 .where(
@@ -530,6 +679,8 @@ class Store:
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"task {task_id!r} has no iteration {number}")
+
+        self.transaction(work, idempotent=True)
 
     def iterations(self, task_id: str) -> list[IterationRecord]:
         with self.read() as conn:
@@ -557,10 +708,11 @@ class Store:
             "reason": reason,
             "created_at": utcnow(),
         }
-        with self.write() as conn:
-            row = conn.execute(
+        row = self.transaction(
+            lambda conn: conn.execute(
                 insert(T_DECISIONS).values(**values).returning(T_DECISIONS.c.id)
             ).one()
+        )
         return DecisionRecord.model_validate({**values, "id": row.id})
 
     def decisions(self, task_id: str) -> list[DecisionRecord]:
@@ -583,20 +735,22 @@ class Store:
         self, events: Iterable[tuple[str, Mapping[str, Any] | str, str | None]]
     ) -> list[int]:
         """Append events in one transaction; an error in any of them appends none."""
-        with self.write() as conn:
-            # Consumed inside the transaction: an error from the caller's iterable
-            # half-way through rolls back whatever it produced before.
-            params = [
-                {
-                    "task_id": None if task_id is None else keys.validate_id(task_id, "task id"),
-                    "kind": check.text_field(kind, "event kind", 64),
-                    "payload": _payload(payload),
-                    "created_at": utcnow(),
-                }
-                for kind, payload, task_id in events
-            ]
-            ids = [int(i) for i in conn.execute(_INSERT_EVENTS, params).scalars()] if params else []
-        return ids
+        # Consumed before the transaction, so a retried transaction writes the same
+        # events; an error from the caller's iterable half-way through writes none.
+        params = [
+            {
+                "task_id": None if task_id is None else keys.validate_id(task_id, "task id"),
+                "kind": check.text_field(kind, "event kind", 64),
+                "payload": _payload(payload),
+                "created_at": utcnow(),
+            }
+            for kind, payload, task_id in events
+        ]
+        if not params:
+            return []
+        return self.transaction(
+            lambda conn: [int(i) for i in conn.execute(_INSERT_EVENTS, params).scalars()]
+        )
 
     def events(
         self, task_id: str | None = None, after_id: int = 0, limit: int = 1000
@@ -642,10 +796,11 @@ class Store:
             "cost_usd": float(cost_usd),
             "created_at": utcnow(),
         }
-        with self.write() as conn:
-            row = conn.execute(
+        row = self.transaction(
+            lambda conn: conn.execute(
                 insert(T_LLM_CALLS).values(**values).returning(T_LLM_CALLS.c.id)
             ).one()
+        )
         return LlmCallRecord.model_validate({**values, "id": row.id})
 
     def llm_usage(self, task_id: str | None = None) -> UsageSummary:
@@ -677,8 +832,7 @@ class Store:
         """
         rows = [_mcp_audit_row(entry) for entry in entries]
         if rows:
-            with self.write() as conn:
-                conn.execute(_INSERT_MCP_AUDIT, rows)
+            self.transaction(lambda conn: conn.execute(_INSERT_MCP_AUDIT, rows))
         return len(rows)
 
     def mcp_audit(
