@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 import redis
-from tests.loop.conftest import options
-from tests.support.servers import RedisServer
 
 from cfn.agents import heartbeat as hb
 from cfn.agents.context import generate_cli_context
@@ -31,6 +29,8 @@ from cfn.loop.app import run_loop
 from cfn.providers import RedisLedger
 from cfn.providers.usage import Charge
 from cfn.settings import Settings
+from tests.loop.conftest import options
+from tests.support.servers import RedisServer
 
 ADMIN_PW = "admin-Pw-7f3c9e2a1b"
 BASH_AGENT = Path(__file__).resolve().parents[2] / "examples" / "agents" / "bash-agent.sh"

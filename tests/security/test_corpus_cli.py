@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tests.security.corpus import BAD_IDS, deep_json, redis_snapshot, sql_counts
 from tests.support.servers import RedisServer, cfn_env
 

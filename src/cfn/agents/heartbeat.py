@@ -97,7 +97,7 @@ def _parse(raw: Any) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         return {"status": RUNNING, "raw": str(raw)}
     return value if isinstance(value, dict) else {"status": RUNNING, "raw": value}
 

@@ -41,7 +41,7 @@ class AgentSignal:
         """Any string: a JSON signal object, or a bare word (``stop``) from bash."""
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             value = raw.strip()
         if isinstance(value, str):
             return cls(value or "unknown")

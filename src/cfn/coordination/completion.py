@@ -556,7 +556,7 @@ async def _collect(
 def _judge(item: AgentResult, raw: str) -> None:
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         item.reason = "payload is not JSON"
         return
     item.payload = payload

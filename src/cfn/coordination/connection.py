@@ -142,6 +142,9 @@ def _client_options(settings: ConnectionSettings) -> dict[str, Any]:
             settings.redis_max_retries_per_request,
         ),
         "decode_responses": True,
+        # Values come from agents (a bash agent can LPUSH any bytes): bytes that are not
+        # UTF-8 read as U+FFFD, which then fails validation, instead of crashing a reader.
+        "encoding_errors": "replace",
     }
 
 

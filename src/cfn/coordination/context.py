@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cfn import keys
@@ -33,7 +32,10 @@ async def get_context(redis: RedisManager, task_id: str, key: str) -> Any | None
     """The stored value, parsed; None when absent or expired."""
     name = keys.context(task_id, key)
     raw = await redis.run(lambda r: r.get(name))
-    return None if raw is None else json.loads(raw)
+    if raw is None:
+        return None
+    # Anyone with access to the task's keys may have written it: checked like a store.
+    return check_json(str(raw), f"the value of {name}", 512 * 1024 * 1024)
 
 
 async def get_context_raw(redis: RedisManager, task_id: str, key: str) -> str | None:
