@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(redis-server redis-tools postgresql chromium podman runc debootstrap)
+# podman + runc serve the Docker API; debootstrap makes the base image; dnsname lets
+# containers on a podman (CNI) network find each other by service name.
+APT_PACKAGES=(redis-server redis-tools postgresql chromium podman runc debootstrap
+  golang-github-containernetworking-plugin-dnsname)
 
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -122,7 +122,7 @@ class ComposeStack:
         self.client = client
         self.project = project
         self.profiles = profiles
-        self.env = dict(os.environ if env is None else env)
+        self.env = {**os.environ, **(env or {})}
         self.env.setdefault("COMPOSE_PROJECT_NAME", project)
         document: dict[str, Any] = {}
         for path in files:
@@ -306,12 +306,14 @@ class ComposeStack:
             kwargs["mem_reservation"] = parse_memory_limit(
                 str(reserve["memory"]), f"{service} reserved memory"
             )
+        # The service name as a DNS alias on every network (Compose's service discovery).
+        kwargs["networking_config"] = {
+            self.network_name(networks[0]): self.client.api.create_endpoint_config(
+                aliases=[service]
+            )
+        }
         # The driver runs health checks itself (no systemd timers here for Podman's).
         container = self.client.containers.create(spec["image"], **kwargs)
-        first = self.network_name(networks[0])
-        network = self.client.networks.get(first)
-        network.disconnect(container)
-        network.connect(container, aliases=[service])
         for extra in networks[1:]:
             self.client.networks.get(self.network_name(extra)).connect(container, aliases=[service])
         return container

@@ -1,0 +1,61 @@
+"""The container engine for tests: Podman's Docker API and cfn's images, built once.
+
+The images are built (or found up to date) by the same ImageBuilder `cfn docker build`
+uses, with the checkout's own ``.cfn`` as the cache (the base image and the wheels), so
+only the first run on a machine pays for debootstrap and pip.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+from cfn.settings import Settings, find_project_root
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass(frozen=True)
+class Engine:
+    settings: Settings
+    client: docker.DockerClient
+    docker_host: str
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    from cfn.deploy.images import ImageBuilder
+    from cfn.deploy.podman import connect, docker_host
+
+    settings = Settings(cfn_state_dir=find_project_root() / ".cfn")
+    client = connect(settings)
+    ImageBuilder(settings, client).build()
+    host, _managed = docker_host(settings)
+    try:
+        yield Engine(settings, client, host)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def project(engine: Engine) -> Iterator[str]:
+    """A throwaway Compose project; its containers, networks and volumes go afterwards."""
+    name = f"cfntest-{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        client = engine.client
+        label = {"label": f"com.docker.compose.project={name}"}
+        for container in client.containers.list(all=True, filters=label):
+            container.remove(force=True)
+        for container in client.containers.list(all=True, filters={"label": f"cfn.project={name}"}):
+            container.remove(force=True)
+        for network in client.networks.list(filters=label):
+            network.remove()
+        for volume in client.volumes.list(filters=label):
+            volume.remove(force=True)
