@@ -3,6 +3,7 @@ a real MCP server started by `cfn mcp up`, the portal, Podman's Docker API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cfn.health import check_system
 from cfn.mcp.launcher import Launcher
 from cfn.settings import Settings
 from cfn.store.records import AgentSpec
@@ -39,6 +41,16 @@ def health(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, report, proc.stderr
 
 
+def system(mp: pytest.MonkeyPatch, **env: str) -> tuple[int, dict[str, Any]]:
+    """The same report in this process (``cfn health``'s library call), for ``env``."""
+    for name in ("DOCKER_HOST", "MODE", "MCP_AUTH_TOKEN", "DATABASE_URL", "DB_PATH"):
+        mp.delenv(name, raising=False)
+    for name, value in env.items():
+        mp.setenv(name, value)
+    report = asyncio.run(check_system(Settings(), timeout=2.0))
+    return report.exit_code, report.to_dict()
+
+
 def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in report["checks"]}
 
@@ -57,7 +69,10 @@ def _migrated(tmp_path: Path) -> None:
 
 
 def test_everything_up_then_parts_down(
-    tmp_path: Path, redis_server: RedisServer, fallback: RedisServer
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fallback: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _migrated(tmp_path)
     env = cfn_env(tmp_path, REDIS_URL=redis_server.url, REDIS_FALLBACK_1=fallback.url)
@@ -79,7 +94,7 @@ def test_everything_up_then_parts_down(
     # The fallback dies: one error, exit 1, and the primary still reported ok
     # (each server is pinged on its own connection; no failover hides either).
     fallback.kill()
-    code, report, _ = health(env)
+    code, report = system(monkeypatch, REDIS_URL=redis_server.url, REDIS_FALLBACK_1=fallback.url)
     checks = by_name(report)
     assert code == 1 and report["errors"] == 1
     assert checks["redis"]["status"] == "ok"
@@ -89,7 +104,7 @@ def test_everything_up_then_parts_down(
     # The primary too, and the database file gone: three errors, exit 3.
     redis_server.kill()
     (tmp_path / ".cfn" / "cfn.db").unlink()
-    code, report, _ = health(env)
+    code, report = system(monkeypatch)
     checks = by_name(report)
     assert code == 3, report
     assert {n for n, c in checks.items() if c["status"] == "error"} == {
@@ -113,31 +128,41 @@ def test_everything_up_then_parts_down(
 
 def test_bad_options_are_one_error_exit_2(tmp_path: Path) -> None:
     env = cfn_env(tmp_path)
-    for args, words in (
-        (["--timeout", "0"], "timeout must be"),
-        (["--timeout", "nan"], "timeout must be"),
-        (["--timeout", "x"], "Invalid value"),
-    ):
-        proc = subprocess.run(
-            [*CFN, "health", *args], env=env, capture_output=True, text=True, timeout=60
+    cases = {
+        "zero": (["--timeout", "0"], "timeout must be"),
+        "nan": (["--timeout", "nan"], "timeout must be"),
+        "word": (["--timeout", "x"], "Invalid value"),
+    }
+    procs = {
+        name: subprocess.Popen(
+            [*CFN, "health", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
-        assert words in proc.stderr and "Traceback" not in proc.stderr
+        for name, (args, _) in cases.items()
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (name, out, err)
+        assert cases[name][1] in err and "Traceback" not in err
     assert not (tmp_path / ".cfn" / "cfn.db").exists()
 
 
-def test_schema_behind_is_a_warning(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_schema_behind_is_a_warning(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "old.db"
     db.write_bytes(b"")  # an empty SQLite file: answers SELECT 1, has no schema
-    env = cfn_env(tmp_path, REDIS_URL=redis_server.url, DB_PATH=str(db))
-    code, report, _ = health(env)
+    code, report = system(monkeypatch, REDIS_URL=redis_server.url, DB_PATH=str(db))
     database = by_name(report)["database"]
     assert code == 0 and database["status"] == "warn"
     assert "cfn db upgrade" in database["detail"] and report["status"] == "warn"
 
 
 def test_agents_marked_running_without_heartbeat_or_process(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(cfn_state_dir=tmp_path / ".cfn")
     with Store.open(settings) as store:
@@ -150,42 +175,40 @@ def test_agents_marked_running_without_heartbeat_or_process(
         )  # fmt: skip
         store.update_agent("h1", "impl-1-1", status="running")
         store.update_agent("h1", "impl-2-1", status="running")
-    env = cfn_env(tmp_path, REDIS_URL=redis_server.url)
-    code, report, _ = health(env)
+    code, report = system(monkeypatch, REDIS_URL=redis_server.url)
     agents = by_name(report)["agents"]
     assert code == 0 and agents["status"] == "warn"
     assert agents["data"]["markedRunning"] == 2 and agents["data"]["heartbeats"] == 0
     assert sorted(agents["data"]["stale"]) == ["h1/impl-1-1", "h1/impl-2-1"]
     # One of them beats (as an agent does): only the other is stale.
     redis_server.client().set("swarm:h1:heartbeat:impl-1-1", '{"status": "running"}', px=60000)
-    _code, report, _ = health(env)
+    _code, report = system(monkeypatch)
     agents = by_name(report)["agents"]
     assert agents["data"]["stale"] == ["h1/impl-2-1"] and agents["data"]["heartbeats"] == 1
     redis_server.client().set("swarm:h1:heartbeat:impl-2-1", '{"status": "running"}', px=60000)
-    _code, report, _ = health(env)
+    _code, report = system(monkeypatch)
     assert by_name(report)["agents"]["status"] == "ok"
 
 
-def test_mcp_server_up_then_killed(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_mcp_server_up_then_killed(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _migrated(tmp_path)
-    env = cfn_env(
-        tmp_path,
-        REDIS_URL=redis_server.url,
-        MCP_AUTH_TOKEN=secrets.token_hex(32),
-        MCP_PLAYWRIGHT_PORT=str(free_port()),
-        MCP_REDIS_TOOLS_PORT=str(free_port()),
-        MCP_N8N_PORT=str(free_port()),
-        MCP_SECURITY_SCANNER_PORT=str(free_port()),
-        MCP_GATEWAY_PORT=str(free_port()),
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        settings = Settings()
-    launcher = Launcher(settings)
-    launcher.up(["redis-tools"], env=env)
+    env = {
+        "REDIS_URL": redis_server.url,
+        "MCP_AUTH_TOKEN": secrets.token_hex(32),
+        "MCP_PLAYWRIGHT_PORT": str(free_port()),
+        "MCP_REDIS_TOOLS_PORT": str(free_port()),
+        "MCP_N8N_PORT": str(free_port()),
+        "MCP_SECURITY_SCANNER_PORT": str(free_port()),
+        "MCP_GATEWAY_PORT": str(free_port()),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    launcher = Launcher(Settings())
+    launcher.up(["redis-tools"], env=cfn_env(tmp_path, **env))
     try:
-        code, report, _ = health(env)
+        code, report = system(monkeypatch, **env)
         checks = by_name(report)
         assert code == 0, report
         assert checks["mcp:redis-tools"]["status"] == "ok"
@@ -194,7 +217,7 @@ def test_mcp_server_up_then_killed(tmp_path: Path, redis_server: RedisServer) ->
         pid = launcher.read_state()["redis-tools"].pid
         os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)  # `cfn mcp up` ran in this process: reap the server
-        code, report, _ = health(env)
+        code, report = system(monkeypatch, **env)
         checks = by_name(report)
         assert code == 1 and checks["mcp:redis-tools"]["status"] == "error"
         assert "is gone" in checks["mcp:redis-tools"]["detail"]
@@ -232,14 +255,16 @@ def podman_api(tmp_path: Path) -> Iterator[str]:
 
 
 def test_containers_through_podmans_docker_api(
-    tmp_path: Path, redis_server: RedisServer, podman_api: str
+    tmp_path: Path, redis_server: RedisServer, podman_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _migrated(tmp_path)
     project = f"hc{secrets.token_hex(4)}"
-    env = cfn_env(
-        tmp_path, REDIS_URL=redis_server.url, DOCKER_HOST=podman_api, COMPOSE_PROJECT_NAME=project
-    )
-    code, report, _ = health(env)
+    env = {
+        "REDIS_URL": redis_server.url,
+        "DOCKER_HOST": podman_api,
+        "COMPOSE_PROJECT_NAME": project,
+    }
+    code, report = system(monkeypatch, **env)
     checks = by_name(report)
     assert code == 3, report
     for service in ("orchestrator", "redis", "postgres"):
@@ -259,7 +284,7 @@ def test_containers_through_podmans_docker_api(
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     try:
-        code, report, _ = health(env)
+        code, report = system(monkeypatch, **env)
         redis_check = by_name(report)["container:redis"]
         assert code == 3 and redis_check["status"] == "error"
         assert name in redis_check["detail"] and "created" in redis_check["detail"]
@@ -270,7 +295,7 @@ def test_containers_through_podmans_docker_api(
         (f"unix://{tmp_path}/nothing.sock", "does not answer"),
         ("ftp://example", "is not supported"),
     ):
-        code, report, _ = health({**env, "DOCKER_HOST": host})
+        code, report = system(monkeypatch, **{**env, "DOCKER_HOST": host})
         containers = by_name(report)["containers"]
         assert containers["status"] == "error" and words in containers["detail"]
 
@@ -290,8 +315,8 @@ def test_portal_endpoint_carries_the_report(
         # The dashboard's fields are unchanged ...
         assert body["checks"]["redis"]["ok"] and body["checks"]["database"]["ok"]
         # ... and cfn health's report is there too.
-        system = by_name(body["system"])
-        assert system["portal"] == {
+        carried = by_name(body["system"])
+        assert carried["portal"] == {
             "name": "portal",
             "status": "ok",
             "detail": "answering this request",
@@ -299,7 +324,7 @@ def test_portal_endpoint_carries_the_report(
             "configured": True,
             "data": {},
         }
-        assert system["redis"]["status"] == "ok" and system["database"]["status"] == "ok"
+        assert carried["redis"]["status"] == "ok" and carried["database"]["status"] == "ok"
         assert body["system"]["errors"] == 0
         # `cfn health` finds the same portal through its record, and asks it.
         record = settings.state_dir / "portal" / "instance.json"
@@ -307,12 +332,11 @@ def test_portal_endpoint_carries_the_report(
         record.write_text(
             json.dumps({"pid": os.getpid(), "host": "127.0.0.1", "port": portal.port})
         )
-        env = cfn_env(tmp_path, REDIS_URL=redis_server.url)
-        code, report, _ = health(env)
+        code, report = system(monkeypatch, REDIS_URL=redis_server.url)
         check = by_name(report)["portal"]
         assert code == 0 and check["status"] == "ok" and "/api/ping: HTTP 200" in check["detail"]
     finally:
         portal.stop()
-    code, report, _ = health(env)
+    code, report = system(monkeypatch)
     check = by_name(report)["portal"]
     assert code == 1 and check["status"] == "error"
