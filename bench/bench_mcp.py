@@ -10,13 +10,16 @@ client, the same kind of session both ways) to the gateway's
 
 Where the time goes is measured alongside: a token check (the gateway and the
 server each do one per request), ``AuditLog.record`` (the only audit work on
-the request path), and a bare loopback HTTP round trip (``GET /health``).
+the request path), a bare loopback HTTP round trip (``GET /health``), and,
+in a phase of its own after the timed rounds, the CPU time the gateway and
+the server processes spend per call (from /proc/PID/stat): unlike the
+latency, that figure does not depend on what else the machine is running.
 
 Cgroup limits are off by default (``MCP_CGROUPS=off``): the seed's 0.25-CPU
 quota for Redis Tools would measure the throttling, not the gateway.
 ``--cgroups`` keeps them.
 
-    .venv/bin/python -m bench mcp [--samples=1000] [--warmup=100] [--cgroups]
+    .venv/bin/python -m bench mcp [--samples=1000] [--warmup=100] [--cgroups] [--cpu-calls=500]
 """
 
 from __future__ import annotations
@@ -136,6 +139,36 @@ async def measure(
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_call(
+    gateway: str, server: str, tokens: tuple[str, str], pids: dict[str, int], calls: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per call: the gateway's and the server's, each way."""
+    out: dict[str, float] = {}
+    async with (
+        Session(gateway + "/mcp/redis-tools", tokens[0]) as via_gateway,
+        Session(server + "/mcp", tokens[1]) as direct,
+    ):
+        for label, session in (("gateway", via_gateway), ("direct", direct)):
+            for _ in range(20):
+                await session.call_tool(TOOL, ARGS)
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            for _ in range(calls):
+                await session.call_tool(TOOL, ARGS)
+            for name, pid in pids.items():
+                out[f"{name} ({label})"] = (cpu_seconds(pid) - before[name]) / calls * 1000
+    return out
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def audit_durations(settings: Settings) -> dict[tuple[str, str], list[float]]:
     """Durations (ms) of the run's ``redis_ttl`` audit rows by (via, agent)."""
     out: dict[tuple[str, str], list[float]] = {}
@@ -173,7 +206,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--cgroups", action="store_true", help="keep the seed's cgroup limits")
+    parser.add_argument("--cpu-calls", type=int, default=500, help="calls per CPU-time phase")
     args = parser.parse_args(argv)
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         redis = RedisServer(root / "redis").start()
@@ -207,6 +242,15 @@ def main(argv: list[str]) -> int:
                 )
             )  # fmt: skip
             wall = time.perf_counter() - began
+            load_after = load()
+            state = launcher.read_state()
+            pids = {"gateway": state["gateway"].pid, "server": state["redis-tools"].pid}
+            cpu = asyncio.run(
+                cpu_per_call(
+                    launcher.url("gateway"), launcher.url("redis-tools"), tokens, pids,
+                    args.cpu_calls,
+                )
+            )  # fmt: skip
             costs = in_process_costs(authority, tokens[0], root)
         finally:
             launcher.down()  # the servers flush their audit batches as they stop
@@ -230,8 +274,10 @@ def main(argv: list[str]) -> int:
     )
     added_exec = pct(results["execute gateway"], 0.5) - pct(results["execute direct"], 0.5)
     verdict = "met" if added < TARGET_ADDED_P50_MS else "MISSED"
+    ratio = pct(results["mcp gateway"], 0.5) / pct(results["mcp direct"], 0.5)
     print(f"added by the gateway, MCP: p50 {added:+.3f} ms (median of paired differences "
-          f"{paired:+.3f} ms); target < {TARGET_ADDED_P50_MS:g} ms: {verdict}")  # fmt: skip
+          f"{paired:+.3f} ms; gateway/direct p50 ratio {ratio:.2f}); target < "
+          f"{TARGET_ADDED_P50_MS:g} ms: {verdict}")  # fmt: skip
     print(f"added by the gateway, /execute: p50 {added_exec:+.3f} ms")
     print(f"in-process: token check {costs['verify']:.1f} us, AuditLog.record "
           f"{costs['record']:.2f} us per call")  # fmt: skip
@@ -244,12 +290,16 @@ def main(argv: list[str]) -> int:
         print(f"audit rows in the SQL store: {sum(map(len, audited.values()))}; p50 of their "
               f"durations: the tool on the server {pct(tool_direct, 0.5):.3f} ms (direct) / "
               f"{pct(tool_gw, 0.5):.3f} ms (via the gateway)")  # fmt: skip
-        print(f"gateway path, p50: client -> gateway SDK server and back "
-              f"{client_gw - pct(upstream, 0.5):.3f} ms; gateway's upstream call (SDK client, "
-              f"hop, server) {pct(upstream, 0.5):.3f} ms, of which the tool itself "
+        print(f"gateway path, p50: client -> gateway and back, outside the forward "
+              f"{client_gw - pct(upstream, 0.5):.3f} ms; the gateway's forward (hop, server, "
+              f"tool) {pct(upstream, 0.5):.3f} ms, of which the tool itself "
               f"{pct(tool_gw, 0.5):.3f} ms")  # fmt: skip
-    load = os.getloadavg()
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"CPU per MCP call, {args.cpu_calls} calls each way: through the gateway: gateway "
+          f"{cpu['gateway (gateway)']:.3f} ms, server {cpu['server (gateway)']:.3f} ms; "
+          f"direct: server {cpu['server (direct)']:.3f} ms (gateway idle: "
+          f"{cpu['gateway (direct)']:.3f} ms)")  # fmt: skip
+    print(f"load average (1/5/15 min) before {load_before}, after the timed rounds "
+          f"{load_after}, at the end {load()}")  # fmt: skip
     return 0
 
 

@@ -45,7 +45,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cfn.errors import McpAuthError, McpForbiddenError
 from cfn.mcp.base import Common, _json_error, read_json_body, transport_security
@@ -655,13 +655,15 @@ class Gateway:
 
     # --- the app ----------------------------------------------------------------------------
 
-    def app(self, *, host: str = "127.0.0.1", mounted: bool = False) -> Starlette:
+    def app(self, *, host: str = "127.0.0.1", mounted: bool = False) -> ASGIApp:
         """The gateway's ASGI app.
 
-        On its own port: ``/mcp``, ``/mcp/{server}``, ``/execute``, ``/health``.
+        On its own port: ``/mcp``, ``/mcp/{server}``, ``/execute``, ``/health``;
+        requests for the MCP endpoints skip Starlette's middleware and routing.
         ``mounted``: the same under a mount at ``/mcp`` (``/mcp/``,
-        ``/mcp/{server}``, ``/mcp/execute``, ``/mcp/health``); the host app
-        routes the bare ``/mcp`` to :attr:`endpoint` and runs :meth:`lifespan`.
+        ``/mcp/{server}``, ``/mcp/execute``, ``/mcp/health``) as a Starlette
+        app; the host app routes the bare ``/mcp`` to :attr:`endpoint` and runs
+        :meth:`lifespan`.
         """
         self._host_check = HostCheck(host)
         self.endpoint = _GatewayMcp(self, None)
@@ -691,7 +693,30 @@ class Gateway:
 
         app = Starlette(routes=routes, lifespan=lifespan)
         self.lifespan = lambda: lifespan(app)
-        return app
+        if mounted:
+            return app
+        return _Direct(self, app, {"/mcp": None, **{f"/mcp/{name}": name for name in SERVERS}})
+
+
+class _Direct:
+    """The standalone app: MCP requests straight to the gateway, the rest to Starlette."""
+
+    def __init__(self, gateway: Gateway, app: ASGIApp, paths: dict[str, str | None]) -> None:
+        self.gateway = gateway
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            try:
+                await self.gateway.handle_mcp(scope, receive, send, self.paths[scope["path"]])
+            except Exception:
+                # What Starlette's error middleware would do: log, and a 500 if nothing was sent.
+                log.exception("gateway: %s %s failed", scope["method"], scope["path"])
+                with contextlib.suppress(Exception):
+                    await _send(send, 500, _rpc_error(None, -32603, "Internal error"))
+            return
+        await self.app(scope, receive, send)
 
 
 class _GatewayMcp:

@@ -7,13 +7,15 @@ server's cgroup limits; tests start them the same way on free ports.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from cfn.errors import CfnError
 from cfn.mcp.audit import AuditLog, audit_path
@@ -42,7 +44,7 @@ def common(settings: Settings, via: str = "direct") -> Common:
     )
 
 
-def build_app(name: str, settings: Settings) -> Starlette:
+def build_app(name: str, settings: Settings) -> ASGIApp:
     """The ASGI app of server ``name`` (or the gateway)."""
     if name == GATEWAY:
         from cfn.mcp.gateway import Gateway
@@ -55,6 +57,15 @@ def build_app(name: str, settings: Settings) -> Starlette:
     server = module.build(settings, common(settings))
     app: Starlette = server.app(host=settings.mcp_host)
     return app
+
+
+def _http_protocol() -> type[asyncio.Protocol] | Literal["auto"]:
+    """uvicorn's httptools protocol writing each reply in one send() (cfn.mcp.corked)."""
+    try:
+        from cfn.mcp.corked import http_protocol
+    except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
+        return "auto"
+    return http_protocol()
 
 
 def port_of(name: str, settings: Settings) -> int:
@@ -86,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port or port_of(args.name, settings),
         log_level="warning",
         access_log=False,
+        http=_http_protocol(),
+        # Neither header is used by a client of these servers; both cost every reply.
+        server_header=False,
+        date_header=False,
     )
     return 0
 
