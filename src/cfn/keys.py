@@ -183,6 +183,11 @@ def events(task_id: str) -> str:
     return f"events:{validate_id(task_id, 'task id')}"
 
 
+def events_pattern() -> str:
+    """Glob matching every task's event stream (the portal's task list wakes on them)."""
+    return "events:*"
+
+
 def keyspace_channel(db: int, key: str) -> str:
     """The pub/sub channel Redis publishes keyspace notifications for ``key`` on."""
     return f"__keyspace@{db}__:{key}"
@@ -220,3 +225,18 @@ def task_queue() -> str:
 def queued_task(task_id: str) -> str:
     """``queue:task:{task}``: a queued task's options (JSON) until a worker has created it."""
     return f"queue:task:{validate_id(task_id, 'task id')}"
+
+
+def login_code_used(nonce: str) -> str:
+    """``portal:login:{nonce}``: a used dashboard login code (single use; TTL: its life)."""
+    return f"portal:login:{validate_id(nonce, 'login code nonce')}"
+
+
+def worker_presence(name: str) -> str:
+    """``queue:worker:{name}``: a live orchestrator worker (JSON; TTL = CFN_WORKER_CLAIM_IDLE)."""
+    return f"queue:worker:{validate_id(name, 'worker name')}"
+
+
+def worker_presence_pattern() -> str:
+    """Glob matching every live worker's presence key."""
+    return "queue:worker:*"

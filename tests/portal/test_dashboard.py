@@ -1,17 +1,21 @@
 """End to end in a real browser: Playwright drives Debian's chromium against the
-running portal while a real CFN Loop runs (offline provider). The test starts a
-task from the dashboard's form, sees agents appear and progress move, and
-clicks the product owner's decision."""
+running portal while a real CFN Loop runs (offline provider). The test signs in
+through a single-use login link, starts a task from the dashboard's form, sees
+agents appear, their heartbeats pushed and progress move, and clicks the
+product owner's decision; the page never re-reads anything on a timer, and the
+used link is refused the second time."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
+from cfn.portal.auth import load_secret, mint_login_code
 from tests.portal.conftest import RunningPortal
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,6 +37,8 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
     portal: RunningPortal, tmp_path: Path
 ) -> None:
     problems: list[str] = []
+    requests: list[tuple[float, str, str]] = []
+    code = mint_login_code(load_secret(portal.settings), "alice", "operator")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -42,9 +48,12 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
                 "console",
                 lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"),
             )
-            await page.goto(f"{portal.url}/#token={portal.token(sub='alice')}")
+            page.on("request", lambda r: requests.append((time.monotonic(), r.method, r.url)))
+            await page.goto(f"{portal.url}/#login={code}")
             await expect(page.locator("#who")).to_have_text("alice (operator)")
-            assert "token" not in page.url  # the token leaves the address bar at once
+            assert "login" not in page.url  # the code leaves the address bar at once
+            # The worker line comes from the pushed queue state: one live worker.
+            await expect(page.locator("#health [data-check=workers] b")).to_have_class("ok")
 
             # Start a task from the form: mvp, a human decides.
             await page.click("#new-task")
@@ -67,6 +76,14 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
             await expect(page.locator("tr[data-agent='impl-1-1'] .status")).to_have_text(
                 "done", timeout=90_000
             )
+            # Heartbeats arrive pushed (agent:heartbeat), not re-read: the agent's final
+            # beat says "done" in its heartbeat cell.
+            await page.wait_for_function(
+                "() => Number(document.getElementById('agents').dataset.beats || 0) > 0"
+            )
+            await expect(page.locator("tr[data-agent='impl-1-1'] td.hb")).to_contain_text(
+                "done", timeout=30_000
+            )
 
             # The decision is awaited: the buttons show; click PROCEED.
             panel = page.locator("#await")
@@ -81,6 +98,26 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
             await expect(page.locator("#events li[data-kind='task:finished']")).to_have_count(1)
             await expect(page.locator(f"#tasks li[data-task='{task_id}']")).to_be_visible()
             await page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+
+            # Nothing polls: the task list is pushed (never read over REST), and with the
+            # loop over, a quiet page makes no API requests (the health probe, once a
+            # minute, aside: it measures round trips when asked).
+            api = [(t, m, u.split("?")[0]) for t, m, u in requests if "/api/" in u]
+            assert not [u for _t, _m, u in api if u.endswith("/api/tasks")]
+            quiet_from = time.monotonic()
+            await page.wait_for_timeout(6_000)
+            late = [
+                (m, u) for t, m, u in api
+                if t >= quiet_from and not u.endswith("/api/health/system")
+            ]
+            assert late == [], late
+
+            # The login link works once: opened again, it is refused and asks for a token.
+            second = await browser.new_page()
+            await second.goto(f"{portal.url}/#login={code}")
+            await expect(second.locator("#login-dialog")).to_be_visible()
+            await expect(second.locator("#login-msg")).to_contain_text("used already")
+            assert "login" not in second.url
         finally:
             await browser.close()
     assert problems == []

@@ -21,10 +21,11 @@ DASHBOARD_TTL = 12 * 3600
 
 
 def _dashboard_url(base: str, ttl: int) -> str:
-    from cfn.portal.auth import load_secret, mint_token
+    """The dashboard with a single-use login code (10 min), never a token, in the link."""
+    from cfn.portal.auth import load_secret, mint_login_code
 
-    token = mint_token(load_secret(settings()), "dashboard", "operator", None, ttl)
-    return f"{base}/#token={token}"
+    code = mint_login_code(load_secret(settings()), "dashboard", "operator", session_ttl=ttl)
+    return f"{base}/#login={code}"
 
 
 @portal_app.callback()
@@ -43,7 +44,10 @@ def portal_cmd(
         bool, typer.Option("--no-worker", help="Do not run an orchestrator worker in-process.")
     ] = False,
     token_ttl: Annotated[
-        int, typer.Option("--token-ttl", min=60, help="Lifetime of the printed dashboard link.")
+        int,
+        typer.Option(
+            "--token-ttl", min=60, help="Lifetime of the session the printed link opens (s)."
+        ),
     ] = DASHBOARD_TTL,
 ) -> None:
     """Start the portal on the orchestrator port; prints the dashboard's address."""
@@ -94,6 +98,25 @@ def portal_stop() -> None:
         err.print("portal stopped")
     else:
         err.print("no portal of this checkout was running")
+
+
+@portal_app.command("link")
+def portal_link(
+    token_ttl: Annotated[
+        int,
+        typer.Option(
+            "--token-ttl", min=60, help="Lifetime of the session the link opens (s)."
+        ),
+    ] = DASHBOARD_TTL,
+) -> None:
+    """Print a fresh dashboard link for the running portal (single use, valid 10 min)."""
+    from cfn.portal import server
+
+    instance = server.running_instance(settings())
+    if instance is None:
+        err.print("no portal of this checkout is running (start one: cfn portal --detach)")
+        raise typer.Exit(1)
+    out.print(f"dashboard: {_dashboard_url(instance.url, token_ttl)}", markup=False)
 
 
 @portal_app.command("status")

@@ -41,8 +41,10 @@ from cfn.errors import (
 from cfn.loop.state import MAX_EPIC, Phase, TaskOptions
 from cfn.loop.workspace import is_build_task
 from cfn.portal import views
-from cfn.portal.auth import Principal, Verifier, load_secret, mint_token
+from cfn.portal.auth import LEEWAY, Principal, Verifier, load_secret, mint_token, read_login_code
 from cfn.portal.feed import task_events
+from cfn.portal.live import HeartbeatWatch, TaskListWatch
+from cfn.portal.live import stop as stop_watch
 from cfn.portal.metrics import PortalMetrics
 from cfn.portal.workers import Worker, queue_info, submit_task
 from cfn.settings import Settings
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/cfn-loop"
+#: The dashboard's task list, queue and workers (auth ``{token}``): ``tasks:update``.
+TASKS_NAMESPACE = "/cfn-tasks"
+TASKS_ROOM = "people"
 STATIC = Path(str(resources.files("cfn.portal") / "static"))
 ERROR_CODES: list[tuple[type[BaseException], int, str]] = [
     (AuthError, 401, "unauthorized"),
@@ -113,6 +118,10 @@ class SpawnBody(_Body):
     provider: str | None = None
 
 
+class LoginBody(_Body):
+    code: str = Field(min_length=1, max_length=1000, description="From the printed link.")
+
+
 class TokenBody(_Body):
     sub: str = Field(min_length=1, max_length=128)
     role: Literal["agent", "operator", "admin"] = "agent"
@@ -147,6 +156,13 @@ class Portal:
         self._worker_task: asyncio.Task[None] | None = None
         self._feeds: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Pushed heartbeats: one watch per task with clients, shared through a room.
+        self._beats: dict[str, tuple[HeartbeatWatch, asyncio.Task[None]]] = {}
+        self._beat_clients: dict[str, str] = {}  # sid -> task id
+        # Pushed task list: one watch while any dashboard is connected.
+        self._list_watch: tuple[TaskListWatch, asyncio.Task[None]] | None = None
+        self._list_clients: dict[str, Principal] = {}
+        self._list_expiry: dict[str, asyncio.TimerHandle] = {}
         self.sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
         self.gateway: Gateway | None = None
         self.gateway_app: ASGIApp | None = None
@@ -183,6 +199,12 @@ class Portal:
         for task in [*self._feeds.values(), *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for _watch, task in list(self._beats.values()):
+            await stop_watch(task)
+        self._beats.clear()
+        if self._list_watch is not None:
+            await stop_watch(self._list_watch[1])
+            self._list_watch = None
         if self._gateway_stack is not None:
             stack, self._gateway_stack = self._gateway_stack, None
             try:
@@ -372,6 +394,12 @@ class Portal:
             text = generate_latest(portal.metrics.registry)
             return Response(text, media_type=CONTENT_TYPE_LATEST)
 
+        @api.post("/api/login", tags=["auth"], response_class=JSONResponse)
+        async def login(body: LoginBody) -> JSONResponse:
+            """Exchange a dashboard link's login code (single use, short-lived) for a token."""
+            found = await portal.login(body.code)
+            return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
         @api.post("/api/tokens", status_code=201, tags=["auth"])
         async def tokens(body: TokenBody, me: Who) -> dict[str, Any]:
             """Mint a token (admin): the seed's generate_agent_token."""
@@ -447,6 +475,21 @@ class Portal:
             "statusUrl": f"/api/tasks/{task_id}/status",
             "dashboard": f"/#task={task_id}",
         }
+
+    async def login(self, code: str) -> dict[str, Any]:
+        """A session token for a login code, once: the code's nonce is then marked used."""
+        found = read_login_code(self.secret, code)
+        key = keys.login_code_used(found.nonce)
+        keep_ms = max(1, round((found.exp + LEEWAY - time.time()) * 1000))
+        fresh = await self.redis.run(lambda r: r.set(key, "1", nx=True, px=keep_ms))
+        if not fresh:
+            raise AuthError(
+                "this login link was used already (each works once): print a new one with "
+                "`cfn portal link`, or paste a token from `cfn token`"
+            )
+        ttl = found.session_ttl
+        token = mint_token(self.secret, found.sub, found.role, None, ttl)
+        return {"token": token, "expiresIn": ttl, "sub": found.sub, "role": found.role}
 
     async def decide(self, task_id: str, body: DecisionBody, me: Principal) -> dict[str, Any]:
         from cfn.loop.app import submit_decision
@@ -743,15 +786,107 @@ class Portal:
             await portal.sio.save_session(sid, {"taskId": task_id, "sub": me.sub}, NAMESPACE)
             portal.metrics.socket_clients.inc()
             portal._feeds[sid] = asyncio.create_task(portal._pump(sid, task_id, me.exp))
+            await portal._join_beats(sid, task_id)
 
         async def disconnect(sid: str, *_args: Any) -> None:
             task = portal._feeds.pop(sid, None)
             if task is not None:
                 portal.metrics.socket_clients.dec()
                 task.cancel()
+            await portal._leave_beats(sid)
+
+        async def tasks_connect(sid: str, _environ: dict[str, Any], auth: Any) -> None:
+            try:
+                me = portal.verify(auth.get("token") if isinstance(auth, dict) else None)
+            except CfnError as exc:
+                status, code = classify(exc)
+                portal.metrics.auth_failures.labels(str(status)).inc()
+                raise socketio.exceptions.ConnectionRefusedError(
+                    str(exc), {"error": code, "status": status}
+                ) from None
+            portal.metrics.socket_clients.inc()
+            await portal._join_list(sid, me)
+
+        async def tasks_disconnect(sid: str, *_args: Any) -> None:
+            if sid in portal._list_clients:
+                portal.metrics.socket_clients.dec()
+            await portal._leave_list(sid)
 
         self.sio.on("connect", connect, namespace=NAMESPACE)
         self.sio.on("disconnect", disconnect, namespace=NAMESPACE)
+        self.sio.on("connect", tasks_connect, namespace=TASKS_NAMESPACE)
+        self.sio.on("disconnect", tasks_disconnect, namespace=TASKS_NAMESPACE)
+
+    # --- pushed heartbeats and task list ------------------------------------------------
+
+    async def _join_beats(self, sid: str, task_id: str) -> None:
+        """Put a /cfn-loop client in its task's heartbeat room; start the task's watch."""
+        room = f"beats:{task_id}"
+        self._beat_clients[sid] = task_id
+        await self.sio.enter_room(sid, room, namespace=NAMESPACE)
+        entry = self._beats.get(task_id)
+        if entry is None:
+
+            async def send(data: dict[str, Any]) -> None:
+                await self.sio.emit("agent:heartbeat", data, room=room, namespace=NAMESPACE)
+                self.metrics.events_sent.labels("agent:heartbeat", "false").inc()
+
+            watch = HeartbeatWatch(self.redis, task_id, send)
+            self._beats[task_id] = (watch, asyncio.create_task(watch.run()))
+        elif entry[0].read_once:
+            # The watch runs already: this client gets the whole current set now.
+            await self.sio.emit("agent:heartbeat", entry[0].full(), to=sid, namespace=NAMESPACE)
+
+    async def _leave_beats(self, sid: str) -> None:
+        task_id = self._beat_clients.pop(sid, None)
+        if task_id is None or task_id in self._beat_clients.values():
+            return
+        entry = self._beats.pop(task_id, None)
+        if entry is not None:
+            await stop_watch(entry[1])
+
+    def _visible(self, data: dict[str, Any], me: Principal) -> dict[str, Any]:
+        """The task list as ``me`` may see it: an agent token sees its own task only."""
+        if me.is_person:
+            return data
+        return {
+            "tasks": [t for t in data["tasks"] if t["taskId"] == me.task_id],
+            "queue": None,
+        }
+
+    async def _send_list(self, data: dict[str, Any]) -> None:
+        await self.sio.emit("tasks:update", data, room=TASKS_ROOM, namespace=TASKS_NAMESPACE)
+        for sid, me in list(self._list_clients.items()):
+            if not me.is_person:
+                await self.sio.emit(
+                    "tasks:update", self._visible(data, me), to=sid, namespace=TASKS_NAMESPACE
+                )
+        self.metrics.events_sent.labels("tasks:update", "false").inc()
+
+    async def _join_list(self, sid: str, me: Principal) -> None:
+        self._list_clients[sid] = me
+        if me.is_person:
+            await self.sio.enter_room(sid, TASKS_ROOM, namespace=TASKS_NAMESPACE)
+        if self._list_watch is None:
+            watch = TaskListWatch(self.redis, self.store, self._send_list)
+            self._list_watch = (watch, asyncio.create_task(watch.run()))
+        elif self._list_watch[0].last is not None:
+            data = self._visible(self._list_watch[0].last, me)
+            await self.sio.emit("tasks:update", data, to=sid, namespace=TASKS_NAMESPACE)
+        # Like /cfn-loop: the connection closes when its token expires.
+        self._list_expiry[sid] = asyncio.get_running_loop().call_later(
+            max(0.0, me.exp + LEEWAY - time.time()),
+            lambda: self._spawn_background(self.sio.disconnect(sid, namespace=TASKS_NAMESPACE)),
+        )
+
+    async def _leave_list(self, sid: str) -> None:
+        self._list_clients.pop(sid, None)
+        expiry = self._list_expiry.pop(sid, None)
+        if expiry is not None:
+            expiry.cancel()
+        if not self._list_clients and self._list_watch is not None:
+            watch, self._list_watch = self._list_watch, None
+            await stop_watch(watch[1])
 
     async def _pump(self, sid: str, task_id: str, expires: int) -> None:
         """Past events, then live ones, to one client; disconnect when its token expires."""

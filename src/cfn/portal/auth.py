@@ -16,7 +16,11 @@ at ``<state>/portal/jwt.secret`` (mode 0600). It is never logged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import secrets
 import threading
@@ -211,3 +215,105 @@ class Verifier:
             while len(self._known) > self.size:
                 self._known.popitem(last=False)
         return principal
+
+
+# --- dashboard login codes ------------------------------------------------------------
+
+#: Lifetime of a login code: the printed link is opened right away, or printed again.
+LOGIN_TTL = 600
+LOGIN_PURPOSE = b"cfn-portal-login-code\x00"
+LOGIN_ROLES: tuple[str, ...] = ("operator", "admin")
+
+
+@dataclass(frozen=True)
+class LoginCode:
+    """A verified login code: who it signs in, until when, and for how long a session."""
+
+    sub: str
+    role: Role
+    exp: int
+    session_ttl: int
+    nonce: str
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _login_mac(secret: bytes, payload: str) -> bytes:
+    return hmac.new(secret, LOGIN_PURPOSE + payload.encode(), hashlib.sha256).digest()[:16]
+
+
+def mint_login_code(
+    secret: bytes,
+    sub: str,
+    role: str = "operator",
+    *,
+    session_ttl: float = 12 * 3600,
+    ttl: float = LOGIN_TTL,
+    now: float | None = None,
+) -> str:
+    """A single-use, short-lived code for the dashboard link (not a bearer token).
+
+    ``payload.mac``: the payload (subject, role, expiry, session lifetime, a
+    random nonce) and a truncated HMAC-SHA256 of it under the portal's key with
+    a purpose prefix, so no JWT verifies as a code and no code as a JWT. The
+    portal exchanges it once (``POST /api/login``) for a session token; the
+    nonce is then marked used in Redis until the code expires.
+    """
+    keys.validate_id(sub, "login subject")
+    if role not in LOGIN_ROLES:
+        raise InvalidInputError(
+            f"a login code is for people: role must be {' or '.join(LOGIN_ROLES)}, got {role!r}"
+        )
+    if not 0 < ttl <= 24 * 3600:
+        raise InvalidInputError(f"login code lifetime must be 1 s to 1 day, got {ttl!r}")
+    if not 60 <= session_ttl <= 366 * 24 * 3600:
+        raise InvalidInputError(f"session lifetime must be 60 s to 366 days, got {session_ttl!r}")
+    issued = int(time.time() if now is None else now)
+    body = {
+        "s": sub,
+        "r": role,
+        "e": issued + int(ttl),
+        "t": int(session_ttl),
+        "n": secrets.token_urlsafe(12),
+    }
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+    return f"{payload}.{_b64(_login_mac(secret, payload))}"
+
+
+def read_login_code(secret: bytes, code: object, now: float | None = None) -> LoginCode:
+    """The code's contents when its MAC verifies and it has not expired; else AuthError.
+
+    Single use is the caller's part (the portal marks the nonce used in Redis).
+    """
+    if not isinstance(code, str) or not code.strip():
+        raise AuthError("no login code: open the link `cfn portal link` prints")
+    payload, dot, mac = code.strip().partition(".")
+    try:
+        given = _unb64(mac)
+    except ValueError:
+        given = b""
+    if not dot or not hmac.compare_digest(given, _login_mac(secret, payload)):
+        raise AuthError("login code does not verify: not made by this portal, or altered")
+    try:
+        body = json.loads(_unb64(payload))
+        sub = keys.validate_id(body["s"], "login subject")
+        role = body["r"]
+        exp = int(body["e"])
+        session_ttl = int(body["t"])
+        nonce = keys.validate_id(body["n"], "login code nonce")
+    except (ValueError, KeyError, TypeError, InvalidInputError) as exc:
+        raise AuthError(f"login code is malformed: {exc}") from None
+    if role not in LOGIN_ROLES:
+        raise AuthError(f"login code role {role!r} is not one of {', '.join(LOGIN_ROLES)}")
+    if (time.time() if now is None else now) >= exp + LEEWAY:
+        raise AuthError(
+            "login code expired: print a new link with `cfn portal link` "
+            "(or `cfn portal --detach`, which reuses the running portal)"
+        )
+    return LoginCode(sub=sub, role=role, exp=exp, session_ttl=session_ttl, nonce=nonce)

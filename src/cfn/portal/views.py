@@ -360,6 +360,24 @@ async def list_tasks(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     ]
 
 
+ACTIVE = frozenset({"pending", "running"})
+
+
+def runner_of(task: dict[str, Any], task_workers: dict[str, str]) -> dict[str, Any] | None:
+    """Who runs an active task: an orchestrator worker (by name), or ``cfn run``.
+
+    Tasks reach a worker only through the queue, where the worker holds them
+    pending until their run ends; an active task no worker holds was started
+    by ``cfn run`` (which runs the loop in its own process). Ended tasks: None.
+    """
+    if task.get("status") not in ACTIVE:
+        return None
+    worker = task_workers.get(str(task.get("taskId")))
+    if worker is not None:
+        return {"kind": "worker", "worker": worker}
+    return {"kind": "cli"}
+
+
 async def find_agent_tasks(store: Store, agent_id: str) -> list[AgentRow]:
     """Every task that has an agent with this id (ids repeat across tasks)."""
     keys.validate_id(agent_id, "agent id")

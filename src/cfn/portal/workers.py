@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,11 +98,41 @@ class QueueInfo:
     length: int
     pending: int
     lag: int | None
+    #: Live workers (their presence keys): name, host, pid, concurrency, running, since.
     workers: list[dict[str, Any]]
+    #: The group's consumers (XINFO CONSUMERS): every worker that ever took a task,
+    #: live or dead, with its pending count and idle time.
+    consumers: list[dict[str, Any]]
+
+
+async def live_workers(redis: RedisManager) -> list[dict[str, Any]]:
+    """The workers whose presence key lives (each refreshes it every third of its claim-idle).
+
+    The group's consumer list cannot say this: Redis adds a consumer only when it
+    first receives an entry (a worker blocked on an empty queue is not listed)
+    and keeps it after its worker died.
+    """
+    pattern = keys.worker_presence_pattern()
+
+    async def op(r: Any) -> list[Any]:
+        names = [str(k) async for k in r.scan_iter(match=pattern, count=1000)]
+        return list(await r.mget(names)) if names else []
+
+    out: list[dict[str, Any]] = []
+    for raw in await redis.run(op):
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return sorted(out, key=lambda w: str(w.get("name")))
 
 
 async def queue_info(redis: RedisManager) -> QueueInfo:
-    """Queue length, pending (running) entries, and each worker's idle time."""
+    """Queue length, pending (running) entries, the live workers and the group's consumers."""
     stream = keys.task_queue()
     await ensure_group(redis)
     length = int(await redis.run(lambda r: r.xlen(stream)))
@@ -112,11 +144,54 @@ async def queue_info(redis: RedisManager) -> QueueInfo:
         length=length,
         pending=int(group.get("pending") or 0),
         lag=None if lag is None else int(lag),
-        workers=[
+        workers=await live_workers(redis),
+        consumers=[
             {"name": c.get("name"), "pending": c.get("pending"), "idle_ms": c.get("idle")}
             for c in consumers
         ],
     )
+
+
+async def worker_summary(redis: RedisManager) -> dict[str, Any]:
+    """Who runs the queue's tasks: live workers, running and waiting tasks.
+
+    ``workers`` counts the live workers (presence keys); ``goneWorkers`` the
+    workers that hold a task but whose presence expired (dead: another worker
+    takes the task over once it has been idle for the claim-idle time).
+    ``taskWorkers`` maps each task held by a worker (pending in the group) to
+    that worker; an active task missing there is not run by any worker: it was
+    started by ``cfn run``, in that process.
+    """
+    info = await queue_info(redis)
+    live = {str(w.get("name")) for w in info.workers}
+    stream = keys.task_queue()
+    pending: Any = await redis.run(
+        lambda r: r.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 1000)
+    )
+    ids = [str(p["message_id"]) for p in pending or []]
+    owners = {str(p["message_id"]): str(p["consumer"]) for p in pending or []}
+
+    async def entries(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.xrange(stream, message_id, message_id, count=1)
+        return list(await pipe.execute())
+
+    found = await redis.run(entries) if ids else []
+    task_workers: dict[str, str] = {}
+    for message_id, rows in zip(ids, found, strict=True):
+        for _id, fields in rows or []:
+            task_id = fields.get("task_id")
+            if isinstance(task_id, str):
+                task_workers[task_id] = owners[message_id]
+    return {
+        "workers": len(live),
+        "goneWorkers": len(set(task_workers.values()) - live),
+        "running": info.pending,
+        "waiting": info.lag if info.lag is not None else 0,
+        "length": info.length,
+        "taskWorkers": task_workers,
+    }
 
 
 def default_runner(settings: Settings) -> Runner:
@@ -154,6 +229,7 @@ class Worker:
         self.runner = runner or default_runner(settings)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.finished: list[tuple[str, str]] = []  # (task id, status) of runs ended here
+        self.since = time.time()
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
 
@@ -164,8 +240,24 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def _announce(self) -> None:
+        """Refresh this worker's presence key (TTL claim-idle; refreshed 3 times as often)."""
+        key = keys.worker_presence(self.name)
+        value = json.dumps(
+            {
+                "name": self.name,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "concurrency": self.concurrency,
+                "running": len(self.running),
+                "since": self.since,
+            }
+        )
+        await self.redis.run(lambda r: r.set(key, value, px=self.idle_ms))
+
     async def run(self) -> None:
         await ensure_group(self.redis)
+        await self._announce()
         keepalive = asyncio.create_task(self._keepalive())
         try:
             while not self._stopping.is_set():
@@ -191,6 +283,9 @@ class Worker:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
+            presence = keys.worker_presence(self.name)
+            with contextlib.suppress(CfnError):
+                await self.redis.run(lambda r: r.delete(presence))
             # Runs are cancelled, not acknowledged: another worker takes them over.
             for task in list(self.running.values()):
                 task.cancel()
@@ -277,6 +372,10 @@ class Worker:
         stream = keys.task_queue()
         while True:
             await asyncio.sleep(self.claim_idle / 3)
+            try:
+                await self._announce()
+            except CfnError as exc:
+                log.warning("worker %s cannot refresh its presence: %s", self.name, exc)
             for message_id, task in list(self.running.items()):
                 try:
                     pending = await self.redis.run(

@@ -1,24 +1,38 @@
-/* cfn dashboard: REST for snapshots, Socket.IO /cfn-loop for live events.
+/* cfn dashboard: REST for a task's snapshot, Socket.IO for everything that changes:
+   /cfn-loop (the seed's namespace) for a task's events and its agents' heartbeats,
+   /cfn-tasks for the task list, the queue and the workers. Nothing is re-read on a timer.
    All text goes in through textContent: nothing from the server is parsed as HTML. */
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   token: null, who: null, tasks: [], taskId: null, follow: true, socket: null,
-  snap: null, vm: null, refreshTimer: null, hbTimer: null,
+  snap: null, vm: null, refreshTimer: null, tasksSocket: null, queue: null, health: null,
+  beatsSeen: 0,
 };
 
 // --- auth -----------------------------------------------------------------------------
 
+// The printed link carries a single-use login code (#login=...), never a token: it leaves
+// the address bar at once and is exchanged for a session token kept in sessionStorage.
 function readHash() {
   const params = new URLSearchParams(location.hash.slice(1));
-  if (params.get("token")) {
-    sessionStorage.setItem("cfn-token", params.get("token"));
-    params.delete("token");
-  }
+  const code = params.get("login");
   const task = params.get("task");
   history.replaceState(null, "", location.pathname + (task ? "#task=" + encodeURIComponent(task) : ""));
-  return task;
+  return { task, code };
+}
+
+async function exchangeCode(code) {
+  let res, data = null;
+  try {
+    res = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code }) });
+    data = await res.json();
+  } catch (e) { return "the portal did not answer: " + e.message; }
+  if (!res.ok) return (data && data.message) || res.statusText;
+  sessionStorage.setItem("cfn-token", data.token);
+  return null;
 }
 
 function claims(token) {
@@ -74,56 +88,112 @@ function el(tag, attrs, ...children) {
 const pct = (x) => Math.max(0, Math.min(100, Math.round((x || 0) * 100))) + "%";
 const fmt = (x, d = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
 const short = (s, n) => (s && s.length > n ? s.slice(0, n - 1) + "…" : s || "");
+// Seconds since a server timestamp, corrected by the server's clock (from the last push).
+function age(ts) {
+  const skew = (state.vm && state.vm.clockSkew) || 0;
+  return Math.max(0, Date.now() / 1000 + skew - ts);
+}
 function ago(ts) {
   if (!ts) return "";
-  const s = Math.max(0, Date.now() / 1000 - ts);
-  return s < 60 ? s.toFixed(1) + " s ago" : Math.round(s / 60) + " min ago";
+  const s = age(ts);
+  return s < 60 ? s.toFixed(0) + " s ago" : Math.round(s / 60) + " min ago";
 }
+
+function beatCell(a, hb) {
+  const live = hb && hb.ts && a.status === "running" && age(hb.ts) < 30;
+  const td = el("td", { class: "hb" + (live ? " live" : ""), "data-ts": hb && hb.ts ? String(hb.ts) : "" },
+    hb ? (hb.status || "") + " " + ago(hb.ts) : (a.status === "running" ? "expired" : "–"));
+  return td;
+}
+
+// Ages move with the clock: re-word the heartbeat cells each second (no request).
+setInterval(() => {
+  for (const td of document.querySelectorAll("#agents td.hb[data-ts]")) {
+    const ts = parseFloat(td.dataset.ts);
+    if (ts) td.textContent = td.textContent.replace(/ \d+ (s|min) ago$/, "") + " " + ago(ts);
+  }
+}, 1000);
 
 // --- the task list --------------------------------------------------------------------
 
-async function loadTasks() {
-  let data;
-  try { data = await api("GET", "/api/tasks?limit=100"); } catch (e) { return; }
-  state.tasks = data.tasks;
-  $("task-count").textContent = "(" + data.tasks.length + ")";
-  if (state.follow) {
-    const running = data.tasks.find((t) => t.status === "running" || t.status === "pending");
-    const pick = running || data.tasks[0];
-    if (pick && pick.taskId !== state.taskId) selectTask(pick.taskId, true);
-  }
-  renderTaskList();
+function runnerText(t) {
+  if (!t.runner) return null;
+  return t.runner.kind === "worker" ? "worker " + t.runner.worker : "cfn run";
 }
 
 function renderTaskList() {
   const ul = $("tasks");
   ul.replaceChildren();
   for (const t of state.tasks) {
+    const by = runnerText(t);
     const li = el("li", { class: t.taskId === state.taskId ? "sel" : "", "data-task": t.taskId,
       onclick: () => selectTask(t.taskId, false) },
       el("div", { class: "tepic" }, el("span", { class: "dot " + t.status }), short(t.epic, 60)),
-      el("div", { class: "tid" }, t.taskId + " · " + t.mode + " · it. " + t.iterations + " · " + t.status));
+      el("div", { class: "tid" }, t.taskId + " · " + t.mode + " · it. " + t.iterations + " · " + t.status,
+        by ? el("span", { class: "runner", "data-runner": t.runner.kind, title: t.runner.kind === "cli"
+          ? "run in-process by `cfn run`, not by a portal worker" : "taken from the queue by this worker" },
+          " · " + by) : null));
     ul.append(li);
   }
 }
 
+// The task list, the queue and the workers: pushed on /cfn-tasks whenever they change.
+function connectTasks() {
+  if (state.tasksSocket) state.tasksSocket.disconnect();
+  const socket = io("/cfn-tasks", { auth: { token: state.token } });
+  state.tasksSocket = socket;
+  socket.on("tasks:update", (data) => {
+    state.tasks = data.tasks || [];
+    state.queue = data.queue || null;
+    $("task-count").textContent = "(" + state.tasks.length + ")";
+    if (state.follow) {
+      const running = state.tasks.find((t) => t.status === "running" || t.status === "pending");
+      const pick = running || state.tasks[0];
+      if (pick && pick.taskId !== state.taskId) selectTask(pick.taskId, true);
+    }
+    renderTaskList();
+    renderHealth();
+  });
+  socket.on("connect", () => loadHealth());
+  socket.on("connect_error", (err) => { if (err.data && err.data.status === 401) askToken(err.message); });
+}
+
+// Health is a probe (round trips to Redis and the database), measured when asked: read at
+// start, on every (re)connection and once a minute; it is not data that changes by itself.
 async function loadHealth() {
   try {
-    const h = await api("GET", "/api/health/system");
-    render_health(h);
+    state.health = await api("GET", "/api/health/system");
   } catch (e) {
-    $("health").textContent = "health: " + e.message;
+    state.health = { error: e.message };
   }
+  renderHealth();
 }
-function render_health(h) {
+
+function renderHealth() {
   const box = $("health");
   box.replaceChildren();
-  const c = h.checks || {};
-  const line = (name, ok, text) => el("div", {}, el("b", { class: ok ? "ok" : "bad" }, ok ? "●" : "●"), " " + name + " " + text);
-  if (c.redis) box.append(line("redis", c.redis.ok, c.redis.ok ? c.redis.ms + " ms" : c.redis.error));
-  if (c.database) box.append(line("database", c.database.ok, c.database.ok ? c.database.ms + " ms" : c.database.error));
-  if (c.workers) box.append(line("workers", c.workers.ok && c.workers.count > 0,
-    (c.workers.count || 0) + " · running " + (c.workers.running || 0)));
+  // ok: green, bad: red, idle: grey (nothing wrong, nothing to do)
+  const line = (name, kind, text) => el("div", { "data-check": name },
+    el("b", { class: kind }, "●"), " " + name + " " + text);
+  const h = state.health;
+  if (h && h.error) box.append(line("health", "bad", h.error));
+  const c = (h && h.checks) || {};
+  if (c.redis) box.append(line("redis", c.redis.ok ? "ok" : "bad", c.redis.ok ? c.redis.ms + " ms" : c.redis.error));
+  if (c.database) box.append(line("database", c.database.ok ? "ok" : "bad", c.database.ok ? c.database.ms + " ms" : c.database.error));
+  const q = state.queue;
+  if (q) {
+    const gone = q.goneWorkers ? " (" + q.goneWorkers + " gone)" : "";
+    if (q.workers > 0) {
+      box.append(line("workers", "ok", q.workers + gone + " · running " + q.running + " · waiting " + q.waiting));
+    } else if (q.waiting > 0) {
+      box.append(line("workers", "bad", "0" + gone + " · " + q.waiting +
+        " task(s) wait for a worker: start one (cfn worker, or cfn portal)"));
+    } else {
+      box.append(line("workers", "idle", "0" + gone + " · none needed: no task waits in the queue"));
+    }
+  }
+  const cli = state.tasks.filter((t) => t.runner && t.runner.kind === "cli").length;
+  if (cli) box.append(line("cfn run", "ok", cli + " task(s) running in-process (no worker needed)"));
 }
 
 // --- one task ---------------------------------------------------------------------------
@@ -131,7 +201,22 @@ function render_health(h) {
 function emptyVm() {
   return { iteration: 0, maxIterations: null, loop3: 0, loop2: 0, phase: null, gate: null, consensus: null,
     thresholds: {}, agents: new Map(), events: [], decisions: [], awaiting: null, status: null,
-    outcome: null, offline: false };
+    outcome: null, offline: false, beats: new Map(), clockSkew: 0 };
+}
+
+// Pushed heartbeats (agent:heartbeat): the agents whose beat changed, null when it expired.
+function onHeartbeat(data) {
+  const vm = state.vm;
+  if (!vm || data.taskId !== state.taskId) return;
+  if (typeof data.serverTime === "number") vm.clockSkew = data.serverTime - Date.now() / 1000;
+  if (data.full) vm.beats.clear();
+  for (const [agentId, beat] of Object.entries(data.heartbeats || {})) {
+    if (beat) vm.beats.set(agentId, beat); else vm.beats.set(agentId, null);
+    if (!vm.agents.has(agentId)) vm.agents.set(agentId, { agentId, fresh: true });
+  }
+  state.beatsSeen += 1;
+  $("agents").dataset.beats = String(state.beatsSeen);
+  scheduleRender();
 }
 
 function selectTask(taskId, auto) {
@@ -171,6 +256,8 @@ async function refresh() {
     const cur = vm.agents.get(a.agentId) || {};
     vm.agents.set(a.agentId, Object.assign(cur, a));
     if (a.provider === "offline") vm.offline = true;
+    // The snapshot's beat only until the first pushed one for this agent.
+    if (!vm.beats.has(a.agentId) && a.heartbeat) vm.beats.set(a.agentId, a.heartbeat);
   }
   render();
 }
@@ -255,7 +342,10 @@ function connect(taskId) {
     live.title = err.message;
     if (err.data && err.data.status === 401) askToken(err.message);
   });
-  socket.onAny((kind, data) => { if (socket === state.socket) onEvent(kind, data || {}); });
+  socket.on("agent:heartbeat", (data) => { if (socket === state.socket) onHeartbeat(data || {}); });
+  socket.onAny((kind, data) => {
+    if (socket === state.socket && kind !== "agent:heartbeat") onEvent(kind, data || {});
+  });
 }
 
 // --- rendering ----------------------------------------------------------------------------
@@ -341,8 +431,7 @@ function render() {
     (a.iteration || 0) - (b.iteration || 0) || (b.loop || 0) - (a.loop || 0) || a.agentId.localeCompare(b.agentId));
   $("agent-count").textContent = "(" + agents.length + ")";
   for (const a of agents) {
-    const hb = a.heartbeat;
-    const liveBeat = hb && a.status === "running" && hb.ts && (Date.now() / 1000 - hb.ts) < 30;
+    const hb = vm.beats.has(a.agentId) ? vm.beats.get(a.agentId) : a.heartbeat;
     const conf = a.confidence === null || a.confidence === undefined ? el("span", { class: "muted" }, "–")
       : el("div", { class: "conf" }, el("div", { class: "bar" }, (() => { const f = el("div", { class: "fill" }); f.style.width = pct(a.confidence); return f; })()), fmt(a.confidence));
     const stop = a.status === "running" ? el("button", { class: "btn small", title: "stop this agent",
@@ -352,7 +441,7 @@ function render() {
       el("td", {}, el("span", { class: "status " + (a.status || "") }, a.status || "")),
       el("td", { class: "mono" }, (a.provider || "") + (a.model ? " · " + a.model : "")),
       el("td", {}, conf),
-      el("td", { class: "hb" + (liveBeat ? " live" : "") }, hb ? (hb.status || "") + " " + ago(hb.ts) : "–"),
+      beatCell(a, hb),
       el("td", { class: "muted", title: a.reason || "" }, short(a.reason || "", 60)),
       el("td", {}, stop));
     a.fresh = false;
@@ -412,7 +501,6 @@ $("new-form").addEventListener("submit", async (ev) => {
   try {
     const r = await api("POST", "/api/tasks/create", body);
     $("new-dialog").close();
-    await loadTasks();
     selectTask(r.taskId, false);
   } catch (e) { $("new-msg").textContent = e.message; }
 });
@@ -427,17 +515,20 @@ function start() {
   if (c.exp && c.exp * 1000 < Date.now()) { askToken("your token has expired"); return; }
   $("who").textContent = c.sub + " (" + c.role + ")";
   $("new-task").classList.toggle("hidden", c.role === "agent");
-  if (started) { loadTasks(); return; }
+  connectTasks();
+  if (state.taskId) connect(state.taskId);
+  if (started) return;
   started = true;
-  const wanted = initialTask || (c.role === "agent" ? c.task_id : null);
+  const wanted = initial.task || (c.role === "agent" ? c.task_id : null);
   if (wanted) selectTask(wanted, false);
-  loadTasks();
-  loadHealth();
-  setInterval(loadTasks, 4000);
-  setInterval(loadHealth, 15000);
-  // Heartbeat ages move with the clock: refresh the running task's snapshot now and then.
-  setInterval(() => { if (state.vm && state.vm.status === "running") refresh(); }, 3000);
+  setInterval(loadHealth, 60000);
 }
 
-const initialTask = readHash();
-start();
+const initial = readHash();
+if (initial.code) {
+  exchangeCode(initial.code).then((problem) => {
+    if (problem) { sessionStorage.removeItem("cfn-token"); askToken(problem); } else start();
+  });
+} else {
+  start();
+}
