@@ -451,7 +451,8 @@ class Portal:
     async def create_task(self, body: TaskCreate) -> dict[str, Any]:
         from cfn.loop.app import default_workspace, new_task_id
 
-        task_id = body.task_id or new_task_id()
+        # An empty task_id is a bad id, not "generate one" (omit it for that).
+        task_id = new_task_id() if body.task_id is None else body.task_id
         keys.validate_id(task_id, "task id")
         options = TaskOptions(
             task_id=task_id,
