@@ -10,7 +10,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -115,35 +114,36 @@ async def task_exists(store: Store, redis: RedisManager, task_id: str) -> bool:
         return await queued_options(redis, task_id) is not None
 
 
-@dataclass(frozen=True)
 class _Statement:
     """One SELECT compiled once for the store's dialect, with its columns' converters."""
 
-    sql: str
-    positional: bool
-    columns: tuple[str, ...]
-    converters: tuple[Callable[[Any], Any] | None, ...]
-
-    @classmethod
-    def build(cls, select_: Select[Any], dialect: Dialect) -> _Statement:
+    def __init__(self, select_: Select[Any], dialect: Dialect) -> None:
         compiled = select_.compile(dialect=dialect)
-        columns = tuple(str(c.name) for c in select_.selected_columns)
-        converters = tuple(
-            c.type.dialect_impl(dialect).result_processor(dialect, None)
-            for c in select_.selected_columns
-        )
-        return cls(str(compiled), bool(compiled.positional), columns, converters)
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        self.dialect = dialect
+        self.columns = tuple(str(c.name) for c in select_.selected_columns)
+        self.types = tuple(c.type.dialect_impl(dialect) for c in select_.selected_columns)
+        # Some result processors need the driver's column type code (psycopg's
+        # numeric OIDs): they are made from the first cursor description, then kept.
+        self.converters: tuple[Callable[[Any], Any] | None, ...] | None = None
 
     def run(self, cursor: Any, task_id: str) -> list[dict[str, Any]]:
         cursor.execute(self.sql, (task_id,) if self.positional else {"task_id": task_id})
+        converters = self.converters
+        if converters is None:
+            codes = [d[1] for d in cursor.description]
+            converters = tuple(
+                t.result_processor(self.dialect, code)
+                for t, code in zip(self.types, codes, strict=True)
+            )
+            self.converters = converters
         out: list[dict[str, Any]] = []
         for raw in cursor.fetchall():
             out.append(
                 {
                     name: value if convert is None or value is None else convert(value)
-                    for name, convert, value in zip(
-                        self.columns, self.converters, raw, strict=True
-                    )
+                    for name, convert, value in zip(self.columns, converters, raw, strict=True)
                 }
             )
         return out
@@ -166,20 +166,20 @@ class StatusReader:
         self.store = store
         dialect = store.engine.dialect
         task_id: BindParameter[str] = bindparam("task_id")
-        self._task = _Statement.build(select(T_TASKS).where(T_TASKS.c.id == task_id), dialect)
-        self._iterations = _Statement.build(
+        self._task = _Statement(select(T_TASKS).where(T_TASKS.c.id == task_id), dialect)
+        self._iterations = _Statement(
             select(T_ITERATIONS)
             .where(T_ITERATIONS.c.task_id == task_id)
             .order_by(T_ITERATIONS.c.number),
             dialect,
         )
-        self._decisions = _Statement.build(
+        self._decisions = _Statement(
             select(T_DECISIONS)
             .where(T_DECISIONS.c.task_id == task_id)
             .order_by(T_DECISIONS.c.id),
             dialect,
         )
-        self._agents = _Statement.build(
+        self._agents = _Statement(
             select(T_AGENTS)
             .where(T_AGENTS.c.task_id == task_id)
             .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id),
