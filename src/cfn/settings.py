@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         default=None, description="Where the compose files live; default: the checkout."
     )
     cfn_base_image: str = Field(
-        default="python:3.11-slim-bookworm",
+        default="cfn-python:bookworm",
         description="Base image of the agent and orchestrator Dockerfiles (BASE_IMAGE).",
     )
     cfn_agent_image: str = "cfn-agent:latest"

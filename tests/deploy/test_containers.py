@@ -235,3 +235,17 @@ def test_spawn_mode_is_chosen_by_setting_never_by_socket(
 
     with pytest.raises(ConfigError, match="CFN_SPAWN_MODE"):
         load_settings()
+
+
+@pytest.mark.parametrize("image", ["cfn-agent:latest", "cfn-orchestrator:latest"])
+def test_images_have_cfn_and_the_seed_tools(engine: Engine, image: str) -> None:
+    script = (
+        "for t in bash curl jq sqlite3 redis-cli timeout; do command -v $t >/dev/null "
+        "|| { echo missing $t; exit 1; }; done; cfn --version; id -un"
+    )
+    output = engine.client.containers.run(
+        image, entrypoint=["sh", "-c", script], network_mode="none", remove=True
+    )
+    lines = output.decode().split()
+    assert lines[0] == "0.1.0"
+    assert lines[1] == ("agent" if "agent" in image else "cfn")  # not root

@@ -57,7 +57,7 @@ def docker_down() -> None:
     from cfn.deploy.podman import PodmanService
 
     if settings().docker_host:
-        err.print("DOCKER_HOST is set: that engine is not cfn's to stop", markup=False)
+        err.print("[ERROR] DOCKER_HOST is set: that engine is not cfn's to stop", markup=False)
         raise typer.Exit(1)
     stopped = PodmanService(settings()).stop()
     print_plain("podman service stopped" if stopped else "podman service was not running")
@@ -81,13 +81,14 @@ def docker_build(
     The seed's build-from-linux.sh: everything is built on this machine, and each
     step is skipped while its inputs are unchanged.
     """
-    from cfn.deploy.images import ALL_IMAGES, ImageBuilder, ImageBuildError
+    from cfn.deploy.images import ALL_IMAGES, ImageBuilder
     from cfn.deploy.podman import connect
+    from cfn.errors import InvalidInputError
 
     kinds = image or list(ALL_IMAGES)
     bad = [k for k in kinds if k not in ALL_IMAGES]
     if bad:
-        raise ImageBuildError(f"unknown image {bad[0]!r}: choose from {', '.join(ALL_IMAGES)}")
+        raise InvalidInputError(f"unknown image {bad[0]!r}: choose from {', '.join(ALL_IMAGES)}")
     client = connect(settings())
     try:
         with Progress(

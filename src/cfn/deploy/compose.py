@@ -124,11 +124,19 @@ def _health(test: list[str]) -> dict[str, Any]:
 
 
 def _build(context: str, dockerfile: str, settings: Settings, **args: str) -> dict[str, Any]:
+    """A ``build:`` on the context `cfn docker build` assembles (the Dockerfiles + wheels)."""
     return {
         "context": context,
-        "dockerfile": dockerfile,
+        "dockerfile": Path(dockerfile).name,
         "args": {"BASE_IMAGE": f"${{CFN_BASE_IMAGE:-{settings.cfn_base_image}}}", **args},
     }
+
+
+def _build_context(out_dir: Path, settings: Settings) -> str:
+    """``<state>/images/context`` relative to the files: the Dockerfiles install cfn from
+    wheels built on the host there (no registry reachable inside a build), so
+    ``cfn docker build`` must have run once before ``docker compose build``."""
+    return os.path.relpath(settings.state_dir / "images" / "context", out_dir.resolve())
 
 
 def _context(out_dir: Path, settings: Settings) -> str:
@@ -146,8 +154,9 @@ REDIS_ENV = {
 def compose_stack(settings: Settings, out_dir: Path) -> dict[str, Any]:
     """docker-compose.yml as a dict."""
     context = _context(out_dir, settings)
+    build_context = _build_context(out_dir, settings)
     project = compose_project(settings)
-    orchestrator_build = _build(context, ORCHESTRATOR_DOCKERFILE, settings)
+    orchestrator_build = _build(build_context, ORCHESTRATOR_DOCKERFILE, settings)
     services: dict[str, Any] = {
         "redis": {
             "image": settings.cfn_redis_image,
@@ -228,7 +237,9 @@ def compose_stack(settings: Settings, out_dir: Path) -> dict[str, Any]:
         }
         if mcp.server_id == "playwright":
             service["image"] = "cfn-mcp-playwright:latest"
-            service["build"] = _build(context, ORCHESTRATOR_DOCKERFILE, settings, WITH_CHROMIUM="1")
+            service["build"] = _build(
+                build_context, ORCHESTRATOR_DOCKERFILE, settings, WITH_CHROMIUM="1"
+            )
             env["MCP_CHROMIUM_PATH"] = "/usr/bin/chromium"
             env["MCP_PLAYWRIGHT_ALLOWED_URLS"] = "${MCP_PLAYWRIGHT_ALLOWED_URLS:-}"
         elif mcp.server_id == "redis-tools":
@@ -254,7 +265,7 @@ def compose_stack(settings: Settings, out_dir: Path) -> dict[str, Any]:
         # Not started by `up`: the seed's agent container, for `docker compose run agent`;
         # the container spawner runs the same image with the same limits.
         "image": settings.cfn_agent_image,
-        "build": _build(context, AGENT_DOCKERFILE, settings),
+        "build": _build(build_context, AGENT_DOCKERFILE, settings),
         "profiles": ["agent"],
         "working_dir": "/workspace",
         "environment": {**REDIS_ENV, "CFN_STATE_DIR": "/var/lib/cfn"},
@@ -303,7 +314,7 @@ def compose_worktree(settings: Settings) -> dict[str, Any]:
 
 def compose_test(settings: Settings, out_dir: Path) -> dict[str, Any]:
     """docker-compose.test.yml: the seed's end-to-end pattern, on a throwaway project."""
-    context = _context(out_dir, settings)
+    build_context = _build_context(out_dir, settings)
     test_env = {
         "REDIS_URL": "redis://redis:6379",
         "DB_PATH": "/var/lib/cfn/test.db",
@@ -327,7 +338,7 @@ def compose_test(settings: Settings, out_dir: Path) -> dict[str, Any]:
             },
             "orchestrator": {
                 "image": settings.cfn_orchestrator_image,
-                "build": _build(context, ORCHESTRATOR_DOCKERFILE, settings),
+                "build": _build(build_context, ORCHESTRATOR_DOCKERFILE, settings),
                 "command": ["cfn", "portal", "--host", "0.0.0.0", "--port", "3000"],  # noqa: S104
                 "environment": test_env,
                 "volumes": [f"{STATE_VOLUME}:/var/lib/cfn"],

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfn.deploy.podman import PodmanService
-from cfn.errors import CfnError
+from cfn.errors import CfnError, InvalidInputError
 from cfn.settings import Settings
 
 if TYPE_CHECKING:
@@ -394,7 +394,7 @@ class ImageBuilder:
         kinds = list(images)
         unknown = [k for k in kinds if k not in DOCKERFILES]
         if unknown:
-            raise ImageBuildError(
+            raise InvalidInputError(
                 f"unknown image {unknown[0]!r}: choose from {', '.join(ALL_IMAGES)}"
             )
         report = BuildReport()

@@ -160,10 +160,10 @@ class PodmanService:
 
     def start(self) -> str:
         """Start the service unless it already answers; returns its DOCKER_HOST."""
+        podman = self.podman_bin()
         with self._locked():
             if self.running():
                 return self.docker_host
-            podman = self.podman_bin()
             stale = self.pid()
             if stale is not None:  # alive but not answering: replace it
                 self._terminate(stale)
