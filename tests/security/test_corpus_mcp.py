@@ -93,6 +93,9 @@ def mcp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         "MCP_SECURITY_SCANNER_PORT": str(free_port()),
         "MCP_GATEWAY_PORT": str(free_port()),
         "MCP_WORKSPACE": str(root / "ws"),
+        # No cgroup limits: a limited server starts too slowly on a loaded 2-core machine,
+        # and limits are not what this corpus tests.
+        "MCP_CGROUPS": "off",
     }
     (root / "ws").mkdir()
     with pytest.MonkeyPatch.context() as mp:

@@ -352,7 +352,7 @@ async def read_json_body(request: Request) -> dict[str, Any] | Response:
         return _json_error(413, f"request body over {MAX_EXECUTE_BODY} bytes")
     try:
         body = json.loads(raw or b"null")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         return _json_error(400, f"body is not JSON: {exc}")
     if not isinstance(body, dict):
         return _json_error(400, 'body must be a JSON object {"tool": ..., "action": ..., ...}')

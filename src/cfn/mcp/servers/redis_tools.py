@@ -13,7 +13,7 @@ from typing import Any
 from cfn import keys
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.inspect import scan_keys
-from cfn.errors import McpToolError
+from cfn.errors import McpForbiddenError, McpToolError
 from cfn.mcp.base import Call, Common, Tool, ToolOutput, ToolServer, schema
 from cfn.settings import Settings
 
@@ -149,6 +149,10 @@ def build(settings: Settings, common: Common, redis: RedisManager | None = None)
     async def summary(call: Call, args: dict[str, Any]) -> ToolOutput:
         task_id = args.get("task_id") or call.claims.task_id
         keys.validate_id(task_id, "task id")
+        if task_id != call.claims.task_id:  # a token speaks for its own task only
+            raise McpForbiddenError(
+                f"this token is for task {call.claims.task_id!r}, not {task_id!r}"
+            )
         return ToolOutput(await task_summary(manager, task_id))
 
     async def delete(call: Call, args: dict[str, Any]) -> ToolOutput:
