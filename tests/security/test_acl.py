@@ -266,3 +266,29 @@ async def test_auto_falls_back_with_one_warning_when_acl_is_refused(
         acl.AgentAcl([server.url], "maybe")
     assert [u for u in admin.acl_users() if u.startswith("cfn:")] == []
     admin.close()
+
+
+async def test_embedded_redis_takes_agent_users(tmp_path: Path) -> None:
+    """cfn's own redis-server (requirepass, the default user): `auto` creates users there."""
+    from cfn.coordination.embedded import EmbeddedRedis
+
+    embedded = EmbeddedRedis(Settings(cfn_state_dir=tmp_path / ".cfn"))
+    url = embedded.ensure_running()
+    try:
+        users = acl.AgentAcl([url])
+        creds = await users.create("emb-t1", "impl-1-1")
+        assert creds is not None and users.enabled
+        mine = redis.Redis.from_url(acl.with_credentials(url, creds.username, creds.password))
+        assert mine.lpush("coord:emb-t1:complete", "impl-1-1:success") == 1
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            mine.lpush("coord:emb-t2:complete", "impl-1-1:success")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            mine.config_get("requirepass")
+        mine.close()
+        await users.delete("emb-t1", "impl-1-1")
+        admin = redis.Redis.from_url(url, decode_responses=True)
+        assert "cfn:emb-t1:impl-1-1" not in admin.acl_users()
+        assert admin.exists("coord:emb-t2:complete") == 0
+        admin.close()
+    finally:
+        embedded.stop()
