@@ -4,7 +4,8 @@
 # Started by `cfn spawn-agent AGENT TASK --command 'bash examples/agents/bash-agent.sh'`
 # (or any spawner), it gets AGENT_ID, TASK_ID, MODE, PROVIDER and CFN_AGENT_CONTEXT
 # (the seed's CLI context JSON) in its environment, and REDISCLI_AUTH when Redis
-# has a password. It
+# has a password (with per-agent ACL users, the password of the agent's own user,
+# whose name `rcli` passes as --user from the context's cfn.redis.username). It
 #   1. reads its context (python3 parses the JSON; jq is not required),
 #   2. heartbeats: SET swarm:{task}:heartbeat:{agent} {ts,pid,status} PX 2*interval,
 #   3. does a small real piece of work in its workspace: writes a report file
