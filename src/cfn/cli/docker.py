@@ -115,9 +115,13 @@ def docker_build(
     table.add_column("result")
     table.add_column("seconds", justify="right")
     for name in result.built:
-        key = name.split(":")[0].removeprefix("cfn-").replace("python", "base")
-        seconds = result.seconds.get(key, result.seconds.get("wheels", 0.0))
-        table.add_row(name, "built", f"{seconds:.1f}" if "wheel" not in name else "-")
+        seconds = result.seconds.get(name)
+        first_wheel = name == "dependency wheels" or (
+            name == "cfn wheel" and "dependency wheels" not in result.built
+        )
+        if seconds is None and first_wheel:
+            seconds = result.seconds.get("wheels")  # the wheel steps are timed together
+        table.add_row(name, "built", "-" if seconds is None else f"{seconds:.1f}")
     for name in result.cached:
         table.add_row(name, "up to date", "-")
     table.add_row("total", "", f"{result.seconds.get('total', 0.0):.1f}")

@@ -207,7 +207,7 @@ class ImageBuilder:
             # debootstrap leaves root-owned device nodes; rmtree handles them as root.
             shutil.rmtree(rootfs, ignore_errors=True)
         report.built.append(BASE_IMAGE)
-        report.seconds["base"] = round(time.monotonic() - started, 1)
+        report.seconds[BASE_IMAGE] = round(time.monotonic() - started, 1)
 
     # --- 2. wheels ----------------------------------------------------------------------
 
@@ -382,7 +382,7 @@ class ImageBuilder:
         if self._label(image) != want:
             raise ImageBuildError(f"building {image} ended without the image (see the engine log)")
         report.built.append(image)
-        report.seconds[kind] = round(time.monotonic() - started, 1)
+        report.seconds[image] = round(time.monotonic() - started, 1)
 
     def _write_context_files(self) -> None:
         self.context.mkdir(parents=True, exist_ok=True)
