@@ -221,6 +221,7 @@ class HeartbeatMonitor:
         self._watching: dict[str, dict[str, Any] | None] = {}
         self._finished: dict[str, dict[str, Any]] = {}
         self._watch: KeyWatch | None = None
+        self._generation = redis.generation
 
     async def __aenter__(self) -> HeartbeatMonitor:
         self._watch = KeyWatch(self.redis, [keys.heartbeat_pattern(self.task_id)])
@@ -265,6 +266,26 @@ class HeartbeatMonitor:
             return []
         names = [keys.heartbeat(self.task_id, a) for a in agents]
         values = await self.redis.run(lambda r: r.mget(names))
+        if self.redis.generation != self._generation:
+            # Redis failed over: the agents beat on the other server from now on and
+            # their keys are not there yet. Each gets the start-up grace to beat there.
+            self._generation = self.redis.generation
+            grace = round(self.startup_grace * 1000)
+            held = {
+                name: json.dumps(
+                    {**(self._watching.get(agent) or {"status": RUNNING}), "ts": time.time()}
+                )
+                for agent, name in zip(agents, names, strict=True)
+            }
+
+            async def hold(r: Any) -> None:
+                async with r.pipeline(transaction=False) as pipe:
+                    for name, value in held.items():
+                        pipe.set(name, value, px=grace, nx=True)
+                    await pipe.execute()
+
+            await self.redis.run(hold)
+            return []
         now = time.time()
         lapses: list[Lapse] = []
         for agent, raw in zip(agents, values, strict=True):
