@@ -125,10 +125,12 @@ class ProcessLauncher:
             if settings.spawn_mode == "docker"
             else ProcessSpawner(settings, redis_url=redis_url)
         )
-        # Sentinel-followed masters and failovers would lose the user: shared creds there.
+        # Sentinel-followed masters and failovers would lose the user (ACLs do not
+        # replicate), and a unix:// URL has no user part: shared credentials there.
+        shared = settings.cfn_redis_sentinels or not redis_url.startswith(("redis://", "rediss://"))
         self.acl = AgentAcl(
             [redis_url, settings.redis_fallback_1 or ""],
-            "off" if settings.cfn_redis_sentinels else settings.cfn_redis_agent_acl,
+            "off" if shared else settings.cfn_redis_agent_acl,
         )
 
     async def launch(self, plan: AgentPlan) -> RunningAgent:
