@@ -24,7 +24,9 @@ commands per second (``total_commands_processed`` delta / wall, and the highest
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +125,11 @@ class Run:
     peak_rss: int
     peak_agents: int
     peak_ops: int
+    #: Why results were lost: "status: reason" -> count.
+    causes: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds of the agent processes (their exit records), and how many.
+    agent_cpu: float = 0.0
+    agents: int = 0
 
     @property
     def ops_per_sec(self) -> float:
@@ -176,6 +183,13 @@ def run_tasks(
     commands = int(redis.info("stats")["total_commands_processed"]) - before
     failed = [f"{n} (exit {c})" for n, c in codes.items() if c != 0]
     lost = results = iterations = 0
+    causes: dict[str, int] = {}
+    agent_cpu, agent_count = 0.0, 0
+    for name in names:
+        for record in (settings.state_dir / "tasks" / name / "agents").glob("*/exit.json"):
+            data = json.loads(record.read_text())
+            agent_cpu += float(data.get("cpu_user") or 0) + float(data.get("cpu_system") or 0)
+            agent_count += 1
     with Store.open(settings) as store:
         for name in names:
             agents = store.list_agents(name)
@@ -188,6 +202,10 @@ def run_tasks(
                     results += 1
                 else:
                     lost += 1
+                    why = f"{agent.status}: {(agent.reason or 'no reason recorded')[:120]}"
+                    if ok:
+                        why = "done, but no entry on coord:{task}:complete"
+                    causes[why] = causes.get(why, 0) + 1
             if not agents:
                 lost += implementers + validators
     return Run(
@@ -201,10 +219,13 @@ def run_tasks(
         peak_rss=sampler.peak_rss,
         peak_agents=sampler.peak_agents,
         peak_ops=sampler.peak_ops,
+        causes=causes,
+        agent_cpu=agent_cpu,
+        agents=agent_count,
     )
 
 
-def load_env(root: Path, redis_url: str) -> dict[str, str]:
+def load_env(root: Path, redis_url: str, heartbeat: float | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CFN_"))}
     env.pop("DATABASE_URL", None)
     env.pop("DB_PATH", None)
@@ -220,16 +241,25 @@ def load_env(root: Path, redis_url: str) -> dict[str, str]:
             "AGENT_TIMEOUT": "900",
         }
     )
+    if heartbeat is not None:
+        # The orchestrator's start-up grace is max(60 s, 2 x this): see docs/benchmarks.md.
+        env["CFN_AGENT_HEARTBEAT_INTERVAL"] = repr(heartbeat)
     return env
 
 
 def run_load(
-    root: Path, tasks: int, implementers: int, validators: int, *, baseline: bool = True
+    root: Path,
+    tasks: int,
+    implementers: int,
+    validators: int,
+    *,
+    baseline: bool = True,
+    heartbeat: float | None = None,
 ) -> tuple[Run | None, Run]:
     """The baseline (one task) and the load run, on a fresh redis-server under ``root``."""
     server = RedisServer(root / "redis", notify="Klgx").start()
     try:
-        env = load_env(root, server.url)
+        env = load_env(root, server.url, heartbeat)
         settings = Settings(cfn_state_dir=root / ".cfn")
         Store.open(settings).close()  # migrate once, before 20 processes race to
         client = server.client()
@@ -251,30 +281,50 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--agents", type=int, default=5, help="implementers per task")
     parser.add_argument("--validators", type=int, default=5)
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="CFN_AGENT_HEARTBEAT_INTERVAL for the run (default: cfn's, 5 s)",
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cfn-load-") as tmp:
-        base, load = run_load(Path(tmp), args.tasks, args.agents, args.validators)
-        if load.failed or load.lost:
-            for name in load.failed:
-                err = Path(tmp) / "ws" / f"{name.split()[0]}.err"
-                print(f"--- {name}\n{err.read_text()[-2000:] if err.exists() else ''}")
+    tmp = tempfile.mkdtemp(prefix="cfn-load-")
+    base, load = run_load(
+        Path(tmp), args.tasks, args.agents, args.validators, heartbeat=args.heartbeat
+    )
     assert base is not None
+    for run in (base, load):
+        for name in run.failed:
+            err = Path(tmp) / "ws" / f"{name.split()[0]}.err"
+            text = err.read_text()[-2000:] if err.exists() else ""
+            if text.strip():
+                print(f"--- {name} stderr:\n{text}")
+        for why, count in sorted(run.causes.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"lost x{count}: {why}")
     mib = 1024 * 1024
     print(
         f"tasks={args.tasks} implementers={args.agents} validators={args.validators} "
-        f"(mode mvp, offline provider, SQLite, one redis-server), {os.cpu_count()} CPUs"
+        f"(mode mvp, offline provider, SQLite, one redis-server), {os.cpu_count()} CPUs, "
+        f"heartbeat interval {args.heartbeat or 'default'}"
     )
     for label, run in (("baseline (1 task)", base), (f"load ({load.tasks} tasks)", load)):
         print(
             f"{label:20} wall {run.wall:7.1f} s  iterations {run.iterations:3}  "
             f"results {run.results:4}  lost {run.lost}  failed {len(run.failed)}  "
             f"peak agents at once {run.peak_agents:3}  peak RSS {run.peak_rss / mib:7.0f} MiB  "
-            f"redis {run.ops_per_sec:7.0f} cmd/s (peak {run.peak_ops} ops/s)"
+            f"redis {run.ops_per_sec:7.0f} cmd/s (peak {run.peak_ops} ops/s)  "
+            f"agent CPU {run.agent_cpu / max(1, run.agents):.2f} s each ({run.agents} agents)"
         )  # fmt: skip
     ratio = load.wall / (load.tasks * base.wall)
     print(f"ratio load wall / ({load.tasks} x baseline wall) = {ratio:.2f}")
     ok = not load.failed and load.lost == 0 and not base.failed and base.lost == 0
-    print("all tasks finished, zero lost results" if ok else "[FAIL] failed tasks or lost results")
+    one, _five, fifteen = os.getloadavg()
+    print(f"load average at the end: {one:.1f} (1 min), {fifteen:.1f} (15 min)")
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print("all tasks finished, zero lost results")
+    else:
+        print(f"[FAIL] failed tasks or lost results; state kept in {tmp}")
     return 0 if ok else 1
 
 
