@@ -60,6 +60,7 @@ def test_podman_service_up_status_down(tmp_path: Path) -> None:
         (["docker", "down"], {"DOCKER_HOST": "unix:///x.sock"}, 1, "not cfn's to stop"),
         (["docker", "up"], {"DOCKER_HOST": "unix:///nonexistent/x.sock"}, 1, "no Docker API"),
         (["docker", "up"], {"CFN_PODMAN_BIN": "no-such-podman"}, 1, "not installed"),
+        (["docker", "compose", "up", "-f", "/nonexistent.yml"], {}, 2, "not found"),
     ],
 )
 def test_bad_input_is_one_error_line(

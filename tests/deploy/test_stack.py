@@ -3,6 +3,8 @@ up with locally built images, a loop run inside it, results checked, down -v."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,19 +13,33 @@ from cfn.deploy.compose import TEST_FILE, generate
 from cfn.deploy.stack import ComposeStack, StackError, interpolate
 from cfn.errors import InvalidInputError
 from cfn.settings import Settings
+from tests.conftest import CFN
 from tests.deploy.conftest import Engine
 
 
+def _cfn(engine: Engine, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CFN, *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "DOCKER_HOST": engine.docker_host},
+    )
+
+
 def _stack_loop(
-    tmp_path: Path, engine: Engine, project: str, command: list[str] | None, task: str
+    tmp_path: Path, engine: Engine, project: str, command: list[str], task: str
 ) -> None:
+    """The seed's cfn-loop-e2e.sh with `cfn docker compose` for `docker-compose`."""
     generate(Settings(), tmp_path)
+    compose = ["docker", "compose", "-f", str(tmp_path / TEST_FILE), "-p", project]
     stack = ComposeStack(
         engine.client, [tmp_path / TEST_FILE], project, env={"CFN_TEST_TASK_ID": task}
     )
     try:
-        started = stack.up(timeout=240)
-        assert started == ["redis", "orchestrator"]  # test-runner is in profile "run"
+        up = _cfn(engine, *compose[:2], "up", *compose[2:], "--timeout", "240")
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == f"{project}: up and healthy: redis, orchestrator"
         # The seed's names: {project}_cfn-network, the services reachable by name.
         net = engine.client.networks.get(f"{project}_cfn-network")
         attached = {c.name for c in net.containers}
@@ -32,8 +48,12 @@ def _stack_loop(
         assert orchestrator.attrs["HostConfig"]["Memory"] == 1024**3
         assert orchestrator.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
         # The loop runs inside the stack (`run --rm test-runner`: cfn orchestrate, standard).
-        result = stack.run("test-runner", command, timeout=900)
-        assert result.exit_code == 0, result.logs[-2000:]
+        run = _cfn(engine, *compose[:2], "run", *compose[2:], "test-runner", *command)
+        assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+        assert f"{task}: succeeded" in run.stdout
+        assert not engine.client.containers.list(
+            all=True, filters={"name": f"{project}-test-runner-run"}
+        )  # --rm
         # Results: the completions in the stack's Redis, the task in the shared database.
         complete = stack.exec("redis", ["redis-cli", "LRANGE", f"coord:{task}:complete", "0", "-1"])
         entries = complete.logs.split()
@@ -49,8 +69,9 @@ def _stack_loop(
         ping = stack.exec("orchestrator", ["curl", "-fsS", "http://localhost:3000/api/ping"])
         assert ping.exit_code == 0
     finally:
-        removed = stack.down(volumes=True)
-    assert removed["containers"] == 2 and removed["volumes"] == 2
+        down = _cfn(engine, *compose[:2], "down", *compose[2:], "-v")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.strip() == (f"{project}: removed 2 container(s), 1 network(s), 2 volume(s)")
     label = {"label": f"com.docker.compose.project={project}"}
     assert not engine.client.volumes.list(filters=label)
     assert not engine.client.containers.list(all=True, filters=label)
@@ -85,8 +106,12 @@ def test_compose_test_stack_runs_a_loop(tmp_path: Path, engine: Engine, project:
 def test_compose_test_stack_runs_the_seeds_loop(
     tmp_path: Path, engine: Engine, project: str
 ) -> None:
-    """The generated file's own test-runner command, as many iterations as it takes."""
-    _stack_loop(tmp_path, engine, project, None, "e2e-seed")
+    """The seed's own command and epic (random offline confidences): as many iterations as
+    it takes."""
+    seed_command = ["cfn", "orchestrate", "--task-id", "e2e-seed", "--mode", "standard"]
+    _stack_loop(
+        tmp_path, engine, project, [*seed_command, "--epic", "Test the entire CFN Loop"], "e2e-seed"
+    )
 
 
 def test_interpolation_follows_compose() -> None:

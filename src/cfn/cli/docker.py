@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cfn.cli.common import err, out, print_plain, settings
+from cfn.errors import InvalidInputError
 
 docker_app = typer.Typer(
     help="The container engine (Podman serving the Docker API) and cfn's images.",
@@ -83,7 +85,6 @@ def docker_build(
     """
     from cfn.deploy.images import ALL_IMAGES, ImageBuilder
     from cfn.deploy.podman import connect
-    from cfn.errors import InvalidInputError
 
     kinds = image or list(ALL_IMAGES)
     bad = [k for k in kinds if k not in ALL_IMAGES]
@@ -126,3 +127,90 @@ def docker_build(
         table.add_row(name, "up to date", "-")
     table.add_row("total", "", f"{result.seconds.get('total', 0.0):.1f}")
     out.print(table)
+
+
+# --- `cfn docker compose`: the generated files through the driver (no compose plugin here) ---
+
+compose_app = typer.Typer(
+    help="Bring cfn's generated compose files up, run a one-off service, take them down "
+    "(the subset of `docker compose` they need).",
+    no_args_is_help=True,
+)
+docker_app.add_typer(compose_app, name="compose")
+
+FileOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--file", "-f", help="Compose file (repeatable); default docker-compose.yml."),
+]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option("--project-name", "-p", help="Default: COMPOSE_PROJECT_NAME or cfn's project."),
+]
+
+
+def _stack(files: list[Path] | None, project: str | None, profiles: list[str] | None) -> Any:
+    from cfn.deploy.compose import COMPOSE_FILE
+    from cfn.deploy.podman import connect
+    from cfn.deploy.stack import ComposeStack
+    from cfn.worktree.project import compose_project
+
+    current = settings()
+    chosen = files or [(current.cfn_compose_dir or current.project_root) / COMPOSE_FILE]
+    for path in chosen:
+        if not path.is_file():
+            raise InvalidInputError(f"compose file {path} not found (cfn compose generate)")
+    name = project or compose_project(current)
+    client = connect(current)
+    return ComposeStack(client, chosen, name, profiles=tuple(profiles or ()))
+
+
+@compose_app.command("up")
+def compose_up(
+    services: Annotated[list[str] | None, typer.Argument(help="Default: every active one.")] = None,
+    file: FileOpt = None,
+    project: ProjectOpt = None,
+    profile: Annotated[list[str] | None, typer.Option("--profile")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, max=3600)] = 300.0,
+) -> None:
+    """`docker compose up -d --wait`: create and start, then wait until healthy."""
+    stack = _stack(file, project, profile)
+    started = stack.up(services or None, timeout=timeout)
+    print_plain(f"{stack.project}: up and healthy: {', '.join(started)}")
+
+
+@compose_app.command(
+    "run",
+    # Everything after SERVICE is the command, options included (as `docker compose run`).
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def compose_run(
+    service: Annotated[str, typer.Argument()],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Replaces the service's command.")
+    ] = None,
+    file: FileOpt = None,
+    project: ProjectOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, max=24 * 3600)] = 1800.0,
+) -> None:
+    """`docker compose run --rm SERVICE [COMMAND]`: its output, and its exit code as ours."""
+    stack = _stack(file, project, None)
+    result = stack.run(service, command or None, timeout=timeout)
+    out.out(result.logs, highlight=False, end="")
+    raise typer.Exit(result.exit_code)
+
+
+@compose_app.command("down")
+def compose_down(
+    file: FileOpt = None,
+    project: ProjectOpt = None,
+    volumes: Annotated[
+        bool, typer.Option("--volumes", "-v", help="Remove its volumes too.")
+    ] = False,
+) -> None:
+    """`docker compose down [-v]`: the project's containers, networks (and volumes)."""
+    stack = _stack(file, project, None)
+    removed = stack.down(volumes=volumes)
+    print_plain(
+        f"{stack.project}: removed {removed['containers']} container(s), "
+        f"{removed['networks']} network(s), {removed['volumes']} volume(s)"
+    )
