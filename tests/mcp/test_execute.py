@@ -103,7 +103,8 @@ def test_cli_token_and_status(stack: Stack, tmp_path: Path) -> None:
     claims = stack.authority.verify(minted.stdout.strip())
     assert (claims.agent_id, claims.skills) == ("ops-1", ("redis-management",))
     bad = subprocess.run(
-        [*CFN, "mcp", "token", "--agent-id", "a b", "--task-id", "t", "--skills", "x"],
+        [*CFN, "mcp", "token", "--agent-id", "a b", "--task-id", "t",
+         "--skills", "redis-management"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("[ERROR] invalid agent id")
@@ -122,12 +123,17 @@ def test_launcher_applies_the_seeds_limits(stack: Stack) -> None:
         if item.limits != "cgroup":
             continue  # cgroup v1 not writable here: the servers run unlimited
         limit = int(Path(item.cgroups["memory"], "memory.limit_in_bytes").read_text())
+        soft = int(Path(item.cgroups["memory"], "memory.soft_limit_in_bytes").read_text())
         quota = int(Path(item.cgroups["cpu"], "cpu.cfs_quota_us").read_text())
+        shares = int(Path(item.cgroups["cpu"], "cpu.shares").read_text())
         procs = Path(item.cgroups["memory"], "cgroup.procs").read_text().split()
         assert str(item.pid) in procs
-        expected = {"playwright": (512, 0.5), "redis-tools": (256, 0.25), "n8n": (1024, 1.0),
-                    "security-scanner": (512, 0.5), "gateway": (256, 0.5)}[name]  # fmt: skip
-        assert limit == expected[0] * 1024 * 1024
-        assert quota == int(expected[1] * 100_000)
+        # The seed's table: memory limit / reservation (MiB), CPU limit / reservation.
+        expected = {"playwright": (512, 256, 0.5, 0.25), "redis-tools": (256, 128, 0.25, 0.1),
+                    "n8n": (1024, 512, 1.0, 0.5), "security-scanner": (512, 256, 0.5, 0.25),
+                    "gateway": (256, 128, 0.5, 0.1)}[name]  # fmt: skip
+        assert (limit, soft) == (expected[0] * 1024 * 1024, expected[1] * 1024 * 1024)
+        assert quota == int(expected[2] * 100_000)
+        assert shares == round(expected[3] * 1024)
     chromium = json.dumps(state["playwright"].cgroups)
     assert "mcp-playwright" in chromium or state["playwright"].limits == "none"

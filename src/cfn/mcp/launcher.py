@@ -5,7 +5,8 @@ session of its own, detached from the command that started it. Limits are
 the seed's table (limit / reservation) applied through cgroup v1, the way
 the agent spawner does it (``cfn.agents.shim.Cgroups``): the limit is
 ``memory.limit_in_bytes`` and ``cpu.cfs_quota_us``; the memory reservation is
-``memory.soft_limit_in_bytes``. The process joins its
+``memory.soft_limit_in_bytes``, the CPU reservation ``cpu.shares`` (1024 per
+CPU, as Kubernetes maps CPU requests). The process joins its
 groups before it execs. There is no RLIMIT_AS fallback: Chromium and its
 helpers reserve far more address space than they use, so an address-space
 limit breaks the Playwright server; without writable cgroups (MCP_CGROUPS=auto)
@@ -90,17 +91,34 @@ def _alive(pid: int, start: int | None) -> bool:
     return start is None or shim.proc_start_ticks(pid) == start
 
 
-def _apply_reservations(groups: shim.Cgroups, memory: int) -> None:
-    """The memory reservation as the soft limit (reclaimed first above it): best effort.
+#: cpu.shares of one CPU (the kernel's default weight of a group or a task).
+SHARES_PER_CPU = 1024
+SHARES_MIN = 2
 
-    The CPU reservation is recorded, not enforced: ``cpu.shares`` would weigh a
-    0.1-CPU server ten times below every process outside cfn's groups, which
-    starves it on a busy machine (Compose, likewise, only schedules by it).
+
+def cpu_shares(cpus: float) -> int:
+    """The weight of a CPU reservation: 1024 per CPU, as Kubernetes maps CPU requests."""
+    return max(SHARES_MIN, round(cpus * SHARES_PER_CPU))
+
+
+def _apply_reservations(groups: shim.Cgroups, memory: int, cpus: float) -> None:
+    """The reservations: memory as the soft limit (reclaimed first above it), CPU as
+    the group's ``cpu.shares``.
+
+    Shares are a weight, not a floor: when the CPUs are contended, the groups
+    under ``cfn/`` (these servers, and agents at the default 1024) split the CPU
+    time ``cfn`` gets in proportion to their shares, so a server gets at least
+    its reservation as long as the reservations of the busy groups add up to
+    no more than that time. An idle machine gives any group all it asks for,
+    up to its quota (the CPU limit).
     """
     mem = groups.paths.get("memory")
     if mem:
         with contextlib.suppress(OSError):
             Path(mem, "memory.soft_limit_in_bytes").write_text(str(memory))
+    cpu = groups.paths.get("cpu")
+    if cpu:
+        Path(cpu, "cpu.shares").write_text(str(cpu_shares(cpus)))
 
 
 def _set_cpu_quota(groups: shim.Cgroups, cpus: float | None) -> None:
@@ -183,10 +201,17 @@ class Launcher:
         if self.settings.mcp_cgroups != "off":
             try:
                 groups = shim.Cgroups.create(f"mcp-{name}-{port}", memory_bytes, cpu_value)
-                _apply_reservations(groups, parse_memory_limit(reservation, f"{name} reservation"))
+                _apply_reservations(
+                    groups,
+                    parse_memory_limit(reservation, f"{name} reservation"),
+                    parse_cpu_limit(cpu_reservation, f"{name} CPU reservation"),
+                )
                 _set_cpu_quota(groups, None)  # the quota applies once the server is healthy
                 limits = "cgroup"
             except OSError as exc:
+                if groups is not None:  # made, but not all of it could be set: none of it
+                    groups.remove()
+                    groups = None
                 if self.settings.mcp_cgroups == "on":
                     raise McpServerError(
                         f"cgroup v1 limits required (MCP_CGROUPS=on) but not available: {exc}"
