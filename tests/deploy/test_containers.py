@@ -185,6 +185,13 @@ async def test_limits_kill_timeout_and_reattach(
     timed = await spawner.spawn(short, command=["sleep", "60"])
     info = await asyncio.wait_for(timed.wait(), 60)
     assert info.timed_out and info.status == "timeout"
+    # stop: SIGTERM (coreutils timeout passes it on), recorded as killed on request.
+    stopped = await spawner.spawn(
+        _context(docker_settings, secured_redis.url, workspace, "a4"), command=["sleep", "60"]
+    )
+    await stopped.stop()
+    info = await asyncio.wait_for(stopped.wait(), 60)
+    assert info.killed and info.signal == 15, info
     # Exit codes come through.
     failing = await spawner.spawn(
         _context(docker_settings, secured_redis.url, workspace, "a3"),

@@ -282,7 +282,7 @@ class ContainerHandle:
         elif timed_out:
             reason = f"timed out after {self.timeout:g} s (AGENT_TIMEOUT)"
         elif killed:
-            reason = "killed on request"
+            reason = "stopped on request" if sig == 15 else "killed on request"
         elif exit_code == 0:
             reason = "exited with code 0"
         elif sig is not None:
@@ -322,8 +322,9 @@ class ContainerHandle:
         if container is None:
             return
         try:
+            # Stopped or killed on request counts as killed, as with the process spawner.
+            (self.directory / KILL_MARK).touch()
             if kill:
-                (self.directory / KILL_MARK).touch()
                 container.kill()
             else:
                 container.kill(signal="SIGTERM")
