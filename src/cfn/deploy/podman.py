@@ -66,7 +66,7 @@ class EngineStatus:
     api_version: str | None
 
 
-def _ping_unix(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
+def _ping_unix(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
     """GET /version on a Docker-API unix socket; None when nothing answers."""
     if not path.exists():
         return None
@@ -162,11 +162,16 @@ class PodmanService:
         """Start the service unless it already answers; returns its DOCKER_HOST."""
         podman = self.podman_bin()
         with self._locked():
-            if self.running():
-                return self.docker_host
-            stale = self.pid()
-            if stale is not None:  # alive but not answering: replace it
-                self._terminate(stale)
+            live = self.pid()
+            if live is not None:
+                # Ours and alive: starting, or slow on a busy machine. Never replace a live
+                # service here: other commands may be using it right now.
+                if self._await_answer(START_TIMEOUT):
+                    return self.docker_host
+                raise EngineUnavailableError(
+                    f"the podman service (pid {live}) does not answer on {self.socket}; "
+                    "`cfn docker down` then `cfn docker up` restarts it"
+                )
             self.socket.unlink(missing_ok=True)
             with open(self.log_file, "ab") as log_handle:
                 process = subprocess.Popen(
@@ -195,6 +200,14 @@ class PodmanService:
                 f"podman system service did not answer on {self.socket} within "
                 f"{START_TIMEOUT:g} s; see {self.log_file}" + (f": {tail}" if tail else "")
             )
+
+    def _await_answer(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _ping_unix(self.socket, timeout=5.0) is not None:
+                return True
+            time.sleep(0.2)
+        return False
 
     def _log_tail(self) -> str:
         try:
