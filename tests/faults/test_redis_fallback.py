@@ -38,7 +38,7 @@ def rig(tmp_path: Path, redis_server: RedisServer, fallback: RedisServer) -> Ite
         rig.env["REDIS_FALLBACK_1"] = fallback.url
         # A busy 2-core machine starts agents slowly and may delay a beat by seconds.
         rig.env["AGENT_TIMEOUT"] = "120"
-        rig.env["CFN_AGENT_HEARTBEAT_INTERVAL"] = "10"
+        rig.env["CFN_AGENT_HEARTBEAT_INTERVAL"] = "20"
         rig.env["CFN_PROVIDER_TIMEOUT"] = "150"
         yield rig
 
