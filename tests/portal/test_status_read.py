@@ -4,6 +4,9 @@ PostgreSQL; driver errors become DatabaseError."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +99,49 @@ def test_reader_matches_sqlalchemy(store: Store, tmp_path: Path) -> None:
         conn.execute(text("DROP TABLE decisions"))
     with pytest.raises(DatabaseError, match="not usable"):
         reader.read("t1")
+
+
+async def test_event_loop_read_never_waits_on_a_lock(store: Store, tmp_path: Path) -> None:
+    journal = SqlJournal(store)
+    options = TaskOptions(task_id="t1", epic="x", mode="mvp", workspace=str(tmp_path / "t1"))
+    journal.create_task(options, Checkpoint())
+    reader = StatusReader(store)
+    try:
+        assert await reader.aread("t1") == reader.read("t1") == _through_sqlalchemy(store, "t1")
+        assert await reader.aread("none") is None
+        if store.engine.dialect.name != "sqlite":
+            return
+        # Another connection takes SQLite's exclusive lock (it can only while no other
+        # connection has the database open: in WAL mode readers are never kept waiting
+        # otherwise). The reader's next read needs a new connection, whose set-up waits
+        # for the lock: in a thread, while the event loop goes on.
+        reader.close()
+        store.engine.dispose()
+        locker = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("UPDATE tasks SET epic = 'changed' WHERE id = 't1'")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        def release() -> None:
+            locker.execute("COMMIT")
+            locker.close()  # gives up the exclusive lock
+
+        running = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, release)
+        began = time.monotonic()
+        got = await reader.aread("t1")
+        running.cancel()
+        assert got is not None and got["task"]["epic"] == "changed"
+        assert time.monotonic() - began >= 0.4  # it did wait for the lock ...
+        assert ticks >= 10  # ... in a thread: the loop kept running
+        assert (await reader.aread("t1") or {})["task"]["epic"] == "changed"
+    finally:
+        reader.close()
