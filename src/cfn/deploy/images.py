@@ -19,6 +19,7 @@ Three steps, each skipped when its inputs have not changed:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -360,6 +361,7 @@ class ImageBuilder:
             return
         started = time.monotonic()
         self.progress(kind, f"building {image}")
+        previous = self._image_id(image)
         try:
             stream = self.client.api.build(
                 path=str(context),
@@ -383,6 +385,19 @@ class ImageBuilder:
             raise ImageBuildError(f"building {image} ended without the image (see the engine log)")
         report.built.append(image)
         report.seconds[image] = round(time.monotonic() - started, 1)
+        if previous is not None and previous != self._image_id(image):
+            # The image this build replaced, now untagged: remove it unless a container
+            # still uses it (each source change would otherwise leave one behind).
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.images.remove(previous)
+
+    def _image_id(self, image: str) -> str | None:
+        import docker.errors
+
+        try:
+            return str(self.client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            return None
 
     def _write_context_files(self) -> None:
         self.context.mkdir(parents=True, exist_ok=True)
