@@ -113,7 +113,7 @@ def test_list_logs_stats_kill(tmp_path: Path, redis_server: RedisServer) -> None
         assert time.monotonic() - started < 30
 
         # Bad input: one error each, exit 1 (unknown) or 2 (invalid), nothing stopped.
-        for args, code, words in (
+        cases = [
             (["agents", "kill", "nobody"], 1, "no agent 'nobody'"),
             (["agents", "kill", "impl-2-1", "--task-id", task], 1, "is not running"),
             (["agents", "kill", "impl-*"], 2, "agent id"),
@@ -123,10 +123,17 @@ def test_list_logs_stats_kill(tmp_path: Path, redis_server: RedisServer) -> None
             (["logs", "impl-2-1", "--task-id", task, "--tail", "-1"], 2, "--tail"),
             (["stats", "--interval", "0"], 2, "interval"),
             (["agents", "list", "--task-id", "a b"], 2, "task id"),
-        ):
-            proc = cfn(env, *args)
-            assert proc.returncode == code, (args, proc.stdout, proc.stderr)
-            assert words in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        ]
+        procs = [
+            subprocess.Popen(
+                [*CFN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for args, _, _ in cases
+        ]
+        for (args, code, words), proc in zip(cases, procs, strict=True):
+            out, err = proc.communicate(timeout=90)
+            assert proc.returncode == code, (args, out, err)
+            assert words in err and "Traceback" not in err, (args, err)
         assert len(listed(env)) == 2
     finally:
         for t in (task, other):
