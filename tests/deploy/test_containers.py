@@ -250,9 +250,14 @@ def test_images_have_cfn_and_the_seed_tools(engine: Engine, image: str) -> None:
         "for t in bash curl jq sqlite3 redis-cli timeout; do command -v $t >/dev/null "
         "|| { echo missing $t; exit 1; }; done; cfn --version; id -un"
     )
-    output = engine.client.containers.run(
-        image, entrypoint=["sh", "-c", script], network_mode="none", remove=True
+    container = engine.client.containers.run(
+        image, entrypoint=["sh", "-c", script], network_mode="none", detach=True
     )
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        output = container.logs()
+    finally:
+        container.remove(v=True)  # the orchestrator image declares VOLUME /var/lib/cfn
     lines = output.decode().split()
     assert lines[0] == "0.1.0"
     assert lines[1] == ("agent" if "agent" in image else "cfn")  # not root

@@ -421,7 +421,7 @@ class ComposeStack:
             logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
             return RunResult(int(status.get("StatusCode", -1)), logs)
         finally:
-            container.remove(force=True)
+            container.remove(force=True, v=True)  # --rm removes anonymous volumes too
 
     def exec(self, service: str, argv: list[str]) -> RunResult:
         container = self._get(self.container_name(service))
@@ -436,7 +436,7 @@ class ComposeStack:
         label: dict[str, str | list[str] | bool] = {"label": f"{PROJECT_LABEL}={self.project}"}
         removed = {"containers": 0, "networks": 0, "volumes": 0}
         for container in self.client.containers.list(all=True, filters=label):
-            container.remove(force=True)
+            container.remove(force=True, v=volumes)  # -v: anonymous volumes too
             removed["containers"] += 1
         for network in self.client.networks.list(filters=label):
             network.remove()
