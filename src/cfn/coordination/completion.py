@@ -27,8 +27,8 @@ default value.
 Failover (docs/coordination.md, "Faults"): Redis replicates asynchronously,
 so a completion the master accepted can vanish when the master dies before
 its replica got it. ``signal_completion`` therefore (1) makes re-sending
-harmless: the script records an ``agent:result`` entry once, and a re-send
-of one already recorded only rewrites it in place; (2) when the master has
+harmless: a re-send of an ``agent:result`` entry already recorded with the
+same payload only rewrites it in place (a new payload is a new report); (2) when the master has
 replicas connected, sends ``WAIT 1`` in the same pipeline and, while no
 replica acknowledges, re-sends (each re-send followed by its own WAIT);
 (3) when the server cannot be reached (a master being replaced), re-sends
@@ -264,12 +264,13 @@ async def signal_completion(
 
 
 #: Payload first, then the completion, in one atomic step (one round trip, unlike MULTI).
-#: An entry already on the list (a re-send) is rewritten in place instead of pushed
-#: again: nothing changes, yet the write is replicated, so the WAIT after it covers
-#: the original too (a replica's acknowledged offset is past both).
+#: A re-send (the entry already on the list, with the same payload as the newest one)
+#: is rewritten in place instead of pushed again: nothing changes, yet the write is
+#: replicated, so the WAIT after it covers the original too (a replica's acknowledged
+#: offset is past both). A report with a new payload is pushed as before (latest wins).
 _COMPLETE = """
 local at = redis.call('LPOS', KEYS[3], ARGV[2])
-if at then
+if at and (ARGV[3] ~= '1' or redis.call('LINDEX', KEYS[1], 0) == ARGV[1]) then
   redis.call('LSET', KEYS[3], at, ARGV[2])
   return 0
 end
