@@ -261,3 +261,34 @@ def test_images_have_cfn_and_the_seed_tools(engine: Engine, image: str) -> None:
     lines = output.decode().split()
     assert lines[0] == "0.1.0"
     assert lines[1] == ("agent" if "agent" in image else "cfn")  # not root
+
+
+def test_spawn_agent_command_runs_a_container(
+    tmp_path: Path, docker_settings: Settings, engine: Engine, project: str
+) -> None:
+    """The seed's spawn-agent.sh (`cfn spawn-agent`) in docker mode: a detached container."""
+    import subprocess
+
+    from tests.conftest import CFN
+
+    result = subprocess.run(
+        [
+            *CFN,
+            "spawn-agent",
+            "sa-1",
+            "satask",
+            "--workspace",
+            str(tmp_path),
+            "--command",
+            "sh -c 'echo from-the-container > /workspace/out.txt'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cfn-agent-sa-1-satask"
+    container = engine.client.containers.get("cfn-agent-sa-1-satask")
+    assert container.wait(timeout=60)["StatusCode"] == 0
+    assert list(container.attrs["NetworkSettings"]["Networks"]) == [f"{project}_cfn-network"]
+    assert (tmp_path / "out.txt").read_text() == "from-the-container\n"

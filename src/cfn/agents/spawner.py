@@ -38,7 +38,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from cfn import keys
@@ -58,6 +58,9 @@ from cfn.agents.context import (
 from cfn.coordination import acl
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
+
+if TYPE_CHECKING:
+    from cfn.agents.container import ContainerHandle
 
 LOG_FILE = "agent.log"
 SPEC_FILE = "shim.json"
@@ -733,7 +736,7 @@ async def spawn_agent(
     workspace: Path | None = None,
     command: Sequence[str] | None = None,
     redis_url: str | None = None,
-) -> ProcessHandle:
+) -> ProcessHandle | ContainerHandle:
     """``spawn-agent.sh AGENT_ID TASK_ID [MODE] [PROVIDER]``: a detached process agent.
 
     Every argument and limit is checked before Redis is touched or anything
@@ -758,6 +761,10 @@ async def spawn_agent(
         provider=provider,
         redis_username=urlsplit(url).username or settings.redis_username,
     )
+    if settings.spawn_mode == "docker":  # CFN_SPAWN_MODE=docker or the seed's MODE=docker
+        from cfn.agents.container import ContainerSpawner
+
+        return await ContainerSpawner(settings, redis_url=url).spawn(context, command=command)
     return await ProcessSpawner(settings, redis_url=url).spawn(context, command=command)
 
 
