@@ -31,6 +31,7 @@ class SeedClient:
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.beats: list[dict[str, Any]] = []
         self.agents: dict[str, str] = {}
         self.progress: list[tuple[int, float]] = []
         self.finished = asyncio.Event()
@@ -47,6 +48,9 @@ class SeedClient:
 
         @self.sio.on("*", namespace="/cfn-loop")
         def any_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "agent:heartbeat":  # pushed heartbeats: not orchestrator events
+                self.beats.append(data)
+                return
             self.events.append((kind, data))
             if kind == "task:finished":
                 self.finished.set()
@@ -97,6 +101,10 @@ async def test_seed_client_sees_the_loop_live_then_a_late_client_gets_it_all(
             assert data["loop"] in (2, 3) and 0.0 <= data["progress"] <= 1.0
     ids = live.ids()
     assert ids == sorted(ids) and len(ids) == len(set(ids)), "no event twice, in order"
+    # The agents' heartbeats were pushed too, their final "done" beat included.
+    assert live.beats and live.beats[0]["full"]
+    final = [b["heartbeats"].get("impl-1-1") for b in live.beats if "impl-1-1" in b["heartbeats"]]
+    assert any(beat and beat["status"] == "done" for beat in final), live.beats
     kinds = [k for k, _ in live.events if k != "replay:done"]
     assert kinds[-1] == "task:finished" and "gate" in kinds and "consensus" in kinds
     assert next(d for k, d in live.events if k == "task:finished")["status"] == "succeeded"

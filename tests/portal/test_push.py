@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import subprocess
 import sys
 import time
@@ -32,14 +34,13 @@ from cfn.portal.auth import (
     mint_token,
     read_login_code,
 )
+from cfn.portal.server import instance_file
 from cfn.portal.workers import Worker
 from cfn.settings import Settings
 from cfn.store.repository import Store
 from tests.portal.conftest import RunningPortal, task_body
-from tests.support.servers import free_port
 
 CFN = [sys.executable, "-m", "cfn"]
-DASHBOARD_TTL_CHECK = 12 * 3600  # `cfn portal link`'s default session
 
 
 class Inbox:
@@ -304,27 +305,25 @@ def test_remembered_tokens_still_expire_and_forgeries_still_fail(
 
 
 def test_cli_prints_a_login_link_not_a_token(
-    portal_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    bare_portal: RunningPortal, portal_settings: Settings
 ) -> None:
-    monkeypatch.setenv("CFN_ORCHESTRATOR_PORT", str(free_port()))
+    record = instance_file(portal_settings)
     proc = subprocess.run([*CFN, "portal", "link"], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "no portal of this checkout is running" in proc.stderr
-    started = subprocess.run([*CFN, "portal", "--detach", "--token-ttl", "900"],
-                             capture_output=True, text=True, check=False, timeout=60)
+    # The portal of this checkout, recorded as `cfn portal` records itself.
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"pid": os.getpid(), "host": "127.0.0.1",
+                                  "port": bare_portal.port}))
     try:
-        assert started.returncode == 0, started.stderr
-        links = [started.stdout.strip()]
-        link = subprocess.run([*CFN, "portal", "link"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        links.append(link)
-        for line in links:
-            assert line.startswith("dashboard: http://") and "/#login=" in line, line
-            assert "token" not in line and line.count(".") <= 4  # host dots + payload.mac
-        base, _, code = links[1].removeprefix("dashboard: ").partition("/#login=")
-        reply = httpx.post(f"{base}/api/login", json={"code": code}, timeout=30)
-        assert reply.status_code == 200 and reply.json()["expiresIn"] == DASHBOARD_TTL_CHECK
-        assert reply.json()["role"] == "operator"
-        assert httpx.post(f"{base}/api/login", json={"code": code}, timeout=30).status_code == 401
+        line = subprocess.run([*CFN, "portal", "link", "--token-ttl", "900"],
+                              capture_output=True, text=True, check=True).stdout.strip()
     finally:
-        subprocess.run([*CFN, "portal", "stop"], capture_output=True, check=False, timeout=60)
-
+        record.unlink()
+    assert line.startswith(f"dashboard: {bare_portal.url}/#login="), line
+    code = line.partition("/#login=")[2]
+    assert "token" not in line and code.count(".") == 1  # payload.mac, no JWT
+    with httpx.Client(base_url=bare_portal.url, timeout=30) as http:
+        reply = http.post("/api/login", json={"code": code})
+        assert reply.status_code == 200 and reply.json()["expiresIn"] == 900
+        assert reply.json()["role"] == "operator"
+        assert http.post("/api/login", json={"code": code}).status_code == 401
