@@ -61,6 +61,8 @@ def test_gateway_sessions_and_bad_requests(stack: Stack) -> None:
             headers={**headers, "Authorization": f"Bearer {other}"})  # fmt: skip
     refused(400, -32700, "Parse error", content=b"{not json",
             headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+    refused(400, -32700, "Parse error", content=b"[" * 100_000 + b"]" * 100_000,
+            headers={**headers, "Content-Type": "application/json"})  # fmt: skip
     refused(400, -32600, "batches are not supported", json=[_rpc("ping"), _rpc("ping", id_=8)])
     refused(415, -32600, "Content-Type", content=b"{}",
             headers={**headers, "Content-Type": "text/plain"})  # fmt: skip

@@ -461,7 +461,7 @@ class Gateway:
             return
         try:
             message = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             await _fail(send, 400, PARSE_ERROR, f"Parse error: {exc}")
             return
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":

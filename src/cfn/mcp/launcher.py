@@ -101,24 +101,30 @@ def cpu_shares(cpus: float) -> int:
     return max(SHARES_MIN, round(cpus * SHARES_PER_CPU))
 
 
-def _apply_reservations(groups: shim.Cgroups, memory: int, cpus: float) -> None:
-    """The reservations: memory as the soft limit (reclaimed first above it), CPU as
-    the group's ``cpu.shares``.
+def _apply_reservations(groups: shim.Cgroups, memory: int) -> None:
+    """The memory reservation as the soft limit (reclaimed first above it)."""
+    mem = groups.paths.get("memory")
+    if mem:
+        with contextlib.suppress(OSError):
+            Path(mem, "memory.soft_limit_in_bytes").write_text(str(memory))
+
+
+def _set_cpu_shares(groups: shim.Cgroups, cpus: float | None) -> None:
+    """The CPU reservation as the group's ``cpu.shares`` (None: the default, 1024).
 
     Shares are a weight, not a floor: when the CPUs are contended, the groups
     under ``cfn/`` (these servers, and agents at the default 1024) split the CPU
     time ``cfn`` gets in proportion to their shares, so a server gets at least
     its reservation as long as the reservations of the busy groups add up to
     no more than that time. An idle machine gives any group all it asks for,
-    up to its quota (the CPU limit).
+    up to its quota (the CPU limit). Like the quota, the weight is set once the
+    server is healthy: at 102 shares among busy agents, a start would take
+    many times longer.
     """
-    mem = groups.paths.get("memory")
-    if mem:
-        with contextlib.suppress(OSError):
-            Path(mem, "memory.soft_limit_in_bytes").write_text(str(memory))
     cpu = groups.paths.get("cpu")
     if cpu:
-        Path(cpu, "cpu.shares").write_text(str(cpu_shares(cpus)))
+        shares = SHARES_PER_CPU if cpus is None else cpu_shares(cpus)
+        Path(cpu, "cpu.shares").write_text(str(shares))
 
 
 def _set_cpu_quota(groups: shim.Cgroups, cpus: float | None) -> None:
@@ -188,7 +194,9 @@ class Launcher:
         for name in started:
             self._wait_healthy(state[name], deadline)
             if state[name].cgroups:
-                _set_cpu_quota(shim.Cgroups(dict(state[name].cgroups)), state[name].cpu_limit)
+                groups = shim.Cgroups(dict(state[name].cgroups))
+                _set_cpu_quota(groups, state[name].cpu_limit)
+                _set_cpu_shares(groups, state[name].cpu_reservation)
         return started
 
     def _start(self, name: str, env: dict[str, str]) -> ServerProcess:
@@ -201,12 +209,10 @@ class Launcher:
         if self.settings.mcp_cgroups != "off":
             try:
                 groups = shim.Cgroups.create(f"mcp-{name}-{port}", memory_bytes, cpu_value)
-                _apply_reservations(
-                    groups,
-                    parse_memory_limit(reservation, f"{name} reservation"),
-                    parse_cpu_limit(cpu_reservation, f"{name} CPU reservation"),
-                )
-                _set_cpu_quota(groups, None)  # the quota applies once the server is healthy
+                _apply_reservations(groups, parse_memory_limit(reservation, f"{name} reservation"))
+                # The quota and the weight apply once the server is healthy.
+                _set_cpu_quota(groups, None)
+                _set_cpu_shares(groups, None)
                 limits = "cgroup"
             except OSError as exc:
                 if groups is not None:  # made, but not all of it could be set: none of it
