@@ -588,7 +588,9 @@ class Gateway:
         duration = time.perf_counter() - started
         await _send(send, reply.status, reply.body, session=session.id,
                     content_type=reply.content_type.encode("latin-1") or JSON)  # fmt: skip
-        # After the reply is out: whether the tool failed, for the audit row.
+        # The transport sends the reply when this task yields (cfn.mcp.corked): yield
+        # first, then read whether the tool failed, for the audit row.
+        await asyncio.sleep(0)
         outcome = "error"
         if reply.status == 200:
             result = (_message_of(reply) or {}).get("result")
