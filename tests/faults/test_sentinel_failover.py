@@ -129,7 +129,9 @@ def run_cycle(
     out, _ = collector.communicate(timeout=120)
     report = json.loads(out or "{}")
     err = (logs / "collector.err").read_text()
-    assert collector.returncode == 0, f"{where}: collector exited {collector.returncode}: {err}"
+    assert collector.returncode == 0, (
+        f"{where}: collector exited {collector.returncode}: {out} {err}"
+    )
     assert report["arrived"] == AGENTS and report["failed"] == 0, f"{where}: {report}"
     tally.collected += report["arrived"]
 

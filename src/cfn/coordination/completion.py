@@ -499,6 +499,11 @@ async def collect_results(
             )
         except RedisUnavailableError as exc:
             await outage.wait(exc)
+            # The server that answers next may be another one: its list is the record
+            # (agents re-send what it lacks), so judge again from it alone. Otherwise an
+            # entry seen on a dying master could be judged "no payload" here.
+            results.clear()
+            pending.clear()
 
 
 async def _collect(
