@@ -98,7 +98,7 @@ async def test_heartbeats_are_pushed_as_they_change(
                                  auth={"taskId": "hb-task", "token": token}, wait_timeout=10)
         # First the whole (empty) set, then each beat as the agent's own code writes it.
         await first.wait("agent:heartbeat", lambda d: d["full"] and d["heartbeats"] == {})
-        await beat(redis, "hb-task", "impl-1-1", 0.5, status="running", pid=4242)
+        await beat(redis, "hb-task", "impl-1-1", 0.5, status="running", pid=4242, ttl=3.0)
         got = await first.wait("agent:heartbeat", lambda d: "impl-1-1" in d["heartbeats"])
         assert got["taskId"] == "hb-task" and not got["full"]
         assert got["heartbeats"]["impl-1-1"]["status"] == "running"
@@ -115,7 +115,7 @@ async def test_heartbeats_are_pushed_as_they_change(
         full = await late.wait("agent:heartbeat", lambda d: d["full"])
         assert "impl-2-1" in full["heartbeats"]
 
-        # impl-1-1 stops beating: its key expires (TTL 2 x 0.5 s) and the push says so.
+        # impl-1-1 stops beating: its key expires (TTL 3 s) and the push says so.
         gone = await first.wait(
             "agent:heartbeat", lambda d: d["heartbeats"].get("impl-1-1", 0) is None
         )
