@@ -210,8 +210,9 @@ async def test_loop_with_real_agents_under_acl(
         "REDIS_URL": server.url,
         "CFN_STATE_DIR": str(tmp_path / ".cfn"),
         "CFN_AGENTS_DIR": str(tmp_path / "agents"),
-        "CFN_AGENT_HEARTBEAT_INTERVAL": "0.5",
-        "AGENT_TIMEOUT": "60",
+        # A busy 2-core machine starts agents slowly: generous limits (this is about ACLs).
+        "CFN_AGENT_HEARTBEAT_INTERVAL": "3",
+        "AGENT_TIMEOUT": "240",
         "CFN_REDIS_AGENT_ACL": "on",
     }
     (tmp_path / "agents").mkdir()
