@@ -236,8 +236,7 @@ def load_env(root: Path, redis_url: str, heartbeat: float | None = None) -> dict
             "CFN_STATE_DIR": str(root / ".cfn"),
             "CFN_AGENTS_DIR": str(root / "agents"),
             # 100 agents starting on 2 cores: generous, so only real faults fail a run.
-            # The heartbeat interval stays at its default: the orchestrator's wait for an
-            # agent's end grows with it (15 s made one 5-agent task take 27 s, not 12 s).
+            # The heartbeat interval stays cfn's default unless --heartbeat says otherwise.
             "AGENT_TIMEOUT": "1800",
         }
     )
