@@ -4,10 +4,11 @@ finishes, with no duplicated decision (or approval) row and no agent's work done
 Each run is its own task on real processes (tests/loop/test_resume.py's rig:
 ``python -m cfn orchestrate``, agent processes, redis-server, SQLite, the
 local LLM stand-in). The kill point is drawn from a seeded generator: one of
-the task's events (the orchestrator is killed the moment the test reads it
-from ``events:{task}``) plus a random delay of up to a second, so kills land
-between events too. The seed and every run's kill point are printed and
-named in any failure (``CFN_FAULT_SEED`` replays a sequence).
+the task's events (each in turn, in a random order; the orchestrator is
+killed the moment the test reads it from ``events:{task}``) plus a random
+delay of up to a second, so kills land between events too. The seed and
+every run's kill point are printed and named in any failure
+(``CFN_FAULT_SEED`` replays a sequence).
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ KILL_AFTER: list[tuple[str, dict[str, object]]] = [
 TEAM = ["impl-1-1", "val-1-1"]
 
 
-def one_run(tmp_path: Path, redis_server: RedisServer, n: int, rng: random.Random) -> str:
+def one_run(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    n: int,
+    rng: random.Random,
+    after: tuple[str, dict[str, object]],
+) -> str:
     """Run task ``K{n}``, SIGKILL its orchestrator at a random point, resume it, check it."""
-    kind, match = rng.choice(KILL_AFTER)
+    kind, match = after
     delay = rng.uniform(0.0, 1.0)
     decision = rng.choice(["policy", "agent"])
     point = f"run {n} (seed {SEED}): kill {delay:.2f} s after {kind} {match}, decision {decision}"
@@ -98,8 +105,10 @@ def check(rig: Rig, task: str, decision: str, point: str) -> None:
 
 def run_many(tmp_path: Path, redis_server: RedisServer, runs: int) -> None:
     rng = random.Random(SEED)
+    # Every event in turn, in a seeded random order (so 3 runs hit 3 different ones).
+    points = [p for _ in range(runs // len(KILL_AFTER) + 1) for p in rng.sample(KILL_AFTER, 7)]
     started = time.monotonic()
-    done = [one_run(tmp_path, redis_server, n, rng) for n in range(1, runs + 1)]
+    done = [one_run(tmp_path, redis_server, n, rng, points[n - 1]) for n in range(1, runs + 1)]
     print("\n".join(done))
     print(
         f"{runs} runs SIGKILLed and resumed, all succeeded, wall {time.monotonic() - started:.1f} s"
