@@ -109,7 +109,7 @@ def test_stack_has_the_seed_services_limits_health_and_networks(
     assert "redis-data:/data" in services["redis"]["volumes"]
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     # Keyspace notifications: cfn's collectors wake on them.
-    assert "Klgx" in services["redis"]["command"]
+    assert "Klgxt" in services["redis"]["command"]
 
 
 def test_worktree_override_is_the_seeds_port_mapping(tmp_path: Path) -> None:

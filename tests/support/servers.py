@@ -38,7 +38,7 @@ class RedisServer:
 
     workdir: Path
     port: int = field(default_factory=free_port)
-    notify: str | None = "Klgx"
+    notify: str | None = "Klgxt"
     password: str | None = None
     replica_of: int | None = None
     proc: subprocess.Popen[bytes] | None = None

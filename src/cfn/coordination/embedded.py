@@ -31,7 +31,7 @@ from cfn.errors import CfnError, RedisServerMissingError
 from cfn.settings import Settings
 from cfn.worktree.ports import PortRegistry, default_ports
 
-NOTIFY_FLAGS = "Klgx"  # keyspace events for list, generic (del) and expired
+NOTIFY_FLAGS = "Klgxt"  # keyspace events for list, generic (del), expired and stream (portal)
 START_TIMEOUT = 10.0
 
 

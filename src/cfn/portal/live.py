@@ -64,9 +64,9 @@ async def ensure_stream_notifications(redis: RedisManager) -> bool:
     """Add the stream flag (``t``: XADD, XDEL, consumer groups) to the server's keyspace
     notifications, keeping the flags already set; False where CONFIG is refused.
 
-    cfn's Redis configurations set ``Klgx`` (lists, generic, expired: what
-    KeyWatch's other users need); the task list wakes on XADDs to the event
-    streams and the queue, so the portal adds ``t`` the way KeyWatch adds its own.
+    cfn's own Redis configurations (embedded, compose) set ``Klgxt``; a Redis
+    configured elsewhere may lack ``t``, and the task list wakes on XADDs to the
+    event streams and the queue, so the portal adds it the way KeyWatch adds its own.
     """
 
     async def op(r: Any) -> bool:
