@@ -70,6 +70,21 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
 
 
+def proc_cpu_ticks(pid: int) -> int | None:
+    """Fields 14 + 15 of /proc/<pid>/stat: the CPU time (user + system, in clock
+    ticks) the process has used so far; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
 def proc_environ(pid: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{pid}/environ", "rb") as handle:

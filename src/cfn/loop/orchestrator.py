@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cfn import keys
+from cfn.agents import shim
 from cfn.agents.heartbeat import HeartbeatMonitor
 from cfn.agents.signals import record_agent_failure
 from cfn.coordination import completion, signals
@@ -208,6 +209,7 @@ class Orchestrator:
         *,
         agent_timeout: float = 300.0,
         heartbeat_interval: float | None = 5.0,
+        startup_grace: float = STARTUP_GRACE,
     ) -> None:
         self.redis = redis
         self.journal = journal
@@ -215,6 +217,7 @@ class Orchestrator:
         self.product_owner = product_owner
         self.agent_timeout = agent_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.startup_grace = startup_grace
         self.events = EventBus(journal, redis)
 
     # --- entry points ---------------------------------------------------------------
@@ -559,17 +562,37 @@ class Orchestrator:
     async def _monitor(self, task_id: str, handles: dict[str, RunningAgent]) -> None:
         """Kill agents whose heartbeat lapses (hung or crashed) and record them failed."""
         assert self.heartbeat_interval is not None
-        # An agent has up to STARTUP_GRACE to send its first beat (starting Python and
-        # its imports take seconds on a busy machine); after that, 2x the interval.
-        grace = max(STARTUP_GRACE, 2 * self.heartbeat_interval)
+        # An agent has up to the start-up grace (STARTUP_GRACE) to send its first
+        # beat (Python and its imports take seconds on a busy machine); after that,
+        # 2x the interval.
+        # A machine starting a hundred agents at once gives each only a sliver of
+        # CPU, so an agent that has not beaten yet but has used CPU since the last
+        # look is still starting, not hung: it gets another grace period. One that
+        # used none (stopped, deadlocked, gone) is killed. AGENT_TIMEOUT still bounds it.
+        grace = max(self.startup_grace, 2 * self.heartbeat_interval)
+        cpu: dict[str, int | None] = {}
         async with HeartbeatMonitor(
             self.redis, task_id, self.heartbeat_interval, startup_grace=grace
         ) as monitor:
-            for agent_id in handles:
+            for agent_id, running in handles.items():
+                cpu[agent_id] = shim.proc_cpu_ticks(running.pid)
                 await monitor.watch(agent_id)
             while monitor.watching:
                 for lapse in await monitor.wait_lapsed(3600.0):
                     handle = handles.get(lapse.agent_id)
+                    if lapse.never_beat and handle is not None:
+                        ticks = shim.proc_cpu_ticks(handle.pid)
+                        before = cpu.get(lapse.agent_id)
+                        if ticks is not None and before is not None and ticks > before:
+                            cpu[lapse.agent_id] = ticks
+                            log.info(
+                                "%s has not beaten yet but is using CPU (starting on a "
+                                "busy machine): %.0f s more",
+                                lapse.agent_id,
+                                grace,
+                            )
+                            await monitor.watch(lapse.agent_id)
+                            continue
                     if handle is not None:
                         with contextlib.suppress(Exception):
                             await handle.kill()
