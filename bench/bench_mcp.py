@@ -5,7 +5,11 @@ cfn.mcp.serve``, as ``cfn mcp up`` does), the Redis Tools server and the
 gateway on free ports. One MCP client session (the SDK's streamable HTTP
 client, the same kind of session both ways) to the gateway's
 ``/mcp/redis-tools`` and one to the server's ``/mcp``; each sample calls
-``redis_ttl`` once on each, in alternating order, after a warm-up. The seed's
+``redis_ttl`` once on each, in alternating order, after a warm-up. The same
+call is also made on one MCP session each way from a raw client (JSON-RPC
+bytes over one kept-alive connection, no SDK): the SDK client's own 4-5 ms
+of work per call shares the 2 cores with the gateway and the server, so the
+raw pair shows the gateway's own cost more clearly. The seed's
 ``POST /execute`` is measured the same way (plain HTTP, no MCP session).
 
 Where the time goes is measured alongside: a token check (the gateway and the
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import statistics
@@ -46,6 +51,7 @@ from tests.support.servers import RedisServer, free_port
 from cfn.mcp.audit import AuditLog
 from cfn.mcp.launcher import Launcher
 from cfn.mcp.tokens import TokenAuthority
+from cfn.mcp.upstream import HttpPool
 from cfn.settings import Settings
 from cfn.store.repository import Store
 
@@ -86,6 +92,41 @@ class Session:
         await self._stack.aclose()
 
 
+class RawSession:
+    """The same MCP session with no SDK on the client side: JSON-RPC bytes over one
+    kept-alive connection (cfn.mcp.upstream), so the client's own cost is small."""
+
+    def __init__(self, pool: HttpPool, path: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.pool = pool
+        self.path = path
+        self.headers = headers
+
+    @classmethod
+    async def open(cls, base: str, path: str, token: str) -> RawSession:
+        pool = HttpPool(base)
+        headers = [(b"authorization", f"Bearer {token}".encode()),
+                   (b"content-type", b"application/json"),
+                   (b"accept", b"application/json, text/event-stream")]  # fmt: skip
+        init = json.dumps(
+            {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                        "clientInfo": {"name": "bench", "version": "1"}}}
+        ).encode()  # fmt: skip
+        reply = await pool.request(b"POST", path.encode(), headers, init)
+        if reply.status != 200:
+            raise RuntimeError(f"initialize at {base}{path}: HTTP {reply.status}")
+        headers += [(b"mcp-session-id", reply.headers["mcp-session-id"].encode()),
+                    (b"mcp-protocol-version", b"2025-11-25")]  # fmt: skip
+        session = cls(pool, path.encode(), headers)
+        await session.post(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', 202)
+        return session
+
+    async def post(self, body: bytes, status: int = 200) -> None:
+        reply = await self.pool.request(b"POST", self.path, self.headers, body)
+        if reply.status != status or b'"isError":true' in reply.body:
+            raise RuntimeError(f"{TOOL} failed: HTTP {reply.status} {reply.body[:200]!r}")
+
+
 async def _timed(fn: Callable[[], Awaitable[None]]) -> float:
     began = time.perf_counter()
     await fn()
@@ -96,16 +137,22 @@ async def measure(
     gateway: str, server: str, tokens: tuple[str, str], samples: int, warmup: int
 ) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {
-        "mcp direct": [], "mcp gateway": [], "execute direct": [], "execute gateway": [],
-        "http /health direct": [],
+        "mcp direct": [], "mcp gateway": [], "mcp raw direct": [], "mcp raw gateway": [],
+        "execute direct": [], "execute gateway": [], "http /health direct": [],
     }  # fmt: skip
     gateway_token, direct_token = tokens
     body = {"tool": "redis", "action": "ttl", **ARGS}
+    raw_call = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+         "params": {"name": TOOL, "arguments": ARGS}}
+    ).encode()  # fmt: skip
     async with (
         Session(gateway + "/mcp/redis-tools", gateway_token) as via_gateway,
         Session(server + "/mcp", direct_token) as direct,
         httpx.AsyncClient(timeout=30) as http,
     ):
+        raw_gateway = await RawSession.open(gateway, "/mcp/redis-tools", gateway_token)
+        raw_direct = await RawSession.open(server, "/mcp", direct_token)
 
         async def call(session: ClientSession) -> None:
             result = await session.call_tool(TOOL, ARGS)
@@ -124,6 +171,8 @@ async def measure(
         probes: dict[str, Callable[[], Awaitable[None]]] = {
             "mcp direct": lambda: call(direct),
             "mcp gateway": lambda: call(via_gateway),
+            "mcp raw direct": lambda: raw_direct.post(raw_call),
+            "mcp raw gateway": lambda: raw_gateway.post(raw_call),
             "execute direct": lambda: execute(server, direct_token),
             "execute gateway": lambda: execute(gateway, gateway_token),
             "http /health direct": health,
@@ -136,6 +185,8 @@ async def measure(
                 elapsed = await _timed(probes[name])
                 if i >= warmup:
                     out[name].append(elapsed)
+        await raw_gateway.pool.aclose()
+        await raw_direct.pool.aclose()
     return out
 
 
@@ -273,12 +324,14 @@ def main(argv: list[str]) -> int:
         g - d for g, d in zip(results["mcp gateway"], results["mcp direct"], strict=True)
     )
     added_exec = pct(results["execute gateway"], 0.5) - pct(results["execute direct"], 0.5)
+    added_raw = pct(results["mcp raw gateway"], 0.5) - pct(results["mcp raw direct"], 0.5)
     verdict = "met" if added < TARGET_ADDED_P50_MS else "MISSED"
     ratio = pct(results["mcp gateway"], 0.5) / pct(results["mcp direct"], 0.5)
     print(f"added by the gateway, MCP: p50 {added:+.3f} ms (median of paired differences "
           f"{paired:+.3f} ms; gateway/direct p50 ratio {ratio:.2f}); target < "
           f"{TARGET_ADDED_P50_MS:g} ms: {verdict}")  # fmt: skip
-    print(f"added by the gateway, /execute: p50 {added_exec:+.3f} ms")
+    print(f"added by the gateway, /execute: p50 {added_exec:+.3f} ms; MCP from a raw client "
+          f"(no SDK): p50 {added_raw:+.3f} ms")  # fmt: skip
     print(f"in-process: token check {costs['verify']:.1f} us, AuditLog.record "
           f"{costs['record']:.2f} us per call")  # fmt: skip
     # Where the gateway's MCP time goes, from the audit rows (each side times its own part).
