@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cfn.store.repository import Store
 
 GATEWAY = "gateway"
+KEEP_ALIVE = 60
 QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "alembic")
 
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         # Neither header is used by a client of these servers; both cost every reply.
         server_header=False,
         date_header=False,
+        # Agents call tools seconds apart (the model thinks in between): keep their
+        # connections, and the gateway's upstream ones, open past uvicorn's 5 s default.
+        timeout_keep_alive=KEEP_ALIVE,
     )
     return 0
 
