@@ -77,6 +77,12 @@ def test_human_decisions_proceed_and_abort(rig: Rig) -> None:
     for task in ("T1", "T2"):
         for agent in ("impl-1-1", "val-1-1"):
             wait_gone(rig.pid_of(task, agent))
+    # ... and the orchestrators have deleted the agents' Redis ACL users (done
+    # after each agent's process ended: the last commands before the silence).
+    deadline = time.monotonic() + 30
+    while any(user.startswith("cfn:") for user in rig.client.acl_users()):
+        assert time.monotonic() < deadline, rig.client.acl_users()
+        time.sleep(0.05)
     blocked = [c for c in rig.client.client_list() if c["cmd"] == "brpop" and "b" in c["flags"]]
     assert len(blocked) == 2, blocked
     calls = command_calls(rig)
