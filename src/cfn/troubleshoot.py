@@ -318,16 +318,8 @@ class AgentStats:
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(process group, CPU ticks) of ``pid``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[2]), int(fields[11]) + int(fields[12])
-    except (IndexError, ValueError):
-        return None
+    found = shim.proc_stat_fields(pid, 5, 14, 15)
+    return None if found is None else (found[0], found[1] + found[2])
 
 
 def _rss(pid: int) -> int:

@@ -56,8 +56,11 @@ RMDIR_WAIT = 2.0
 # --- /proc ----------------------------------------------------------------------------
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: the process start time, stable for its life."""
+def proc_stat_fields(pid: int, *numbers: int) -> list[int] | None:
+    """Fields of /proc/<pid>/stat by their number in proc(5) (``3`` is the state,
+    ``5`` the process group...); None when the process is gone or a field is
+    missing. The command name (field 2) may hold spaces and parentheses, so the
+    fields are counted from after its last ``)``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
@@ -65,24 +68,22 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
     fields = data[data.rfind(b")") + 2 :].split()
     try:
-        return int(fields[19])
+        return [int(fields[n - 3]) for n in numbers]
     except (IndexError, ValueError):
         return None
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: the process start time, stable for its life."""
+    found = proc_stat_fields(pid, 22)
+    return None if found is None else found[0]
 
 
 def proc_cpu_ticks(pid: int) -> int | None:
     """Fields 14 + 15 of /proc/<pid>/stat: the CPU time (user + system, in clock
     ticks) the process has used so far; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[11]) + int(fields[12])
-    except (IndexError, ValueError):
-        return None
+    found = proc_stat_fields(pid, 14, 15)
+    return None if found is None else found[0] + found[1]
 
 
 def proc_environ(pid: int) -> dict[str, str] | None:
