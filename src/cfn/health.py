@@ -257,15 +257,6 @@ async def _http_health(
     return Check(name, "ok", f"{url}: HTTP 200", latency)
 
 
-def _alive(pid: object, start: object) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    state = shim.proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    return start is None or shim.proc_start_ticks(pid) == start
-
-
 async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
     """``/health`` of each MCP server and the gateway."""
     from cfn.mcp.launcher import Launcher
@@ -297,7 +288,7 @@ async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> lis
                 Check(f"mcp:{name}", "ok", "not started by `cfn mcp up`", configured=False)
             )
             continue
-        if item is not None and not _alive(item.pid, item.pid_start):
+        if item is not None and not shim.proc_alive(item.pid, item.pid_start):
             checks.append(
                 Check(
                     f"mcp:{name}",
@@ -329,7 +320,7 @@ async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> 
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Check("portal", "error", f"{path} unreadable: {_short(exc)}")
-    if not _alive(instance.pid, None):
+    if not shim.proc_alive(instance.pid, None):
         return Check(
             "portal",
             "error",
@@ -405,7 +396,9 @@ def _live_processes(settings: Settings) -> set[tuple[str, str]]:
                 state = json.loads((agent / shim.STATE_FILE).read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(state, dict) and _alive(state.get("pid"), state.get("pid_start")):
+            if isinstance(state, dict) and shim.proc_alive(
+                state.get("pid"), state.get("pid_start")
+            ):
                 live.add((task.name, agent.name))
     return live
 

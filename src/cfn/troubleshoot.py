@@ -89,15 +89,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _alive(pid: object, start: object) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    state = shim.proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    return start is None or shim.proc_start_ticks(pid) == start
-
-
 def _describe(task_id: str, agent_id: str, directory: Path) -> AgentInfo:
     state = _read_json(directory / shim.STATE_FILE)
     record = _read_json(directory / shim.EXIT_FILE)
@@ -112,7 +103,7 @@ def _describe(task_id: str, agent_id: str, directory: Path) -> AgentInfo:
         return AgentInfo(task_id, agent_id, directory, info.status, pid, started, info, cgroups)
     if state is None:
         return AgentInfo(task_id, agent_id, directory, "starting")
-    if _alive(pid, state.get("pid_start")):
+    if shim.proc_alive(pid, state.get("pid_start")):
         return AgentInfo(task_id, agent_id, directory, "running", pid, started, None, cgroups)
     # Neither running nor recorded: its supervisor died with it (SIGKILL of both).
     return AgentInfo(task_id, agent_id, directory, "lost", pid, started, None, cgroups)
@@ -284,7 +275,7 @@ def _still_running(agent: AgentInfo) -> bool:
     state = _read_json(agent.directory / shim.STATE_FILE)
     if state is None:
         return True  # still starting
-    return _alive(state.get("pid"), state.get("pid_start")) or _alive(
+    return shim.proc_alive(state.get("pid"), state.get("pid_start")) or shim.proc_alive(
         state.get("shim_pid"), state.get("shim_start")
     )
 

@@ -86,6 +86,17 @@ def proc_cpu_ticks(pid: int) -> int | None:
     return None if found is None else found[0] + found[1]
 
 
+def proc_alive(pid: object, start_ticks: object = None) -> bool:
+    """Whether ``pid`` (as read from a state file: anything) is a live process, not a
+    zombie, and still the one that started at ``start_ticks`` (when given)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    state = proc_state(pid)
+    if state is None or state == "Z":
+        return False
+    return start_ticks is None or proc_start_ticks(pid) == start_ticks
+
+
 def proc_environ(pid: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{pid}/environ", "rb") as handle:

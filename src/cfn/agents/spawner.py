@@ -280,15 +280,6 @@ async def wait_pid_exit(pid: int, start_ticks: int | None = None) -> None:
         os.close(fd)
 
 
-def _alive(pid: int, start_ticks: int | None) -> bool:
-    if pid <= 0:
-        return False
-    state = shim.proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    return start_ticks is None or shim.proc_start_ticks(pid) == start_ticks
-
-
 def _is_agent_process(pid: int, name: str) -> bool:
     env = shim.proc_environ(pid)
     return env is not None and env.get("CFN_AGENT_NAME") == name
@@ -342,7 +333,7 @@ class ProcessHandle:
 
     @property
     def running(self) -> bool:
-        return self.exit_info() is None and _alive(self.pid, self.pid_start)
+        return self.exit_info() is None and shim.proc_alive(self.pid, self.pid_start)
 
     def exit_info(self) -> ExitInfo | None:
         if self._info is None:
@@ -389,12 +380,12 @@ class ProcessHandle:
     def _signal(self, shim_signal: int) -> None:
         if self.exit_info() is not None:
             return
-        if _alive(self.shim_pid, self.shim_start):
+        if shim.proc_alive(self.shim_pid, self.shim_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.shim_pid, shim_signal)
                 return
         # No supervisor: signal the agent's process group directly.
-        if _alive(self.pid, self.pid_start):
+        if shim.proc_alive(self.pid, self.pid_start):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
 
@@ -648,7 +639,7 @@ class ProcessSpawner:
             return
         for pid_key, start_key in (("pid", "pid_start"), ("shim_pid", "shim_start")):
             pid = state.get(pid_key)
-            if isinstance(pid, int) and _alive(pid, state.get(start_key)):
+            if isinstance(pid, int) and shim.proc_alive(pid, state.get(start_key)):
                 raise AgentSpawnError(
                     f"{context.name} is already running (pid {state.get('pid')}); "
                     "re-attach to it or stop it before spawning it again"
@@ -693,7 +684,7 @@ class ProcessSpawner:
         )
         if handle.exit_info() is not None:
             return handle
-        alive = _alive(recorded, handle.pid_start)
+        alive = shim.proc_alive(recorded, handle.pid_start)
         if alive and not _is_agent_process(recorded, name):
             raise AgentLookupError(
                 f"pid {recorded} is running but is not {name} (its environment says otherwise)"

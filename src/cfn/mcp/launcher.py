@@ -84,13 +84,6 @@ def _limits(name: str) -> tuple[str, str, float, float]:
     return spec.memory_limit, spec.memory_reservation, spec.cpu_limit, spec.cpu_reservation
 
 
-def _alive(pid: int, start: int | None) -> bool:
-    state = shim.proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    return start is None or shim.proc_start_ticks(pid) == start
-
-
 #: cpu.shares of one CPU (the kernel's default weight of a group or a task).
 SHARES_PER_CPU = 1024
 SHARES_MIN = 2
@@ -185,7 +178,7 @@ class Launcher:
         started: list[str] = []
         for name in wanted:
             current = state.get(name)
-            if current is not None and _alive(current.pid, current.pid_start):
+            if current is not None and shim.proc_alive(current.pid, current.pid_start):
                 continue
             state[name] = self._start(name, env or {})
             started.append(name)
@@ -273,7 +266,7 @@ class Launcher:
 
     def _wait_healthy(self, item: ServerProcess, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if not _alive(item.pid, item.pid_start):
+            if not shim.proc_alive(item.pid, item.pid_start):
                 raise McpServerError(f"the {item.name} MCP server exited at start; see {item.log}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(item.url + "/health", timeout=1.0).status_code == 200:
@@ -292,15 +285,15 @@ class Launcher:
         targets = [n for n in (names or list(state)) if n in state]
         for name in targets:
             item = state[name]
-            if _alive(item.pid, item.pid_start):
+            if shim.proc_alive(item.pid, item.pid_start):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(item.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for name in targets:
             item = state[name]
-            while _alive(item.pid, item.pid_start) and time.monotonic() < deadline:
+            while shim.proc_alive(item.pid, item.pid_start) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(item.pid, item.pid_start):
+            if shim.proc_alive(item.pid, item.pid_start):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(item.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError, OSError):
@@ -322,7 +315,7 @@ class Launcher:
             if item is None:
                 out.append(ServerStatus(name, False, False, None, None, None, "-", memory, cpus))
                 continue
-            running = _alive(item.pid, item.pid_start)
+            running = shim.proc_alive(item.pid, item.pid_start)
             healthy = False
             detail = ""
             if running:
