@@ -24,6 +24,7 @@ from cfn.settings import Settings
 from cfn.store.records import AgentSpec
 from cfn.store.repository import Store
 from tests.conftest import CFN
+from tests.deploy.conftest import Engine, engine, project  # noqa: F401  (fixtures)
 from tests.portal.conftest import RunningPortal
 from tests.support.servers import RedisServer, cfn_env, free_port
 
@@ -258,11 +259,11 @@ def test_containers_through_podmans_docker_api(
     tmp_path: Path, redis_server: RedisServer, podman_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _migrated(tmp_path)
-    project = f"hc{secrets.token_hex(4)}"
+    proj = f"hc{secrets.token_hex(4)}"
     env = {
         "REDIS_URL": redis_server.url,
         "DOCKER_HOST": podman_api,
-        "COMPOSE_PROJECT_NAME": project,
+        "COMPOSE_PROJECT_NAME": proj,
     }
     code, report = system(monkeypatch, **env)
     checks = by_name(report)
@@ -270,14 +271,13 @@ def test_containers_through_podmans_docker_api(
     for service in ("orchestrator", "redis", "postgres"):
         check = checks[f"container:{service}"]
         assert (
-            check["status"] == "error" and f"no container in project {project}" in check["detail"]
+            check["status"] == "error" and f"no container in project {proj}" in check["detail"]
         )
-    # A created-but-stopped redis container of the project (this machine cannot run
-    # containers, but podman can create them): named, and still an error.
-    name = f"{project}-redis-1"
+    # A created-but-stopped redis container of the project: named, and still an error.
+    name = f"{proj}-redis-1"
     created = subprocess.run(
         ["podman", "create", "--name", name,
-         "--label", f"com.docker.compose.project={project}",
+         "--label", f"com.docker.compose.project={proj}",
          "--label", "com.docker.compose.service=redis",
          "--rootfs", "/", "true"],
         capture_output=True, text=True, timeout=60,
@@ -340,3 +340,37 @@ def test_portal_endpoint_carries_the_report(
     code, report = system(monkeypatch)
     check = by_name(report)["portal"]
     assert code == 1 and check["status"] == "error"
+
+
+def test_running_compose_containers_are_ok(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    engine: Engine,  # noqa: F811
+    project: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The healthy path: the project's orchestrator, redis and postgres containers run
+    (cfn's agent image, on cfn's own Podman service): each check ok, no error from them."""
+    _migrated(tmp_path)
+    for service in ("orchestrator", "redis", "postgres"):
+        engine.client.containers.run(
+            "cfn-agent:latest",
+            ["sleep", "300"],
+            detach=True,
+            name=f"{project}-{service}-1",
+            network_mode="none",
+            labels={"com.docker.compose.project": project, "com.docker.compose.service": service},
+        )
+    _code, report = system(
+        monkeypatch,
+        REDIS_URL=redis_server.url,
+        DOCKER_HOST=engine.docker_host,
+        COMPOSE_PROJECT_NAME=project,
+    )
+    checks = by_name(report)
+    for service in ("orchestrator", "redis", "postgres"):
+        check = checks[f"container:{service}"]
+        assert check["status"] == "ok", check
+        assert f"{project}-{service}-1" in check["detail"], check
+    mine = [c for c in report["checks"] if c["name"].startswith("container")]
+    assert len(mine) == 3 and all(c["status"] == "ok" for c in mine), mine
