@@ -300,6 +300,18 @@ def redis_endpoint(url: str) -> RedisEndpoint:
     return RedisEndpoint(host=parts.hostname, port=port or 6379)
 
 
+async def resolve_endpoint(url: str) -> RedisEndpoint:
+    """host/port for the seed's ``coordination.redis``: from a ``redis://`` URL, or for
+    a ``redis+sentinel://`` one the master the sentinels name now (bash agents reach
+    that address; Python agents get the Sentinel URL too and follow failovers)."""
+    if url.startswith("redis+sentinel://"):
+        from cfn.coordination.connection import sentinel_master_address
+
+        host, port = await sentinel_master_address(url)
+        return RedisEndpoint(host=host, port=port)
+    return redis_endpoint(url)
+
+
 def generate_cli_context(
     task_id: str,
     agent_id: str,

@@ -52,7 +52,7 @@ from cfn.agents.context import (
     agent_dir,
     agent_name,
     generate_cli_context,
-    redis_endpoint,
+    resolve_endpoint,
     write_private,
 )
 from cfn.coordination import acl
@@ -705,13 +705,17 @@ def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) ->
 
 def agent_redis_url(settings: Settings) -> str:
     """The Redis URL agents get: REDIS_URL, else the embedded redis-server (started if need be)."""
+    if settings.cfn_redis_sentinels:  # as RedisManager: the sentinels come first
+        from cfn.coordination.connection import sentinel_url
+
+        return sentinel_url(
+            list(settings.cfn_redis_sentinels),
+            settings.cfn_redis_sentinel_master,
+            settings.redis_username or None,
+            settings.redis_password or None,
+        )
     if settings.redis_url:
         return settings.redis_url
-    if settings.cfn_redis_sentinels:
-        raise InvalidInputError(
-            "agents need REDIS_URL (the master's address) when cfn reaches Redis through "
-            "Sentinel (CFN_REDIS_SENTINELS)"
-        )
     from cfn.coordination.embedded import EmbeddedRedis
 
     return EmbeddedRedis(settings).ensure_running()
@@ -740,7 +744,7 @@ async def spawn_agent(
     if not place.is_dir():
         raise InvalidInputError(f"workspace {place} is not a directory")
     url = redis_url or agent_redis_url(settings)
-    endpoint = redis_endpoint(url)
+    endpoint = await resolve_endpoint(url)
     context = generate_cli_context(
         task_id,
         agent_id,

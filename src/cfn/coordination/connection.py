@@ -14,11 +14,13 @@ the manager follows the master through a failover.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,6 +29,7 @@ from redis.backoff import ConstantBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ReadOnlyError,
+    RedisError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -66,6 +69,10 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: How long operations on a Sentinel-followed master wait for a failover to finish.
+SENTINEL_FAILOVER_WINDOW = 30.0
+
+
 @dataclass(frozen=True)
 class SentinelTarget:
     sentinels: list[tuple[str, int]]
@@ -99,6 +106,35 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             raise ConfigError(f"sentinel URL {mask_url(url)}: db {segments[1]!r} is not a number")
         db = int(segments[1])
     return SentinelTarget(sentinels, segments[0], db, username, password)
+
+
+def sentinel_url(
+    sentinels: list[str], master: str, username: str | None = None, password: str | None = None
+) -> str:
+    """The ``redis+sentinel://`` URL of CFN_REDIS_SENTINELS (``host:port`` items) and
+    the master's name, with the master's credentials: what agents are given."""
+    auth = ""
+    if username or password:
+        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    return f"redis+sentinel://{auth}{','.join(sentinels)}/{master}"
+
+
+async def sentinel_master_address(url: str, timeout: float = 5.0) -> tuple[str, int]:
+    """The address the sentinels of ``url`` name for its master right now."""
+    target = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        target.sentinels, sentinel_kwargs={"socket_connect_timeout": timeout}
+    )
+    try:
+        host, port = await sentinel.discover_master(target.master)
+    except RedisError as exc:
+        raise RedisUnavailableError(
+            f"no master {target.master!r} from the sentinels of {mask_url(url)}: {exc}"
+        ) from None
+    finally:
+        for client in sentinel.sentinels:
+            await client.aclose()
+    return str(host), int(port)
 
 
 class ConnectionSettings(Protocol):
@@ -188,6 +224,8 @@ class _Member:
     label: str
     client: aioredis.Redis
     db: int
+    #: Followed through a Sentinel: a failed master is replaced by a promoted replica.
+    sentinel: bool = False
 
 
 class RedisManager:
@@ -231,7 +269,7 @@ class RedisManager:
                 None,
             )
             label = "sentinel " + ",".join(settings.cfn_redis_sentinels) + f"/{target.master}"
-            primary = _Member(label, _client_from_sentinel(target, settings), 0)
+            primary = _Member(label, _client_from_sentinel(target, settings), 0, sentinel=True)
         elif settings.redis_url:
             primary = cls._member(settings.redis_url, settings, "primary")
         else:
@@ -251,7 +289,8 @@ class RedisManager:
     def _member(url: str, settings: ConnectionSettings, _role: str) -> _Member:
         if url.startswith("redis+sentinel://"):
             target = parse_sentinel_url(url)
-            return _Member(mask_url(url), _client_from_sentinel(target, settings), target.db)
+            client = _client_from_sentinel(target, settings)
+            return _Member(mask_url(url), client, target.db, sentinel=True)
         client, db = _client_from_url(url, settings)
         return _Member(mask_url(url), client, db)
 
@@ -279,7 +318,30 @@ class RedisManager:
         await self.run(lambda r: r.ping())
 
     async def run(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """Run ``operation`` on the active server; on failure, on the other one."""
+        """Run ``operation`` on the active server; on failure, on the other one.
+
+        A Sentinel-followed master that fails is given SENTINEL_FAILOVER_WINDOW to
+        be replaced (the Sentinel notices the death, then promotes a replica: a few
+        seconds), trying again with backoff, before the failure is reported.
+        """
+        deadline: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                return await self._run_once(operation)
+            except RedisUnavailableError:
+                if not any(m.sentinel for m in self._members):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + SENTINEL_FAILOVER_WINDOW
+                if now + delay > deadline:
+                    raise
+                if delay == 0.1:
+                    log.warning("Redis master unreachable; waiting for the Sentinel's failover")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _run_once(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         errors: list[tuple[str, BaseException]] = []
         order = [self._active] + [i for i in range(len(self._members)) if i != self._active]
         for index in order:

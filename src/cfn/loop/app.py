@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cfn import keys
+from cfn.agents.spawner import agent_redis_url
 from cfn.coordination.connection import RedisManager
-from cfn.coordination.embedded import EmbeddedRedis
 from cfn.coordination.signals import send_signal
 from cfn.errors import CfnError
 from cfn.loop.journal import SqlJournal
@@ -40,11 +40,6 @@ def default_workspace(settings: Settings, task_id: str) -> Path:
     return settings.state_dir / "workspaces" / keys.validate_id(task_id, "task id")
 
 
-def redis_url_for_agents(settings: Settings) -> str:
-    """The URL agents get: REDIS_URL, or the embedded server's (with its password)."""
-    return settings.redis_url or EmbeddedRedis(settings).ensure_running()
-
-
 async def run_loop(
     settings: Settings,
     *,
@@ -53,7 +48,7 @@ async def run_loop(
     listener: Listener | None = None,
 ) -> Outcome:
     """Start ``options`` or resume ``resume_task``; returns when the task ends."""
-    redis_url = redis_url_for_agents(settings)
+    redis_url = agent_redis_url(settings)
     redis = RedisManager.from_settings(settings)
     store = Store.open(settings)
     service = build_service(settings, redis)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfn.agents.container import ContainerHandle, ContainerSpawner
-from cfn.agents.context import generate_cli_context, redis_endpoint
+from cfn.agents.context import generate_cli_context, resolve_endpoint
 from cfn.agents.spawner import ExitInfo, ProcessHandle, ProcessSpawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
 from cfn.errors import AgentLookupError
@@ -136,7 +136,7 @@ class ProcessLauncher:
     async def launch(self, plan: AgentPlan) -> RunningAgent:
         profile = profile_for(plan.role, plan.agent_id)
         decision = self.service.route(profile, self.traits, provider=self.provider)
-        endpoint = redis_endpoint(self.redis_url)
+        endpoint = await resolve_endpoint(self.redis_url)
         creds = await self.acl.create(plan.task_id, plan.agent_id)
         extra: dict[str, object] = {
             key: plan.brief[key]

@@ -528,7 +528,7 @@ class Portal:
         return {"taskId": task_id, "decision": body.decision, "iteration": iteration}
 
     async def spawn_agent(self, body: SpawnBody, me: Principal) -> dict[str, Any]:
-        from cfn.loop.app import redis_url_for_agents
+        from cfn.agents.spawner import agent_redis_url
         from cfn.loop.journal import SqlJournal
         from cfn.loop.launcher import ProcessLauncher
         from cfn.loop.orchestrator import AgentPlan, EventBus
@@ -555,7 +555,7 @@ class Portal:
             launcher = ProcessLauncher(
                 self.settings,
                 service,
-                redis_url_for_agents(self.settings),
+                agent_redis_url(self.settings),
                 options.workspace_path,
                 TaskTraits(
                     complexity=options.complexity,  # type: ignore[arg-type]
