@@ -11,60 +11,91 @@ LLM stand-in on the OpenAI wire format (tests/loop/test_resume.py's rig).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from tests.faults.test_redis_fallback import environ
 from tests.faults.test_sentinel_failover import cluster  # noqa: F401  (fixture)
-from tests.loop.test_resume import running_rig
+from tests.loop.test_resume import Rig, running_rig
 from tests.support.replication import SentinelCluster
 from tests.support.servers import RedisServer
 
 TEAM = ["impl-1-1", "impl-2-1", "val-1-1"]
 
 
-def test_loop_through_sentinel_finishes_across_a_failover(
-    tmp_path: Path,
-    redis_server: RedisServer,  # the rig's; unused: everything goes through the Sentinel
-    cluster: SentinelCluster,  # noqa: F811
-) -> None:
+def _loop_across_failover(rig: Rig, sentinel: SentinelCluster, task: str) -> None:
+    rig.model.hold("implementer")
+    proc = rig.orchestrate(task, implementers=2, validators=1)
+    rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
+    before = sentinel.master_port()
+    for agent in TEAM[:2]:
+        env = environ(rig.pid_of(task, agent))
+        assert env.get("REDIS_URL", "").startswith("redis+sentinel://"), agent
+        context = json.loads((rig.agent_dir(task, agent) / "context.json").read_text())
+        assert context["coordination"]["redis"]["port"] == before, context
+
+    old, new = sentinel.fail_over()  # the master dies mid-conversation
+    assert old == before and new != old
+    rig.model.release("implementer")
+    code = rig.finish(proc, timeout=240)
+    output = rig.output(proc)
+    assert code == 0, output
+    assert f"{task}: succeeded" in output
+
+    master = sentinel.master()
+    try:
+        entries = master.lrange(f"coord:{task}:complete", 0, -1)
+        payloads = {a: master.lrange(f"coord:{task}:payload:{a}", 0, -1) for a in TEAM}
+    finally:
+        master.close()
+    # Every agent's completion on the new master, once, with its confidence.
+    assert sorted(entries) == sorted(f"{a}:success" for a in TEAM), entries
+    for agent, items in payloads.items():
+        assert len(items) == 1 and json.loads(items[0])["confidence"] == 0.9, (agent, items)
+    # The validator started after the failover: its context names the new master.
+    context = json.loads((rig.agent_dir(task, "val-1-1") / "context.json").read_text())
+    assert context["coordination"]["redis"]["port"] == new, context
+    with rig.store() as store:
+        assert store.get_task(task).status == "succeeded"
+        assert {a.id: a.status for a in store.list_agents(task)} == dict.fromkeys(TEAM, "done")
+        assert [(d.iteration, d.decision) for d in store.decisions(task)] == [(1, "PROCEED")]
+
+
+@contextmanager
+def _sentinel_rig(
+    tmp_path: Path, redis_server: RedisServer, sentinel: SentinelCluster
+) -> Iterator[Rig]:
     with running_rig(tmp_path, redis_server) as rig:
-        del rig.env["REDIS_URL"]
-        rig.env.update(cluster.env)
+        del rig.env["REDIS_URL"]  # the rig's server stays unused: all goes through the Sentinel
+        rig.env.update(sentinel.env)
         # A busy 2-core machine starts agents slowly and may delay a beat by seconds.
         rig.env.update(AGENT_TIMEOUT="120", CFN_AGENT_HEARTBEAT_INTERVAL="20")
         rig.env["CFN_PROVIDER_TIMEOUT"] = "150"
-        rig.model.hold("implementer")
-        proc = rig.orchestrate("T", implementers=2, validators=1)
-        rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
-        before = cluster.master_port()
-        for agent in TEAM[:2]:
-            env = environ(rig.pid_of("T", agent))
-            assert env.get("REDIS_URL", "").startswith("redis+sentinel://"), agent
-            context = json.loads((rig.agent_dir("T", agent) / "context.json").read_text())
-            assert context["coordination"]["redis"]["port"] == before, context
+        yield rig
 
-        old, new = cluster.fail_over()  # the master dies mid-conversation
-        assert (old, new) != (new, old) and old == before
-        rig.model.release("implementer")
-        code = rig.finish(proc, timeout=240)
-        output = rig.output(proc)
-        assert code == 0, output
-        assert "T: succeeded" in output
 
-        master = cluster.master()
-        try:
-            entries = master.lrange("coord:T:complete", 0, -1)
-            payloads = {a: master.lrange(f"coord:T:payload:{a}", 0, -1) for a in TEAM}
-        finally:
-            master.close()
-        # Every agent's completion on the new master, once, with its confidence.
-        assert sorted(entries) == sorted(f"{a}:success" for a in TEAM), entries
-        for agent, items in payloads.items():
-            assert len(items) == 1 and json.loads(items[0])["confidence"] == 0.9, (agent, items)
-        # The validator started after the failover: its context names the new master.
-        context = json.loads((rig.agent_dir("T", "val-1-1") / "context.json").read_text())
-        assert context["coordination"]["redis"]["port"] == new, context
-        with rig.store() as store:
-            assert store.get_task("T").status == "succeeded"
-            assert {a.id: a.status for a in store.list_agents("T")} == dict.fromkeys(TEAM, "done")
-            assert [(d.iteration, d.decision) for d in store.decisions("T")] == [(1, "PROCEED")]
+def test_loop_through_sentinel_finishes_across_a_failover(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    with _sentinel_rig(tmp_path, redis_server, cluster) as rig:
+        _loop_across_failover(rig, cluster, "T")
+
+
+@pytest.mark.long
+def test_twenty_loops_each_across_a_failover(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    started = time.monotonic()
+    with _sentinel_rig(tmp_path, redis_server, cluster) as rig:
+        for n in range(20):
+            _loop_across_failover(rig, cluster, f"T{n}")
+    assert cluster.failovers == 20
+    print(f"20 loops, 20 failovers, 60 completions, 0 lost, {time.monotonic() - started:.1f} s")
