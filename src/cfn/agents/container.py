@@ -52,7 +52,7 @@ from cfn.agents.context import (
     agent_name,
     write_private,
 )
-from cfn.agents.spawner import LOG_FILE, AgentLimits, ExitInfo
+from cfn.agents.spawner import AgentLimits, ExitInfo, HandleBase
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.worktree.project import CFN_NETWORK, compose_project
@@ -148,7 +148,7 @@ def _seconds_between(started: str | None, finished: str | None) -> float | None:
     return round((b - a).total_seconds(), 3) if a and b else None
 
 
-class ContainerHandle:
+class ContainerHandle(HandleBase):
     """A started (or re-attached) agent container; the same interface as ProcessHandle."""
 
     def __init__(
@@ -174,20 +174,12 @@ class ContainerHandle:
         self.limits = limits
         self.timeout = timeout
         self.kill_grace = kill_grace
-        self._info: ExitInfo | None = None
-        self._waiting: asyncio.Future[ExitInfo] | None = None
+        self._info = None
+        self._waiting = None
         self._reaper: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<ContainerHandle {self.name} id={self.container_id[:12]} limits={self.limits}>"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / LOG_FILE
-
-    @property
-    def context_path(self) -> Path:
-        return self.directory / CONTEXT_FILE
 
     def _container(self) -> Container | None:
         import docker.errors
@@ -216,12 +208,8 @@ class ContainerHandle:
                 self._info = ExitInfo.from_record(record)
         return self._info
 
-    async def wait(self) -> ExitInfo:
-        if self._info is not None:
-            return self._info
-        if self._waiting is None:
-            self._waiting = asyncio.ensure_future(asyncio.to_thread(self._wait_blocking))
-        return await asyncio.shield(self._waiting)
+    async def _wait(self) -> ExitInfo:
+        return await asyncio.to_thread(self._wait_blocking)
 
     def _wait_blocking(self) -> ExitInfo:
         import docker.errors
@@ -242,20 +230,6 @@ class ContainerHandle:
         except docker.errors.APIError as exc:
             return self._lost(f"waiting on the engine failed: {exc}")
         return self._record(container)
-
-    def _lost(self, reason: str) -> ExitInfo:
-        self._info = ExitInfo(
-            task_id=self.task_id,
-            agent_id=self.agent_id,
-            name=self.name,
-            pid=self.pid,
-            exit_code=None,
-            signal=None,
-            lost=True,
-            reason=reason,
-            limits=self.limits,
-        )
-        return self._info
 
     def _record(self, container: Container) -> ExitInfo:
         """Write exit.json and agent.log from the ended container.

@@ -288,7 +288,54 @@ def _is_agent_process(pid: int, name: str) -> bool:
 # --- the process handle ------------------------------------------------------------------------
 
 
-class ProcessHandle:
+class HandleBase:
+    """What every agent handle shares: its files, one waiter however many callers
+    wait, and the record of an exit nobody saw."""
+
+    task_id: str
+    agent_id: str
+    name: str
+    directory: Path
+    pid: int
+    limits: str
+    _info: ExitInfo | None
+    _waiting: asyncio.Future[ExitInfo] | None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / LOG_FILE
+
+    @property
+    def context_path(self) -> Path:
+        return self.directory / CONTEXT_FILE
+
+    async def wait(self) -> ExitInfo:
+        if self._info is not None:
+            return self._info
+        if self._waiting is None:
+            self._waiting = asyncio.ensure_future(self._wait())
+        return await asyncio.shield(self._waiting)
+
+    async def _wait(self) -> ExitInfo:
+        raise NotImplementedError
+
+    def _lost(self, reason: str) -> ExitInfo:
+        """The agent ended without an exit record: status unknown, ``reason`` why."""
+        self._info = ExitInfo(
+            task_id=self.task_id,
+            agent_id=self.agent_id,
+            name=self.name,
+            pid=self.pid,
+            exit_code=None,
+            signal=None,
+            lost=True,
+            reason=reason,
+            limits=self.limits,
+        )
+        return self._info
+
+
+class ProcessHandle(HandleBase):
     """An agent process under its supervisor; works the same after re-attaching."""
 
     def __init__(
@@ -317,19 +364,11 @@ class ProcessHandle:
         self.limits = limits
         self._popen = popen
         self._cgroups = cgroups or {}
-        self._info: ExitInfo | None = None
-        self._waiting: asyncio.Task[ExitInfo] | None = None
+        self._info = None
+        self._waiting = None
 
     def __repr__(self) -> str:
         return f"<ProcessHandle {self.name} pid={self.pid} limits={self.limits}>"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / LOG_FILE
-
-    @property
-    def context_path(self) -> Path:
-        return self.directory / CONTEXT_FILE
 
     @property
     def running(self) -> bool:
@@ -342,13 +381,6 @@ class ProcessHandle:
                 self._info = ExitInfo.from_record(record)
         return self._info
 
-    async def wait(self) -> ExitInfo:
-        if self._info is not None:
-            return self._info
-        if self._waiting is None:
-            self._waiting = asyncio.ensure_future(self._wait())
-        return await asyncio.shield(self._waiting)
-
     async def _wait(self) -> ExitInfo:
         # The supervisor outlives the agent and exits right after writing exit.json.
         await wait_pid_exit(self.shim_pid, self.shim_start)
@@ -360,18 +392,7 @@ class ProcessHandle:
         # The supervisor vanished (SIGKILLed) without a record: wait for the agent itself.
         await wait_pid_exit(self.pid, self.pid_start)
         self._remove_cgroups()
-        self._info = ExitInfo(
-            task_id=self.task_id,
-            agent_id=self.agent_id,
-            name=self.name,
-            pid=self.pid,
-            exit_code=None,
-            signal=None,
-            lost=True,
-            reason="its supervisor died before recording the exit; exit status unknown",
-            limits=self.limits,
-        )
-        return self._info
+        return self._lost("its supervisor died before recording the exit; exit status unknown")
 
     def _remove_cgroups(self) -> None:
         with contextlib.suppress(OSError):
