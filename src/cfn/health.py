@@ -378,29 +378,9 @@ def _running_rows(settings: Settings) -> list[_AgentRow]:
 
 def _live_processes(settings: Settings) -> set[tuple[str, str]]:
     """Agents of this machine whose process runs (state.json, no exit.json, alive)."""
-    live: set[tuple[str, str]] = set()
-    root = settings.state_dir / "tasks"
-    try:
-        tasks = list(root.iterdir())
-    except OSError:
-        return live
-    for task in tasks:
-        try:
-            agents = list((task / "agents").iterdir())
-        except OSError:
-            continue
-        for agent in agents:
-            if (agent / shim.EXIT_FILE).exists():
-                continue
-            try:
-                state = json.loads((agent / shim.STATE_FILE).read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(state, dict) and shim.proc_alive(
-                state.get("pid"), state.get("pid_start")
-            ):
-                live.add((task.name, agent.name))
-    return live
+    from cfn.troubleshoot import find_agents
+
+    return {(a.task_id, a.agent_id) for a in find_agents(settings) if a.running}
 
 
 async def _heartbeats(settings: Settings, timeout: float) -> set[tuple[str, str]]:

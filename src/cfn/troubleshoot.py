@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import json
 import os
 import select
 import struct
@@ -33,7 +32,7 @@ from typing import Any
 
 from cfn import keys
 from cfn.agents import shim
-from cfn.agents.spawner import LOG_FILE, ExitInfo, ProcessSpawner
+from cfn.agents.spawner import LOG_FILE, ExitInfo, ProcessSpawner, read_json_file
 from cfn.errors import AgentLookupError, CfnError, InvalidInputError
 from cfn.settings import Settings
 
@@ -81,17 +80,9 @@ class AgentInfo:
         }
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _describe(task_id: str, agent_id: str, directory: Path) -> AgentInfo:
-    state = _read_json(directory / shim.STATE_FILE)
-    record = _read_json(directory / shim.EXIT_FILE)
+    state = read_json_file(directory / shim.STATE_FILE)
+    record = read_json_file(directory / shim.EXIT_FILE)
     pid = state.get("pid") if state else None
     pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
     started = state.get("started_at") if state else None
@@ -272,7 +263,7 @@ def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
 def _still_running(agent: AgentInfo) -> bool:
     if (agent.directory / shim.EXIT_FILE).exists():
         return False
-    state = _read_json(agent.directory / shim.STATE_FILE)
+    state = read_json_file(agent.directory / shim.STATE_FILE)
     if state is None:
         return True  # still starting
     return shim.proc_alive(state.get("pid"), state.get("pid_start")) or shim.proc_alive(

@@ -52,7 +52,7 @@ from cfn.agents.context import (
     agent_name,
     write_private,
 )
-from cfn.agents.spawner import AgentLimits, ExitInfo, HandleBase
+from cfn.agents.spawner import AgentLimits, ExitInfo, HandleBase, read_json_file
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.worktree.project import CFN_NETWORK, compose_project
@@ -118,14 +118,6 @@ def _address_on_host(address: str) -> bool:
                 return False
             raise
     return True
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _seconds_between(started: str | None, finished: str | None) -> float | None:
@@ -203,7 +195,7 @@ class ContainerHandle(HandleBase):
 
     def exit_info(self) -> ExitInfo | None:
         if self._info is None:
-            record = _read_json(self.directory / EXIT_FILE)
+            record = read_json_file(self.directory / EXIT_FILE)
             if record is not None and record.get("container_id") == self.container_id:
                 self._info = ExitInfo.from_record(record)
         return self._info
@@ -625,7 +617,7 @@ class ContainerSpawner:
     def _attach(self, task_id: str, agent_id: str, pid: int | None) -> ContainerHandle:
         directory = self.agent_dir(task_id, agent_id)
         name = agent_name(task_id, agent_id)
-        state = _read_json(directory / STATE_FILE)
+        state = read_json_file(directory / STATE_FILE)
         if state is None or not isinstance(state.get("container_id"), str):
             raise AgentLookupError(
                 f"no agent container {agent_id} of task {task_id} was spawned here ({directory})"

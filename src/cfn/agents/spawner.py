@@ -376,7 +376,7 @@ class ProcessHandle(HandleBase):
 
     def exit_info(self) -> ExitInfo | None:
         if self._info is None:
-            record = _read_json(self.directory / shim.EXIT_FILE)
+            record = read_json_file(self.directory / shim.EXIT_FILE)
             if record is not None and record.get("pid") == self.pid:
                 self._info = ExitInfo.from_record(record)
         return self._info
@@ -425,7 +425,9 @@ def default_command(context_file: Path) -> list[str]:
     return [sys.executable, "-m", "cfn", "agent", "run", "--context", str(context_file)]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path`` (an agent's state or exit record); None when the
+    file is missing, unreadable, half-written or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -566,7 +568,7 @@ class ProcessSpawner:
                 f"{context.name} was not started: {why or 'its supervisor exited'}; "
                 f"see {directory / LOG_FILE}"
             )
-        state = _read_json(directory / shim.STATE_FILE) or {}
+        state = read_json_file(directory / shim.STATE_FILE) or {}
         return ProcessHandle(
             task_id=context.task_id,
             agent_id=context.agent_id,
@@ -655,7 +657,7 @@ class ProcessSpawner:
             return popen, ready_r, context
 
     def _refuse_if_running(self, context: AgentContext, directory: Path) -> None:
-        state = _read_json(directory / shim.STATE_FILE)
+        state = read_json_file(directory / shim.STATE_FILE)
         if state is None or (directory / shim.EXIT_FILE).exists():
             return
         for pid_key, start_key in (("pid", "pid_start"), ("shim_pid", "shim_start")):
@@ -676,7 +678,7 @@ class ProcessSpawner:
         """
         directory = self.agent_dir(task_id, agent_id)
         name = agent_name(task_id, agent_id)
-        state = _read_json(directory / shim.STATE_FILE)
+        state = read_json_file(directory / shim.STATE_FILE)
         if state is None:
             raise AgentLookupError(
                 f"no agent {agent_id} of task {task_id} was spawned here ({directory})"
