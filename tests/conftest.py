@@ -33,6 +33,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def fallback(tmp_path: Path) -> Iterator[RedisServer]:
+    """A second redis-server, for REDIS_FALLBACK_1."""
+    server = RedisServer(tmp_path / "fallback").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(cfn_state_dir=tmp_path / ".cfn")
 

@@ -24,15 +24,6 @@ TEAM = ["impl-1-1", "impl-2-1", "val-1-1"]
 
 
 @pytest.fixture
-def fallback(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "fallback").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def rig(tmp_path: Path, redis_server: RedisServer, fallback: RedisServer) -> Iterator[Rig]:
     with running_rig(tmp_path, redis_server) as rig:
         rig.env["REDIS_FALLBACK_1"] = fallback.url

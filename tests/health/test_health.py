@@ -56,15 +56,6 @@ def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in report["checks"]}
 
 
-@pytest.fixture
-def fallback(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "fallback").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _migrated(tmp_path: Path) -> None:
     Store.open(Settings(cfn_state_dir=tmp_path / ".cfn")).close()
 
