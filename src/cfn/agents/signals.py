@@ -127,12 +127,11 @@ async def record_agent_failure(
     nothing is written when the agent already left a payload: its own report
     wins. Returns whether the failure was recorded.
     """
-    payload_key = keys.coord_payload(task_id, agent_id)
-    result_key = keys.swarm_result(task_id, agent_id)
     if only_if_unreported:
-        found = await redis.run(lambda r: r.exists(payload_key, result_key))
-        if int(found):
-            return False
+        # "No report" is a conclusion from a missing key: draw it on the master the
+        # Sentinel names now, not on one it has just replaced (whose data is about to
+        # be dropped), or an agent that did report would be counted failed.
+        await redis.confirm_master()
     entry = {
         "agent_id": agent_id,
         "status": FAILED,
@@ -141,7 +140,11 @@ async def record_agent_failure(
         **({"details": details} if details else {}),
     }
     payload = json.dumps(entry)
-    await signal_completion(redis, task_id, agent_id, FAILED, payload)
+    written = await signal_completion(
+        redis, task_id, agent_id, FAILED, payload, unless_reported=only_if_unreported
+    )
+    if not written:
+        return False
     error_key = keys.coord_error(task_id)
     await redis.run(lambda r: r.lpush(error_key, payload))
     return True

@@ -199,7 +199,8 @@ async def signal_completion(
     max_bytes: int = DEFAULT_MAX_BYTES,
     resend_window: float = DEFAULT_RESEND_WINDOW,
     replica_wait_ms: int = DEFAULT_REPLICA_WAIT_MS,
-) -> None:
+    unless_reported: bool = False,
+) -> bool:
     """Report an agent's completion; payload (JSON) first, all in one atomic script.
 
     Returns once the completion is on the server and, when the server has
@@ -208,6 +209,16 @@ async def signal_completion(
     ``resend_window`` seconds; after that a completion Redis never took
     raises ``RedisUnavailableError``, and one only the master holds is
     logged as a warning and left there.
+
+    Under Sentinel a server that has no replica to acknowledge may be a master
+    the Sentinel has already replaced (it would drop the write when it is made a
+    replica): the sentinels are asked, and the completion re-sent to the new
+    master if there is one.
+
+    With ``unless_reported`` (a supervisor recording that an agent failed)
+    nothing is written when the agent already left a payload, checked in the
+    same atomic step as the write. Returns whether the completion was written
+    (always True without ``unless_reported``).
     """
     complete = keys.coord_complete(task_id)
     payload_key = keys.coord_payload(task_id, agent_id)
@@ -218,14 +229,18 @@ async def signal_completion(
     check_timeout(resend_window)
     entry = f"{agent_id}:{result}"
     script_keys = [payload_key, result_key, complete]
-    args = [payload or "", entry, "1" if payload is not None else "0"]
+    args = [
+        payload or "",
+        entry,
+        "1" if payload is not None else "0",
+        "1" if unless_reported else "0",
+    ]
 
-    async def write(r: Any) -> int | None:
+    async def write(r: Any) -> tuple[int, int | None]:
         batcher = _batchers.get(r)
         if batcher is None:
             batcher = _batchers[r] = _CompletionBatcher(r)
-        acked: int | None = await batcher.submit(script_keys, args, replica_wait_ms)
-        return acked
+        return await batcher.submit(script_keys, args, replica_wait_ms)
 
     deadline = time.monotonic() + resend_window
     delay = 0.05
@@ -233,7 +248,7 @@ async def signal_completion(
     while True:
         sends += 1
         try:
-            acked = await redis.run(write)
+            pushed, acked = await redis.run(write)
         except RedisUnavailableError as exc:
             if time.monotonic() + delay >= deadline:
                 raise
@@ -247,10 +262,15 @@ async def signal_completion(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
+        if pushed < 0:
+            return False  # the agent's own report is there: it wins
+        if acked is None and redis.follows_sentinel and await redis.confirm_master():
+            log.info("completion %s on %s: the master moved; re-sending", entry, complete)
+            continue
         if acked is None or acked >= 1:
             if sends > 1:
                 log.info("completion %s on %s written after %d sends", entry, complete, sends)
-            return
+            return True
         if time.monotonic() >= deadline:
             log.warning(
                 "completion %s on %s: no replica acknowledged it within %.1f s; "
@@ -259,7 +279,7 @@ async def signal_completion(
                 complete,
                 resend_window,
             )
-            return
+            return True
         log.info("completion %s on %s not acknowledged by a replica; re-sending", entry, complete)
 
 
@@ -268,11 +288,17 @@ async def signal_completion(
 #: is rewritten in place instead of pushed again: nothing changes, yet the write is
 #: replicated, so the WAIT after it covers the original too (a replica's acknowledged
 #: offset is past both). A report with a new payload is pushed as before (latest wins).
+#: With ARGV[4] == '1' (a supervisor recording a failure) nothing is written when the
+#: agent already left a payload: the check and the write are one step, so an agent's
+#: own report that lands first always wins (returns -1).
 _COMPLETE = """
 local at = redis.call('LPOS', KEYS[3], ARGV[2])
 if at and (ARGV[3] ~= '1' or redis.call('LINDEX', KEYS[1], 0) == ARGV[1]) then
   redis.call('LSET', KEYS[3], at, ARGV[2])
   return 0
+end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  return -1
 end
 if ARGV[3] == '1' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
@@ -293,7 +319,8 @@ class _CompletionBatcher:
 
     When the server has replicas connected, the pipeline ends with ``WAIT 1``
     (same connection, so it covers every script before it); each caller gets
-    the number of replicas that acknowledged, else None (no replica to ask).
+    its script's reply and the number of replicas that acknowledged, else None
+    (no replica to ask).
     """
 
     def __init__(self, client: Any) -> None:
@@ -303,13 +330,15 @@ class _CompletionBatcher:
         self.replicas = 0
         self.replicas_checked = -REPLICA_CHECK_TTL
 
-    async def submit(self, script_keys: list[str], args: list[str], wait_ms: int) -> int | None:
+    async def submit(
+        self, script_keys: list[str], args: list[str], wait_ms: int
+    ) -> tuple[int, int | None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.queue.append((script_keys, args, wait_ms, future))
         if len(self.queue) == 1:
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        result: int | None = await future
+        result: tuple[int, int | None] = await future
         return result
 
     async def _replica_count(self, refresh: bool = False) -> int:
@@ -366,12 +395,12 @@ class _CompletionBatcher:
                 except BaseException as exc:
                     future.set_exception(exc)
                     continue
-                future.set_result(0 if acked is not None else None)
+                future.set_result((int(result), 0 if acked is not None else None))
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
-                future.set_result(acked)
+                future.set_result((int(result), acked))
 
 
 _batchers: weakref.WeakKeyDictionary[Any, _CompletionBatcher] = weakref.WeakKeyDictionary()
@@ -485,7 +514,7 @@ async def collect_results(
     outage = _Outage(reader, deadline)
     while True:
         try:
-            return await _collect(
+            verdict = await _collect(
                 redis,
                 task_id,
                 expected,
@@ -497,6 +526,14 @@ async def collect_results(
                 report,
                 on_update,
             )
+            # A failure read on a master the Sentinel has just replaced may be a
+            # supervisor's record that the new master does not hold (the agent's own
+            # report landed there): judge failures again on the master named now.
+            if verdict.failed and redis.follows_sentinel and await redis.confirm_master():
+                results.clear()
+                pending.clear()
+                continue
+            return verdict
         except RedisUnavailableError as exc:
             await outage.wait(exc)
             # The server that answers next may be another one: its list is the record

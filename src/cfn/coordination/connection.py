@@ -226,6 +226,8 @@ class _Member:
     db: int
     #: Followed through a Sentinel: a failed master is replaced by a promoted replica.
     sentinel: bool = False
+    #: The master address last seen in use (Sentinel only): a change means a failover.
+    master: tuple[str, int] | None = None
 
 
 class RedisManager:
@@ -313,6 +315,68 @@ class RedisManager:
     def has_fallback(self) -> bool:
         return len(self._members) > 1
 
+    @property
+    def follows_sentinel(self) -> bool:
+        """The active server is a master named by Sentinel (it can move under us)."""
+        return self._members[self._active].sentinel
+
+    async def _note_master(self, member: _Member) -> bool:
+        """Follow a Sentinel member's pool to another master: True when it moved.
+
+        Connections still open to the old master (in use when redis-py saw the
+        change, so it left them) are closed: a command in flight on one is retried
+        on the new master, a subscription re-subscribes there. ``generation`` is
+        bumped so readers start over.
+        """
+        if not member.sentinel:
+            return False
+        pool = member.client.connection_pool
+        address = getattr(pool, "master_address", None)
+        if address is None or address == member.master:
+            return False
+        moved = member.master is not None
+        member.master = (str(address[0]), int(address[1]))
+        if moved:
+            self.generation += 1
+            log.warning("Redis master moved to %s:%d (Sentinel failover)", *member.master)
+            await pool.disconnect(inuse_connections=True)
+        return moved
+
+    async def confirm_master(self) -> bool:
+        """Make sure operations go to the master the Sentinel names *now*.
+
+        After a failover the old master may still accept commands for a while
+        (until the Sentinel turns it into a replica, when what it took since is
+        lost), and pooled connections stay on it. Before a conclusion drawn from
+        a *missing* key (an agent never reported) call this: it asks the
+        sentinels (waiting out a failover in progress, up to
+        SENTINEL_FAILOVER_WINDOW), closes connections to a replaced master and
+        bumps ``generation`` so readers start over. Returns whether the master moved.
+        Without Sentinel it does nothing and returns False.
+        """
+        member = self._members[self._active]
+        if not member.sentinel:
+            return False
+        pool = member.client.connection_pool
+        get_master = getattr(pool, "get_master_address", None)
+        if get_master is None:
+            return False
+        # While a failover is under way the sentinels name no healthy master (the old
+        # one is flagged down until the promotion is done): wait for it to settle.
+        deadline = time.monotonic() + SENTINEL_FAILOVER_WINDOW
+        delay = 0.05
+        while True:
+            try:
+                await get_master()
+                break
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("the sentinels name no master: %s", _describe(exc))
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        return await self._note_master(member)
+
     async def connect(self) -> None:
         """Connect now rather than on first use (REDIS_LAZY_CONNECT=false)."""
         await self.run(lambda r: r.ping())
@@ -351,6 +415,7 @@ class RedisManager:
             except FAILOVER_ERRORS as exc:
                 errors.append((member.label, exc))
                 continue
+            await self._note_master(member)
             if index != self._active:
                 failed = self._members[self._active]
                 log.warning(

@@ -1,0 +1,144 @@
+"""A master the Sentinel has replaced but that still answers: nothing is judged on it.
+
+The case behind the Sentinel-loop flake (docs/coordination.md, "Faults"). A
+master stalls (SIGSTOP), the Sentinel promotes its replica, an agent that
+starts now reports to the new master; then the old master wakes up still
+believing it is master, and stays so for seconds until the Sentinel turns it
+into a replica, dropping whatever it took meanwhile. A supervisor still
+connected to it must not conclude from *its* keys that the agent never
+reported, nor must a collector judge the agent on a failure record that only
+the old master holds.
+
+Real processes: two redis-servers and a redis-sentinel (tests/support/replication.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from cfn.agents.signals import record_agent_failure
+from cfn.coordination.completion import collect_results
+from cfn.coordination.connection import RedisManager, sentinel_url
+from tests.faults.test_sentinel_failover import cluster  # noqa: F401  (fixture)
+from tests.support.replication import SentinelCluster, _wait
+
+TASK = "T"
+AGENT = "val-1-1"
+REPORT = json.dumps({"confidence": 0.9, "summary": "checked"})
+
+
+@asynccontextmanager
+async def _stale_old_master(nodes: SentinelCluster, manager: RedisManager) -> AsyncIterator[int]:
+    """Stall the master until the Sentinel replaces it, then wake it: yields the old port.
+
+    (The nodes's calls block: nothing else runs on this event loop meanwhile.)
+    """
+    old = nodes.master_port()
+    node = nodes.nodes[old]
+    assert node.proc is not None
+    await manager.run(lambda r: r.ping())  # the manager's pool now holds a connection to it
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        _wait("the Sentinel to promote the replica", lambda: nodes.master_port() != old, 30)
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+    client = node.client()
+    try:
+        # Awake and still a master: the Sentinel converts it only seconds later.
+        assert client.role()[0] == "master"
+        yield old
+    finally:
+        client.close()
+
+
+def _agent_reports_to_new_master(nodes: SentinelCluster) -> None:
+    master = nodes.master()
+    try:
+        master.lpush(f"coord:{TASK}:payload:{AGENT}", REPORT)
+        master.set(f"swarm:{TASK}:result:{AGENT}", REPORT)
+        master.lpush(f"coord:{TASK}:complete", f"{AGENT}:success")
+    finally:
+        master.close()
+
+
+def _final_entries(nodes: SentinelCluster) -> list[str]:
+    master = nodes.master()
+    try:
+        return [str(e) for e in master.lrange(f"coord:{TASK}:complete", 0, -1)]
+    finally:
+        master.close()
+
+
+def _manager(nodes: SentinelCluster) -> RedisManager:
+    assert nodes.sentinel is not None
+    return RedisManager.from_url(sentinel_url([f"127.0.0.1:{nodes.sentinel.port}"], "mymaster"))
+
+
+def test_no_failure_is_recorded_for_an_agent_whose_report_is_on_the_new_master(
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    async def scenario() -> tuple[bool, int, list[str]]:
+        manager = _manager(cluster)
+        try:
+            async with _stale_old_master(cluster, manager) as old:
+                _agent_reports_to_new_master(cluster)
+                recorded = await record_agent_failure(
+                    manager, TASK, AGENT, "agent process ended without a result (exit 0)"
+                )
+                stale = cluster.nodes[old].client()
+                try:
+                    on_old = [str(e) for e in stale.lrange(f"coord:{TASK}:complete", 0, -1)]
+                finally:
+                    stale.close()
+            return recorded, manager.generation, on_old
+        finally:
+            await manager.close()
+
+    recorded, generation, on_old = asyncio.run(scenario())
+    assert not recorded, "the agent's own report is on the master: no failure to record"
+    assert generation == 1, "the manager noticed the master had moved"
+    assert on_old == [], "nothing was written to the replaced master"
+    assert _final_entries(cluster) == [f"{AGENT}:success"]
+
+
+def test_a_failure_held_only_by_the_replaced_master_is_not_the_verdict(
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    async def scenario() -> tuple[bool, list[str | None], float | None]:
+        manager = _manager(cluster)
+        try:
+            # The collector is waiting (subscribed on the master, as in a loop) ...
+            collector = asyncio.create_task(
+                collect_results(manager, TASK, 1, 0.8, 30.0, agent_ids=[AGENT], payload_grace=0.2)
+            )
+            master = cluster.master()
+            try:
+                while not master.pubsub_numpat():
+                    await asyncio.sleep(0.01)
+            finally:
+                master.close()
+            async with _stale_old_master(cluster, manager) as old:
+                # ... when the agent reports to the new master, and a supervisor's
+                # failure record reaches only the old one (it wakes the collector there).
+                _agent_reports_to_new_master(cluster)
+                stale = cluster.nodes[old].client()
+                try:
+                    stale.lpush(f"coord:{TASK}:payload:{AGENT}", json.dumps({"status": "failed"}))
+                    stale.lpush(f"coord:{TASK}:complete", f"{AGENT}:failed")
+                finally:
+                    stale.close()
+                report = await collector
+            return report.met, [r.reason for r in report.results], report.mean
+        finally:
+            await manager.close()
+
+    met, reasons, mean = asyncio.run(scenario())
+    assert reasons == [None], reasons
+    assert met and mean == pytest.approx(0.9)
+    assert _final_entries(cluster) == [f"{AGENT}:success"]
