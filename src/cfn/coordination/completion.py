@@ -247,6 +247,7 @@ async def signal_completion(
     sends = 0
     while True:
         sends += 1
+        generation = redis.generation
         try:
             pushed, acked = await redis.run(write)
         except RedisUnavailableError as exc:
@@ -264,9 +265,11 @@ async def signal_completion(
             continue
         if pushed < 0:
             return False  # the agent's own report is there: it wins
-        if acked is None and redis.follows_sentinel and await redis.confirm_master():
-            log.info("completion %s on %s: the master moved; re-sending", entry, complete)
-            continue
+        if acked is None and redis.follows_sentinel:
+            await redis.confirm_master()
+            if redis.generation != generation:  # it may have gone to the replaced master
+                log.info("completion %s on %s: the master moved; re-sending", entry, complete)
+                continue
         if acked is None or acked >= 1:
             if sends > 1:
                 log.info("completion %s on %s written after %d sends", entry, complete, sends)
@@ -529,10 +532,12 @@ async def collect_results(
             # A failure read on a master the Sentinel has just replaced may be a
             # supervisor's record that the new master does not hold (the agent's own
             # report landed there): judge failures again on the master named now.
-            if verdict.failed and redis.follows_sentinel and await redis.confirm_master():
-                results.clear()
-                pending.clear()
-                continue
+            if verdict.failed and redis.follows_sentinel:
+                await redis.confirm_master()
+                if redis.generation != reader.generation:  # moved since the last read
+                    results.clear()
+                    pending.clear()
+                    continue
             return verdict
         except RedisUnavailableError as exc:
             await outage.wait(exc)

@@ -15,6 +15,7 @@ the manager follows the master through a failover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -238,6 +239,10 @@ class RedisManager:
         self._active = 0
         #: Bumped at every switch between servers, so readers can start over.
         self.generation = 0
+        #: Set (and replaced) when a Sentinel-followed master moves: wakes watchers.
+        self._moved = asyncio.Event()
+        #: Listens for the sentinels' ``+switch-master`` (started on first use).
+        self._follower: asyncio.Task[None] | None = None
 
     # --- construction ---------------------------------------------------------------
 
@@ -340,7 +345,57 @@ class RedisManager:
             self.generation += 1
             log.warning("Redis master moved to %s:%d (Sentinel failover)", *member.master)
             await pool.disconnect(inuse_connections=True)
+            self._moved.set()
+            self._moved = asyncio.Event()
         return moved
+
+    def moved_event(self) -> asyncio.Event:
+        """An event set when the Sentinel-followed master next moves.
+
+        A subscription on the old master hears nothing of what the new one takes
+        (and a node that becomes a replica gets its data in a full resync, which
+        publishes no keyspace events), so watchers re-subscribe when it is set.
+        """
+        return self._moved
+
+    def _start_follower(self) -> None:
+        """Follow the sentinels' ``+switch-master`` announcements (Sentinel only)."""
+        if self._follower is not None and not self._follower.done():
+            return
+        member = self._members[0]
+        if not member.sentinel:
+            return
+        self._follower = asyncio.get_running_loop().create_task(self._follow(member))
+
+    async def _follow(self, member: _Member) -> None:
+        pool = member.client.connection_pool
+        manager = getattr(pool, "sentinel_manager", None)
+        name = str(getattr(pool, "service_name", ""))
+        if manager is None or not name:
+            return
+        delay = 0.1
+        while True:
+            for sentinel in list(manager.sentinels):
+                pubsub = sentinel.pubsub()
+                try:
+                    await pubsub.subscribe("+switch-master")
+                    # A move may have happened before the subscription: look once.
+                    await self.confirm_master()
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        data = message.get("data")
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        if text.split(" ", 1)[0] == name:
+                            await self.confirm_master()
+                except (RedisError, OSError) as exc:
+                    log.debug("sentinel subscription lost (%s); trying the next", _describe(exc))
+                finally:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+            await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
+            delay = min(delay * 2, 2.0)
 
     async def confirm_master(self) -> bool:
         """Make sure operations go to the master the Sentinel names *now*.
@@ -388,6 +443,8 @@ class RedisManager:
         be replaced (the Sentinel notices the death, then promotes a replica: a few
         seconds), trying again with backoff, before the failure is reported.
         """
+        if self._follower is None and self._members[0].sentinel:
+            self._start_follower()
         deadline: float | None = None
         delay = 0.1
         while True:
@@ -449,6 +506,11 @@ class RedisManager:
         )
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._follower
+            self._follower = None
         for member in self._members:
             await member.client.aclose()
 

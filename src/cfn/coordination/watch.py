@@ -76,6 +76,7 @@ class KeyWatch:
         self._client: aioredis.Redis | None = None
         self._notifications = False
         self._poll = POLL_MIN
+        self._moved = manager.moved_event()
 
     async def __aenter__(self) -> KeyWatch:
         await self._subscribe()
@@ -123,6 +124,7 @@ class KeyWatch:
             return client, enabled
 
         await self._close()
+        self._moved = self.manager.moved_event()
         self._client, self._notifications = await self.manager.run(attempt)
         self._poll = POLL_MIN
 
@@ -148,10 +150,15 @@ class KeyWatch:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            if self._moved.is_set():
+                # The Sentinel moved the master: this subscription is on the old one.
+                await self._subscribe()
+                return True
             try:
-                msg: dict[str, Any] | None = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=remaining
-                )
+                msg = await self._next_message(self._pubsub, remaining)
+            except _Moved:
+                await self._subscribe()
+                return True
             except FAILOVER_ERRORS as exc:
                 if self._client is not None:
                     self.manager.report_failure(self._client, exc)
@@ -163,3 +170,35 @@ class KeyWatch:
                     while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0):
                         pass
                 return True
+
+    async def _next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:
+        """The next message within ``timeout``; under Sentinel, ``_Moved`` if the master moves.
+
+        redis-py re-subscribes a dropped subscription by itself and says nothing, so
+        what changed meanwhile would never wake us: the manager's move event does.
+        """
+        if not self.manager.follows_sentinel:
+            message: dict[str, Any] | None = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=timeout
+            )
+            return message
+        read = asyncio.ensure_future(
+            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        )
+        moved = asyncio.ensure_future(self._moved.wait())
+        try:
+            await asyncio.wait({read, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not read.done():
+                read.cancel()  # the subscription is dropped right after: no half-read reuse
+                with contextlib.suppress(asyncio.CancelledError, *FAILOVER_ERRORS):
+                    await read
+        if not read.done() or read.cancelled():
+            raise _Moved
+        result: dict[str, Any] | None = read.result()
+        return result
+
+
+class _Moved(Exception):
+    """The Sentinel-followed master moved while a watch waited."""
