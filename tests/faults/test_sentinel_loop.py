@@ -7,12 +7,9 @@ Sentinel URL, so they follow the failover, and the master's address in the
 seed's context JSON), two redis-servers and a redis-sentinel, SQLite, the local
 LLM stand-in on the OpenAI wire format (tests/loop/test_resume.py's rig).
 
-Both tests sit behind ``long`` for now: the first 20-loop run failed in its
-first loop, where the validator started just after the failover reported
-(its ``val-1-1:success`` is on the new master, exit 0) but the orchestrator,
-reading right after the process ended, did not see it and counted the agent
-failed (consensus 0, a second iteration); the single loop passed in its two
-runs. Not yet explained: see docs/coordination.md, "Faults".
+One loop runs in the default suite; 20 loops, each across its own failover,
+sit behind ``long``. The 20-loop run found the defects that
+tests/faults/test_stale_master.py pins down (docs/coordination.md, "Faults").
 """
 
 from __future__ import annotations
@@ -87,7 +84,6 @@ def _sentinel_rig(
         yield rig
 
 
-@pytest.mark.long
 def test_loop_through_sentinel_finishes_across_a_failover(
     tmp_path: Path,
     redis_server: RedisServer,
