@@ -243,6 +243,8 @@ class RedisManager:
         self._moved = asyncio.Event()
         #: Listens for the sentinels' ``+switch-master`` (started on first use).
         self._follower: asyncio.Task[None] | None = None
+        self._follower_pubsub: Any = None
+        self._closing = False
 
     # --- construction ---------------------------------------------------------------
 
@@ -360,7 +362,7 @@ class RedisManager:
 
     def _start_follower(self) -> None:
         """Follow the sentinels' ``+switch-master`` announcements (Sentinel only)."""
-        if self._follower is not None and not self._follower.done():
+        if self._closing or (self._follower is not None and not self._follower.done()):
             return
         member = self._members[0]
         if not member.sentinel:
@@ -374,28 +376,48 @@ class RedisManager:
         if manager is None or not name:
             return
         delay = 0.1
-        while True:
+        while not self._closing:
             for sentinel in list(manager.sentinels):
-                pubsub = sentinel.pubsub()
+                if self._closing:
+                    return
+                # Its own client without redis-py's retries: a dropped subscription must
+                # end here (and close() must be able to end it), not be silently redone.
+                kw = sentinel.connection_pool.connection_kwargs
+                client = aioredis.Redis(
+                    host=kw.get("host", "localhost"),
+                    port=kw.get("port", 26379),
+                    username=kw.get("username"),
+                    password=kw.get("password"),
+                    socket_connect_timeout=kw.get("socket_connect_timeout"),
+                    retry=Retry(ConstantBackoff(0), 0),
+                )
+                pubsub = client.pubsub()
+                self._follower_pubsub = pubsub
                 try:
                     await pubsub.subscribe("+switch-master")
                     # A move may have happened before the subscription: look once.
                     await self.confirm_master()
                     delay = 0.1
-                    async for message in pubsub.listen():
-                        if message.get("type") != "message":
+                    while not self._closing:
+                        message = await pubsub.get_message(timeout=None)
+                        if message is None or message.get("type") != "message":
                             continue
                         data = message.get("data")
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         if text.split(" ", 1)[0] == name:
                             await self.confirm_master()
                 except (RedisError, OSError) as exc:
-                    log.debug("sentinel subscription lost (%s); trying the next", _describe(exc))
+                    if not self._closing:
+                        log.debug("sentinel subscription lost: %s", _describe(exc))
                 finally:
+                    self._follower_pubsub = None
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()
-            await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
-            delay = min(delay * 2, 2.0)
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    with contextlib.suppress(RedisError, OSError):
+                        await client.aclose()
+            if not self._closing:
+                await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
+                delay = min(delay * 2, 2.0)
 
     async def confirm_master(self) -> bool:
         """Make sure operations go to the master the Sentinel names *now*.
@@ -506,11 +528,22 @@ class RedisManager:
         )
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._follower
-            self._follower = None
+        self._closing = True
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            # Cancelling alone is not enough: a cancellation can be lost inside
+            # redis-py's reads, and the process would then hang at exit. Closing the
+            # subscription's connection ends the read; the flag ends the loop.
+            pubsub = self._follower_pubsub
+            connection = getattr(pubsub, "connection", None)
+            if connection is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await connection.disconnect(nowait=True)
+            follower.cancel()
+            with contextlib.suppress(RuntimeError, ValueError):
+                _done, pending = await asyncio.wait({follower}, timeout=5.0)
+                if pending:
+                    log.warning("the Sentinel follower did not stop within 5 s")
         for member in self._members:
             await member.client.aclose()
 

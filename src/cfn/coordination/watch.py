@@ -191,13 +191,22 @@ class KeyWatch:
         finally:
             moved.cancel()
             if not read.done():
-                read.cancel()  # the subscription is dropped right after: no half-read reuse
-                with contextlib.suppress(asyncio.CancelledError, *FAILOVER_ERRORS):
-                    await read
+                # The subscription is dropped right after (no half-read reuse). Not
+                # awaited without a bound: a cancellation can be lost inside redis-py's
+                # read, which then ends when _subscribe closes the connection.
+                read.cancel()
+                await asyncio.wait({read}, timeout=1.0)
         if not read.done() or read.cancelled():
+            read.add_done_callback(_consume)
             raise _Moved
         result: dict[str, Any] | None = read.result()
         return result
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned read's outcome (no "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Moved(Exception):
