@@ -193,3 +193,31 @@ def test_a_collector_watching_a_master_that_is_demoted_wakes_on_the_new_one(
     # Without the wake-up it waits out its 60 s timeout (measured: 48.8 s after the
     # report); the bound only tells the two apart.
     assert took < 30, took
+
+
+def test_closing_a_manager_ends_its_sentinel_follower(
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    """The follower's subscription read is ended by close(), so a process exits.
+
+    (A cancellation alone could be lost inside redis-py's read: `cfn signal
+    complete` then hung at exit in one of the 20-cycle runs.)"""
+
+    async def scenario() -> tuple[bool, bool, float]:
+        manager = _manager(cluster)
+        await manager.run(lambda r: r.ping())
+        follower = manager._follower
+        assert follower is not None
+        for _ in range(500):  # until it is subscribed and blocked in its read
+            if manager._follower_pubsub is not None and manager._follower_pubsub.subscribed:
+                break
+            await asyncio.sleep(0.01)
+        subscribed = bool(manager._follower_pubsub and manager._follower_pubsub.subscribed)
+        started = time.monotonic()
+        await asyncio.wait_for(manager.close(), 10)
+        return subscribed, follower.done(), time.monotonic() - started
+
+    subscribed, done, took = asyncio.run(scenario())
+    assert subscribed
+    assert done, "the follower still runs after close()"
+    assert took < 5, took
