@@ -26,6 +26,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from cfn.coordination.connection import FAILOVER_ERRORS, RedisManager
@@ -37,13 +39,18 @@ REQUIRED_FLAGS = "Klgx"
 POLL_MIN, POLL_MAX = 0.01, 0.25
 
 #: Per client: whether its server publishes the events we need (checked once).
-_checked: weakref.WeakKeyDictionary[aioredis.Redis, bool] = weakref.WeakKeyDictionary()
+_checked: weakref.WeakKeyDictionary[aioredis.Redis, tuple[int, bool]] = weakref.WeakKeyDictionary()
 
 
-async def ensure_notifications(client: aioredis.Redis) -> bool:
-    """True when ``client``'s server publishes the keyspace events cfn waits on."""
-    if client in _checked:
-        return _checked[client]
+async def ensure_notifications(client: aioredis.Redis, generation: int = 0) -> bool:
+    """True when ``client``'s server publishes the keyspace events cfn waits on.
+
+    Checked once per client and ``generation`` (the manager's count of server
+    switches: a promoted replica may have been configured differently).
+    """
+    known = _checked.get(client)
+    if known is not None and known[0] == generation:
+        return known[1]
     try:
         current = (await client.config_get("notify-keyspace-events")).get(
             "notify-keyspace-events", ""
@@ -62,7 +69,7 @@ async def ensure_notifications(client: aioredis.Redis) -> bool:
             int(POLL_MAX * 1000),
         )
         ok = False
-    _checked[client] = ok
+    _checked[client] = (generation, ok)
     return ok
 
 
@@ -77,6 +84,7 @@ class KeyWatch:
         self._notifications = False
         self._poll = POLL_MIN
         self._moved = manager.moved_event()
+        self._retry: tuple[Any, Any] | None = None
 
     async def __aenter__(self) -> KeyWatch:
         await self._subscribe()
@@ -91,6 +99,10 @@ class KeyWatch:
         await self._close()
 
     async def _close(self) -> None:
+        if self._retry is not None:
+            connection, retry = self._retry  # the connection goes back to the pool
+            connection.retry = retry
+            self._retry = None
         if self._pubsub is not None:
             with contextlib.suppress(*FAILOVER_ERRORS):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -105,7 +117,7 @@ class KeyWatch:
         """
 
         async def attempt(client: aioredis.Redis) -> tuple[aioredis.Redis, bool]:
-            enabled = await ensure_notifications(client)
+            enabled = await ensure_notifications(client, self.manager.generation)
             if enabled:
                 pubsub = client.pubsub()
                 try:
@@ -116,6 +128,13 @@ class KeyWatch:
                         msg = await pubsub.get_message(timeout=5.0)
                         if msg is not None and msg.get("type") == "psubscribe":
                             confirmed += 1
+                    if self.manager.follows_sentinel and pubsub.connection is not None:
+                        # redis-py re-subscribes a dropped subscription by itself and
+                        # says nothing, so what changed meanwhile would never wake us.
+                        # When the master moves the manager closes every connection to
+                        # it: without retries that reaches wait() as an error.
+                        self._retry = (pubsub.connection, pubsub.connection.retry)
+                        pubsub.connection.retry = Retry(NoBackoff(), 0)
                 except BaseException:
                     with contextlib.suppress(*FAILOVER_ERRORS):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -155,10 +174,9 @@ class KeyWatch:
                 await self._subscribe()
                 return True
             try:
-                msg = await self._next_message(self._pubsub, remaining)
-            except _Moved:
-                await self._subscribe()
-                return True
+                msg: dict[str, Any] | None = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=remaining
+                )
             except FAILOVER_ERRORS as exc:
                 if self._client is not None:
                     self.manager.report_failure(self._client, exc)
@@ -170,44 +188,3 @@ class KeyWatch:
                     while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0):
                         pass
                 return True
-
-    async def _next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:
-        """The next message within ``timeout``; under Sentinel, ``_Moved`` if the master moves.
-
-        redis-py re-subscribes a dropped subscription by itself and says nothing, so
-        what changed meanwhile would never wake us: the manager's move event does.
-        """
-        if not self.manager.follows_sentinel:
-            message: dict[str, Any] | None = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=timeout
-            )
-            return message
-        read = asyncio.ensure_future(
-            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        )
-        moved = asyncio.ensure_future(self._moved.wait())
-        try:
-            await asyncio.wait({read, moved}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            moved.cancel()
-            if not read.done():
-                # The subscription is dropped right after (no half-read reuse). Not
-                # awaited without a bound: a cancellation can be lost inside redis-py's
-                # read, which then ends when _subscribe closes the connection.
-                read.cancel()
-                await asyncio.wait({read}, timeout=1.0)
-        if not read.done() or read.cancelled():
-            read.add_done_callback(_consume)
-            raise _Moved
-        result: dict[str, Any] | None = read.result()
-        return result
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned read's outcome (no "exception was never retrieved")."""
-    if not task.cancelled():
-        task.exception()
-
-
-class _Moved(Exception):
-    """The Sentinel-followed master moved while a watch waited."""
