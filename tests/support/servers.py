@@ -106,6 +106,7 @@ class SentinelServer:
     master_name: str = "mymaster"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    down_after_ms: int = 2000
 
     def start(self) -> SentinelServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -116,8 +117,14 @@ class SentinelServer:
                     f"port {self.port}",
                     "bind 127.0.0.1",
                     f"dir {self.workdir}",
+                    f"logfile {self.workdir / 'sentinel.log'}",
                     f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} 1",
-                    f"sentinel down-after-milliseconds {self.master_name} 500",
+                    # Not lower: the Sentinel pings every min(down-after, 1 s) and starts
+                    # a new master's clock when it switches, so with 500 ms the first PING
+                    # of a just-promoted master cannot be answered in time: it is judged
+                    # down and failed over again, ~0.5 s after every failover (its log:
+                    # +switch-master, then +sdown 500 ms later). 2 s leaves a margin.
+                    f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
                     f"sentinel failover-timeout {self.master_name} 2000",
                     f"sentinel parallel-syncs {self.master_name} 1",
                 ]

@@ -236,10 +236,14 @@ async def signal_completion(
         "1" if unless_reported else "0",
     ]
 
+    recheck = False  # ask the server for its replicas again (not the remembered count)
+
     async def write(r: Any) -> tuple[int, int | None]:
         batcher = _batchers.get(r)
         if batcher is None:
             batcher = _batchers[r] = _CompletionBatcher(r)
+        if recheck:
+            batcher.replicas_checked = -REPLICA_CHECK_TTL
         return await batcher.submit(script_keys, args, replica_wait_ms)
 
     deadline = time.monotonic() + resend_window
@@ -269,6 +273,19 @@ async def signal_completion(
             await redis.confirm_master()
             if redis.generation != generation:  # it may have gone to the replaced master
                 log.info("completion %s on %s: the master moved; re-sending", entry, complete)
+                continue
+            if time.monotonic() + delay < deadline and await redis.expects_replica():
+                # No replica connected, yet the sentinels count one up: it is (re)attaching,
+                # and until it has this completion one more failure would lose it.
+                log.info(
+                    "completion %s on %s: no replica connected yet; re-sending in %.2f s",
+                    entry,
+                    complete,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                recheck = True
                 continue
         if acked is None or acked >= 1:
             if sends > 1:

@@ -419,6 +419,26 @@ class RedisManager:
                 await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
                 delay = min(delay * 2, 2.0)
 
+    async def expects_replica(self) -> bool:
+        """Whether the sentinels count a live replica of the master (Sentinel only).
+
+        A master with no replica connected while the sentinels know one is up (a
+        node re-attaching after a failover, or a replaced master not yet turned
+        into a replica) holds writes that one more failure would lose.
+        """
+        member = self._members[self._active]
+        if not member.sentinel:
+            return False
+        pool = member.client.connection_pool
+        manager = getattr(pool, "sentinel_manager", None)
+        if manager is None:
+            return False
+        try:
+            replicas = await manager.discover_slaves(getattr(pool, "service_name", ""))
+        except (RedisError, OSError):
+            return False
+        return bool(replicas)
+
     async def confirm_master(self) -> bool:
         """Make sure operations go to the master the Sentinel names *now*.
 
