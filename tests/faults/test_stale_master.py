@@ -78,6 +78,16 @@ def _final_entries(nodes: SentinelCluster) -> list[str]:
         master.close()
 
 
+async def _until_watched(nodes: SentinelCluster) -> None:
+    """Until someone (the collector) is subscribed on the master."""
+    master = nodes.master()
+    try:
+        while not master.pubsub_numpat():
+            await asyncio.sleep(0.01)
+    finally:
+        master.close()
+
+
 def _manager(nodes: SentinelCluster) -> RedisManager:
     assert nodes.sentinel is not None
     return RedisManager.from_url(sentinel_url([f"127.0.0.1:{nodes.sentinel.port}"], "mymaster"))
@@ -120,12 +130,7 @@ def test_a_failure_held_only_by_the_replaced_master_is_not_the_verdict(
             collector = asyncio.create_task(
                 collect_results(manager, TASK, 1, 0.8, 30.0, agent_ids=[AGENT], payload_grace=0.2)
             )
-            master = cluster.master()
-            try:
-                while not master.pubsub_numpat():
-                    await asyncio.sleep(0.01)
-            finally:
-                master.close()
+            await _until_watched(cluster)
             async with _stale_old_master(cluster, manager) as old:
                 # ... when the agent reports to the new master, and a supervisor's
                 # failure record reaches only the old one (it wakes the collector there).
@@ -163,12 +168,7 @@ def test_a_collector_watching_a_master_that_is_demoted_wakes_on_the_new_one(
                 collect_results(manager, TASK, 1, 0.8, 60.0, agent_ids=[AGENT])
             )
             old = cluster.master_port()
-            master = cluster.master()
-            try:
-                while not master.pubsub_numpat():
-                    await asyncio.sleep(0.01)
-            finally:
-                master.close()
+            await _until_watched(cluster)
             sentinel = redis.Redis(port=cluster.sentinel.port, decode_responses=True)
             try:
                 sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")

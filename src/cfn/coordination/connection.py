@@ -419,6 +419,11 @@ class RedisManager:
                 await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
                 delay = min(delay * 2, 2.0)
 
+    def _sentinel_pool(self) -> Any:
+        """The active server's connection pool when a Sentinel names it, else None."""
+        member = self._members[self._active]
+        return member.client.connection_pool if member.sentinel else None
+
     async def expects_replica(self) -> bool:
         """Whether the sentinels count a live replica of the master (Sentinel only).
 
@@ -426,10 +431,7 @@ class RedisManager:
         node re-attaching after a failover, or a replaced master not yet turned
         into a replica) holds writes that one more failure would lose.
         """
-        member = self._members[self._active]
-        if not member.sentinel:
-            return False
-        pool = member.client.connection_pool
+        pool = self._sentinel_pool()
         manager = getattr(pool, "sentinel_manager", None)
         if manager is None:
             return False
@@ -451,10 +453,7 @@ class RedisManager:
         bumps ``generation`` so readers start over. Returns whether the master moved.
         Without Sentinel it does nothing and returns False.
         """
-        member = self._members[self._active]
-        if not member.sentinel:
-            return False
-        pool = member.client.connection_pool
+        pool = self._sentinel_pool()
         get_master = getattr(pool, "get_master_address", None)
         if get_master is None:
             return False
@@ -472,7 +471,7 @@ class RedisManager:
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
-        return await self._note_master(member)
+        return await self._note_master(self._members[self._active])
 
     async def connect(self) -> None:
         """Connect now rather than on first use (REDIS_LAZY_CONNECT=false)."""
