@@ -346,9 +346,10 @@ class RedisManager:
         if moved:
             self.generation += 1
             log.warning("Redis master moved to %s:%d (Sentinel failover)", *member.master)
-            await pool.disconnect(inuse_connections=True)
             self._moved.set()
             self._moved = asyncio.Event()
+            with contextlib.suppress(RedisError, OSError):  # closing is all we want of them
+                await pool.disconnect(inuse_connections=True)
         return moved
 
     def moved_event(self) -> asyncio.Event:
