@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,10 +27,11 @@ import pytest
 import redis
 
 from cfn.agents.signals import record_agent_failure
-from cfn.coordination.completion import collect_results
+from cfn.coordination.completion import collect_results, signal_completion
 from cfn.coordination.connection import RedisManager, sentinel_url
 from tests.faults.test_sentinel_failover import cluster  # noqa: F401  (fixture)
 from tests.support.replication import SentinelCluster, _wait
+from tests.support.servers import free_port
 
 TASK = "T"
 AGENT = "val-1-1"
@@ -221,3 +223,51 @@ def test_closing_a_manager_ends_its_sentinel_follower(
     assert subscribed
     assert done, "the follower still runs after close()"
     assert took < 5, took
+
+
+def test_a_completion_waits_for_a_replica_that_is_reattaching(
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    """The master has no replica connected (the replica was pointed elsewhere) while
+    the Sentinel still counts the replica up: the completion is re-sent until the
+    replica, pointed back 1.5 s later, acknowledges it, so it is there on return."""
+    master_port = cluster.master_port()
+    (replica_port,) = (p for p in cluster.nodes if p != master_port)
+    replica = cluster.nodes[replica_port].client()
+
+    def point_back() -> None:
+        client = cluster.nodes[replica_port].client()
+        try:
+            client.replicaof("127.0.0.1", master_port)
+        finally:
+            client.close()
+
+    async def scenario() -> tuple[list[str], float]:
+        manager = _manager(cluster)
+        try:
+            await manager.run(lambda r: r.ping())
+            replica.replicaof("127.0.0.1", free_port())  # nothing listens there
+            master = cluster.master()
+            try:
+                _wait(
+                    "the master to lose its replica",
+                    lambda: master.info("replication")["connected_slaves"] == 0,
+                    10,
+                )
+            finally:
+                master.close()
+            threading.Timer(1.5, point_back).start()
+            started = time.monotonic()
+            await signal_completion(manager, TASK, AGENT, "success", REPORT)
+            took = time.monotonic() - started
+            on_replica = [str(e) for e in replica.lrange(f"coord:{TASK}:complete", 0, -1)]
+            return on_replica, took
+        finally:
+            await manager.close()
+
+    try:
+        on_replica, took = asyncio.run(scenario())
+    finally:
+        replica.close()
+    assert on_replica == [f"{AGENT}:success"], "acknowledged by the replica before returning"
+    assert 1.0 < took < 30, took
