@@ -25,6 +25,7 @@ agent and plain ``redis-cli`` reach the same Redis).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import fcntl
@@ -288,7 +289,7 @@ def _is_agent_process(pid: int, name: str) -> bool:
 # --- the process handle ------------------------------------------------------------------------
 
 
-class HandleBase:
+class HandleBase(abc.ABC):
     """What every agent handle shares: its files, one waiter however many callers
     wait, and the record of an exit nobody saw."""
 
@@ -316,8 +317,9 @@ class HandleBase:
             self._waiting = asyncio.ensure_future(self._wait())
         return await asyncio.shield(self._waiting)
 
+    @abc.abstractmethod
     async def _wait(self) -> ExitInfo:
-        raise NotImplementedError
+        """Wait for the agent to end and return its exit record (each kind its own way)."""
 
     def _lost(self, reason: str) -> ExitInfo:
         """The agent ended without an exit record: status unknown, ``reason`` why."""
