@@ -514,7 +514,8 @@ class RedisManager:
             except FAILOVER_ERRORS as exc:
                 errors.append((member.label, exc))
                 continue
-            await self._note_master(member)
+            if member.sentinel:  # nothing to follow otherwise (and this is every operation)
+                await self._note_master(member)
             if index != self._active:
                 failed = self._members[self._active]
                 log.warning(
