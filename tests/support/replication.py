@@ -9,7 +9,9 @@ would come back empty and wipe its replica).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +149,14 @@ class SentinelCluster:
             self.sentinel.stop()
         for node in self.nodes.values():
             node.stop()
+
+
+def assert_each_reported_once(client: redis.Redis, task: str, team: Iterable[str]) -> None:
+    """Every agent of ``team`` has its completion on ``client``'s server, once, with
+    its payload's confidence (0.9, what the test LLM's agents report)."""
+    team = list(team)
+    entries = client.lrange(f"coord:{task}:complete", 0, -1)
+    payloads = {a: client.lrange(f"coord:{task}:payload:{a}", 0, -1) for a in team}
+    assert sorted(entries) == sorted(f"{a}:success" for a in team), entries
+    for agent, items in payloads.items():
+        assert len(items) == 1 and json.loads(items[0])["confidence"] == 0.9, (agent, items)
