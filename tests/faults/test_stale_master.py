@@ -271,3 +271,45 @@ def test_a_completion_waits_for_a_replica_that_is_reattaching(
         replica.close()
     assert on_replica == [f"{AGENT}:success"], "acknowledged by the replica before returning"
     assert 1.0 < took < 30, took
+
+
+def test_a_failover_during_the_first_operation_is_seen(
+    cluster: SentinelCluster,  # noqa: F811
+) -> None:
+    """The master is known before the first operation connects, not only after it.
+
+    The flake behind this test (CI, the demoted-master test above): the test's
+    blocking calls froze the event loop while the collector's first subscription
+    was being confirmed on the old master. The follower then asked the sentinels
+    first and recorded the *new* master as the first one seen, so no move was
+    noticed: generation stayed 0, no watcher was told, and the subscription stayed
+    on the old master. Here the first operation hands the master over itself and
+    lets the follower run before it returns, so the order is fixed."""
+    assert cluster.sentinel is not None
+
+    async def scenario() -> tuple[int, bool, int, int]:
+        manager = _manager(cluster)
+        moved = manager.moved_event()
+        # A connection to the master, made as the first operation's own would be
+        # before the operation completes (the subscription in the flake).
+        await manager.client.ping()
+        on = int(manager.client.connection_pool.master_address[1])
+
+        async def first(_r: object) -> None:
+            cluster.fail_over()  # blocks this event loop until the replica is promoted
+            for _ in range(500):  # the follower's first look at the sentinels runs now
+                if manager._follower_pubsub is not None and manager._follower_pubsub.subscribed:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+
+        try:
+            await manager.run(first)
+            return on, moved.is_set(), manager.generation, cluster.master_port()
+        finally:
+            await manager.close()
+
+    on, woken, generation, new = asyncio.run(scenario())
+    assert new != on
+    assert generation == 1, "the move from the master the first operation ran on was noticed"
+    assert woken, "watchers were told"

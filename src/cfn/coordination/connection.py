@@ -123,7 +123,7 @@ def sentinel_url(
 async def sentinel_master_address(url: str, timeout: float = 5.0) -> tuple[str, int]:
     """The address the sentinels of ``url`` name for its master right now."""
     target = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         target.sentinels, sentinel_kwargs={"socket_connect_timeout": timeout}
     )
     try:
@@ -209,7 +209,7 @@ def _client_from_sentinel(target: SentinelTarget, settings: ConnectionSettings) 
     options = _client_options(settings)
     username = target.username or settings.redis_username or None
     password = target.password or settings.redis_password or None
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         target.sentinels,
         sentinel_kwargs={"socket_connect_timeout": settings.redis_connect_timeout},
         **options,
@@ -413,12 +413,29 @@ class RedisManager:
                 finally:
                     self._follower_pubsub = None
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
                     with contextlib.suppress(RedisError, OSError):
                         await client.aclose()
             if not self._closing:
                 await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
                 delay = min(delay * 2, 2.0)
+
+    async def _note_first_master(self) -> None:
+        """Learn the master from the sentinels before the first operation connects.
+
+        Noted only after that operation returned, a failover meanwhile (its
+        connection on the old master) would leave the follower's first look to
+        record the *new* master as the first one: no move seen, ``generation``
+        unchanged, watchers on the old master not told. If no sentinel answers,
+        the operation itself waits for one (``run``'s window), so no wait here.
+        """
+        member = self._members[0]
+        get_master = getattr(member.client.connection_pool, "get_master_address", None)
+        if member.master is not None or get_master is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await get_master()
+            await self._note_master(member)
 
     def _sentinel_pool(self) -> Any:
         """The active server's connection pool when a Sentinel names it, else None."""
@@ -486,6 +503,7 @@ class RedisManager:
         seconds), trying again with backoff, before the failure is reported.
         """
         if self._follower is None and self._members[0].sentinel:
+            await self._note_first_master()
             self._start_follower()
         deadline: float | None = None
         delay = 0.1

@@ -105,7 +105,7 @@ class KeyWatch:
             self._retry = None
         if self._pubsub is not None:
             with contextlib.suppress(*FAILOVER_ERRORS):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             self._pubsub = None
 
     async def _subscribe(self) -> None:
@@ -137,7 +137,7 @@ class KeyWatch:
                         pubsub.connection.retry = Retry(NoBackoff(), 0)
                 except BaseException:
                     with contextlib.suppress(*FAILOVER_ERRORS):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
                     raise
                 self._pubsub = pubsub
             return client, enabled
