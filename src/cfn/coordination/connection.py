@@ -420,23 +420,6 @@ class RedisManager:
                 await asyncio.sleep(delay)  # no sentinel answers: back off, then try again
                 delay = min(delay * 2, 2.0)
 
-    async def _note_first_master(self) -> None:
-        """Learn the master from the sentinels before the first operation connects.
-
-        Noted only after that operation returned, a failover meanwhile (its
-        connection on the old master) would leave the follower's first look to
-        record the *new* master as the first one: no move seen, ``generation``
-        unchanged, watchers on the old master not told. If no sentinel answers,
-        the operation itself waits for one (``run``'s window), so no wait here.
-        """
-        member = self._members[0]
-        get_master = getattr(member.client.connection_pool, "get_master_address", None)
-        if member.master is not None or get_master is None:
-            return
-        with contextlib.suppress(RedisError, OSError):
-            await get_master()
-            await self._note_master(member)
-
     def _sentinel_pool(self) -> Any:
         """The active server's connection pool when a Sentinel names it, else None."""
         member = self._members[self._active]
@@ -459,17 +442,17 @@ class RedisManager:
             return False
         return bool(replicas)
 
-    async def confirm_master(self) -> bool:
+    async def confirm_master(self, window: float = SENTINEL_FAILOVER_WINDOW) -> bool:
         """Make sure operations go to the master the Sentinel names *now*.
 
         After a failover the old master may still accept commands for a while
         (until the Sentinel turns it into a replica, when what it took since is
         lost), and pooled connections stay on it. Before a conclusion drawn from
         a *missing* key (an agent never reported) call this: it asks the
-        sentinels (waiting out a failover in progress, up to
-        SENTINEL_FAILOVER_WINDOW), closes connections to a replaced master and
-        bumps ``generation`` so readers start over. Returns whether the master moved.
-        Without Sentinel it does nothing and returns False.
+        sentinels (waiting out a failover in progress, up to ``window`` seconds),
+        closes connections to a replaced master and bumps ``generation`` so
+        readers start over. Returns whether the master moved. Without Sentinel it
+        does nothing and returns False.
         """
         pool = self._sentinel_pool()
         get_master = getattr(pool, "get_master_address", None)
@@ -477,7 +460,7 @@ class RedisManager:
             return False
         # While a failover is under way the sentinels name no healthy master (the old
         # one is flagged down until the promotion is done): wait for it to settle.
-        deadline = time.monotonic() + SENTINEL_FAILOVER_WINDOW
+        deadline = time.monotonic() + window
         delay = 0.05
         while True:
             try:
@@ -503,7 +486,12 @@ class RedisManager:
         seconds), trying again with backoff, before the failure is reported.
         """
         if self._follower is None and self._members[0].sentinel:
-            await self._note_first_master()
+            # Know the master before the first operation connects: noted only after it
+            # returned, a failover meanwhile (its connection on the old master) would let
+            # the follower's first look record the *new* master as the first one: no move
+            # seen, ``generation`` unchanged, watchers on the old master not told. No
+            # wait here if no sentinel answers: the operation waits (the window below).
+            await self.confirm_master(window=0)
             self._start_follower()
         deadline: float | None = None
         delay = 0.1
