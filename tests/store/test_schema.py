@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -168,6 +169,52 @@ def test_concurrent_first_use_migrates_once(db_settings: Settings) -> None:
     assert migrate.current(stores[0].engine) == "0004"
     for s in stores:
         s.close()
+
+
+def test_a_new_sqlite_database_opened_while_another_connection_writes_it(
+    tmp_path: Path,
+) -> None:
+    """Switching a fresh database to WAL waits for another connection's lock.
+
+    SQLite fails that switch at once, without its busy handler, while any other
+    connection holds a write (RESERVED) lock: four threads opening a new database
+    together lost the race about one time in twelve. Here a plain connection holds
+    that lock on the not-yet-WAL file for 0.3 s; the open must wait, not fail.
+    """
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    assert holder.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    holder.execute("BEGIN IMMEDIATE")  # a RESERVED lock until COMMIT
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        settings = Settings(cfn_state_dir=tmp_path / ".cfn", database_url=f"sqlite:///{path}")
+        with Store.open(settings) as store:
+            assert migrate.current(store.engine) == migrate.HEAD
+            with store.read() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_still_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        settings = Settings(
+            cfn_state_dir=tmp_path / ".cfn",
+            database_url=f"sqlite:///{path}",
+            cfn_db_busy_timeout=0.2,
+        )
+        with pytest.raises(DatabaseError, match="database is locked"):
+            Store.open(settings)
+    finally:
+        holder.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
 
 def test_auto_migrate_off_leaves_database_empty(db_settings: Settings) -> None:

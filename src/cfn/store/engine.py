@@ -16,6 +16,7 @@ rewritten to the ``postgresql+psycopg://`` driver. Sessions run in UTC so that
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor, settings.cfn_db_busy_timeout)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
@@ -94,6 +95,31 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _use_wal(cursor: sqlite3.Cursor, timeout: float) -> None:
+    """Put the database in WAL mode (persistent: a no-op once any connection did it).
+
+    Switching a fresh database to WAL needs its exclusive lock, and SQLite answers
+    "database is locked" at once, without calling the busy handler, while another
+    connection holds a write (RESERVED) lock: cfn processes opening a new database
+    together lost that race (four threads: 17 of 200 starts failed). So the mode
+    is read first, and the switch is retried for up to the busy timeout.
+    """
+    row = cursor.execute("PRAGMA journal_mode").fetchone()
+    if row is not None and str(row[0]).lower() in ("wal", "memory"):
+        return
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _postgres_engine(url: URL, settings: Settings) -> Engine:
