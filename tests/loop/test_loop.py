@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from cfn.loop.app import run_loop
+from cfn.loop.journal import SqlJournal
+from cfn.loop.state import Phase
 from cfn.settings import Settings
 from cfn.store.repository import Store
 from tests.loop.conftest import options
@@ -137,3 +139,33 @@ def test_bad_options(tmp_path: Path, kwargs: dict[str, Any], message: str) -> No
 
     with pytest.raises(InvalidInputError, match=message):
         options(tmp_path, **kwargs)
+
+
+async def test_resume_finishes_a_task_killed_between_its_outcome_and_its_status(
+    tmp_path: Path, loop_settings: Settings, redis_server: RedisServer
+) -> None:
+    """The orchestrator saves the outcome (checkpoint at DONE, still running), then
+    the final status. A SIGKILL between the two left a task that `cfn resume`
+    reported as "running" with exit 1 for ever; resume now does the last step."""
+    done = await run_loop(loop_settings, options=options(tmp_path))
+    assert done.status == "succeeded"
+    with Store.open(loop_settings) as store:
+        journal = SqlJournal(store)
+        _options, checkpoint, _status = journal.load_task("t1")
+        assert checkpoint.phase is Phase.DONE
+        journal.save_checkpoint("t1", checkpoint, "running")  # the state the kill leaves
+    seen: list[str] = []
+    outcome = await run_loop(
+        loop_settings, resume_task="t1", listener=lambda _t, k, _d: seen.append(k)
+    )
+    assert (outcome.status, outcome.exit_code, outcome.decision) == ("succeeded", 0, "PROCEED")
+    assert seen == ["task:resumed", "task:finished"]  # no agent ran again, no new decision
+    with Store.open(loop_settings) as store:
+        assert store.get_task("t1").status == "succeeded"
+        assert len(store.decisions("t1")) == 1
+    # A task that really ended is only reported, not finished twice.
+    again: list[str] = []
+    repeat = await run_loop(
+        loop_settings, resume_task="t1", listener=lambda _t, k, _d: again.append(k)
+    )
+    assert repeat.status == "succeeded" and again == []

@@ -249,8 +249,11 @@ class Orchestrator:
     async def resume(self, task_id: str) -> Outcome:
         """Continue a task from its last checkpoint."""
         options, checkpoint, status = await asyncio.to_thread(self.journal.load_task, task_id)
-        if checkpoint.phase is Phase.DONE:
+        if checkpoint.phase is Phase.DONE and status != "running":
             return self._outcome(options, checkpoint, status)
+        # A checkpoint at DONE still marked running: the orchestrator was killed
+        # between saving the outcome and saving the final status. _run skips the
+        # loop and does only that last step (status, task:finished).
         await self.events.emit(
             task_id, "task:resumed", iteration=checkpoint.iteration, phase=checkpoint.phase.value
         )
