@@ -27,6 +27,9 @@ from sqlalchemy.exc import ArgumentError
 from cfn.errors import ConfigError
 from cfn.settings import Settings
 
+#: What SQLite says when another connection holds the lock it needs.
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
 #: Execution option that marks a connection as a writer (``BEGIN IMMEDIATE`` on SQLite).
 WRITE_OPTION = "cfn_write"
 
@@ -97,6 +100,12 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
     return engine
 
 
+def sqlite_busy(message: str) -> bool:
+    """Whether a sqlite3 error's message says the database is locked or busy."""
+    text = message.lower()
+    return any(words in text for words in _SQLITE_BUSY)
+
+
 def _use_wal(cursor: sqlite3.Cursor, timeout: float) -> None:
     """Put the database in WAL mode (persistent: a no-op once any connection did it).
 
@@ -116,7 +125,7 @@ def _use_wal(cursor: sqlite3.Cursor, timeout: float) -> None:
             cursor.execute("PRAGMA journal_mode=WAL").fetchall()
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() + delay > deadline:
+            if not sqlite_busy(str(exc)) or time.monotonic() + delay > deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)

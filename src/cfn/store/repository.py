@@ -39,7 +39,7 @@ from cfn.errors import DatabaseError, InvalidInputError, NotFoundError
 from cfn.settings import Settings, get_settings
 from cfn.store import migrate
 from cfn.store import validation as check
-from cfn.store.engine import WRITE_OPTION, database_url, describe, make_engine
+from cfn.store.engine import WRITE_OPTION, database_url, describe, make_engine, sqlite_busy
 from cfn.store.models import (
     AGENT_STATUSES,
     LOOP_DECISIONS,
@@ -73,8 +73,6 @@ WRITE_ATTEMPTS = 6
 WRITE_BACKOFF = 0.1
 WRITE_BACKOFF_MAX = 2.0
 
-_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
-
 
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` (a driver error, or a DatabaseError caused by one) may pass if retried.
@@ -92,8 +90,7 @@ def transient(exc: BaseException) -> bool:
         return False
     module = type(exc.orig).__module__
     if module.startswith("sqlite3"):
-        text = str(exc.orig).lower()
-        return any(word in text for word in _SQLITE_BUSY)
+        return sqlite_busy(str(exc.orig))
     return module.startswith("psycopg")
 
 
