@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from cfn.agents.context import generate_cli_context
-from cfn.agents.profiles import load_profile_file, load_profiles, profile_dirs
 from cfn.agents.runtime import AgentRuntime
 from cfn.errors import ProfileError
+from cfn.profiles import load_profile_file, load_profiles, profile_dirs
 from cfn.providers import ChatRequest, ChatResponse
 from cfn.providers.types import Usage
 from cfn.settings import Settings

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cfn.agents import load_profiles
-from cfn.agents.profiles import parse_profile
 from cfn.errors import ProfileError
+from cfn.profiles import load_profiles, parse_profile
 from tests.providers.conftest import MakeSettings
 
 SEED_PROFILE = {

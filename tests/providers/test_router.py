@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cfn.agents.profiles import builtin_profiles
 from cfn.errors import InvalidInputError, MissingCredentialsError, UnknownProviderError
+from cfn.profiles import builtin_profiles
 from cfn.providers import TaskTraits, select_provider
 from cfn.providers.routes import load_route_table
 from cfn.settings import Settings

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cfn import keys
 from cfn.agents.context import AgentContext, generate_cli_context
-from cfn.agents.profiles import load_profile_file, parse_profile
+from cfn.profiles import load_profile_file, parse_profile
 from cfn.coordination import completion
 from cfn.errors import AgentContextError, AuthError, CfnError, InvalidIdError, McpAuthError
 from cfn.mcp.routing import parse_skill_mapping

@@ -1,5 +1,6 @@
-"""Agents: profiles (and, in later issues, CLI context, spawners, the runtime)."""
+"""Agents: the CLI context, the agent runtime and its tools, heartbeats, and the
+runtimes that start agents (``cfn.agents.spawn``). Profiles live in ``cfn.profiles``.
 
-from cfn.agents.profiles import AgentProfile, ProfileSet, load_profiles
-
-__all__ = ["AgentProfile", "ProfileSet", "load_profiles"]
+Kept empty on purpose: ``python -m cfn.agents.shim`` runs once per agent, and
+everything imported here would be paid by each of them.
+"""

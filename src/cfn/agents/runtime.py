@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
 from cfn.agents.heartbeat import Heartbeater
-from cfn.agents.profiles import AgentProfile
+from cfn.profiles import AgentProfile
 from cfn.agents.tools import TOOL_SPECS, Workspace, execute
 from cfn.coordination import acl, completion, locks
 from cfn.coordination.connection import RedisManager
@@ -378,7 +378,7 @@ class AgentRuntime:
 
 async def run_from_file(path: Path, settings: Settings) -> RunResult:
     """Entry point of ``cfn agent run``."""
-    from cfn.agents.profiles import load_profiles
+    from cfn.profiles import load_profiles
 
     context = AgentContext.from_file(path)
     redis = RedisManager.from_settings(settings)

@@ -14,11 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cfn.cli.common import err, out, settings, with_redis
-from cfn.errors import InvalidInputError
-from cfn.loop.modes import MODES
 from cfn.loop.orchestrator import Outcome
-from cfn.loop.state import DECISION_MODES, TaskOptions
-from cfn.loop.workspace import is_build_task
+from cfn.loop.state import TaskOptions
 
 STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "pending": "dim"}
 
@@ -167,28 +164,21 @@ def _options(
     max_iterations: int | None = None,
     provider: str | None = None,
 ) -> TaskOptions:
-    from cfn.loop.app import default_workspace
+    from cfn.loop.app import new_task
 
-    if mode not in MODES:
-        raise InvalidInputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    if decision not in DECISION_MODES:
-        raise InvalidInputError(
-            f"unknown decision {decision!r}; use one of {', '.join(DECISION_MODES)}"
-        )
-    ws = workspace.resolve() if workspace else default_workspace(settings(), task_id)
-    return TaskOptions(
+    return new_task(
+        settings(),
+        epic,
         task_id=task_id,
-        epic=epic,
         mode=mode,
         complexity=complexity,
         cost_sensitive=cost_sensitive,
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,
         implementers=implementers,
         validators=validators,
         max_iterations=max_iterations,
         provider=provider,
-        workspace=str(ws),
-        build=is_build_task(epic),
+        workspace=workspace,
     )
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cfn import __version__
+from cfn._version import __version__
 from cfn.cli import agents as agents_cli
 from cfn.cli import coordination as coord_cli
 from cfn.cli import debug as debug_cli

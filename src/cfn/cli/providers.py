@@ -106,7 +106,7 @@ def list_cmd(
 @providers_app.command("profiles")
 def profiles_cmd() -> None:
     """Agent profiles: built-in and from CFN_AGENTS_DIR."""
-    from cfn.agents.profiles import load_profiles
+    from cfn.profiles import load_profiles
 
     profiles = load_profiles(settings())
     view = Table(title="Agent profiles")

@@ -249,7 +249,7 @@ def _profiles_check(cfg: Settings) -> tuple[Check, list[tuple[str, str]]]:
     check = Check("agent profiles")
     hints: list[tuple[str, str]] = []
     try:
-        from cfn.agents.profiles import load_profiles
+        from cfn.profiles import load_profiles
 
         profiles = load_profiles(cfg)
     except CfnError as exc:

@@ -13,9 +13,10 @@ from cfn import keys
 from cfn.agents.spawner import agent_redis_url
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.signals import send_signal
-from cfn.errors import CfnError
+from cfn.errors import CfnError, InvalidInputError
 from cfn.loop.journal import SqlJournal
 from cfn.loop.launcher import ProcessLauncher
+from cfn.loop.modes import MODES
 from cfn.loop.orchestrator import (
     HumanOwner,
     Orchestrator,
@@ -24,7 +25,8 @@ from cfn.loop.orchestrator import (
     ProductOwner,
     check_decision,
 )
-from cfn.loop.state import TaskOptions
+from cfn.loop.state import DECISION_MODES, TaskOptions
+from cfn.loop.workspace import is_build_task
 from cfn.providers import TaskTraits, build_service
 from cfn.settings import Settings
 from cfn.store.repository import Store
@@ -116,3 +118,54 @@ async def submit_decision(
     }
     await send_signal(redis, task_id, keys.DECISION_INPUT, json.dumps(message))
     return iteration
+
+
+def new_task(
+    settings: Settings,
+    epic: str,
+    *,
+    task_id: str | None = None,
+    mode: str = "standard",
+    complexity: str | None = None,
+    cost_sensitive: bool = False,
+    decision: str = "policy",
+    implementers: int | None = None,
+    validators: int | None = None,
+    max_iterations: int | None = None,
+    provider: str | None = None,
+    workspace: Path | None = None,
+) -> TaskOptions:
+    """A task's options as ``cfn run`` makes them: a fresh id, the workspace under
+    ``.cfn/workspaces/`` unless given, and PROCEED-needs-a-change for build epics.
+    Bad values raise :class:`~cfn.errors.InvalidInputError` before anything is written."""
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if decision not in DECISION_MODES:
+        raise InvalidInputError(
+            f"unknown decision {decision!r}; use one of {', '.join(DECISION_MODES)}"
+        )
+    task_id = task_id or new_task_id()
+    ws = workspace.resolve() if workspace else default_workspace(settings, task_id)
+    return TaskOptions(
+        task_id=task_id,
+        epic=epic,
+        mode=mode,
+        complexity=complexity,
+        cost_sensitive=cost_sensitive,
+        decision=decision,  # type: ignore[arg-type]
+        implementers=implementers,
+        validators=validators,
+        max_iterations=max_iterations,
+        provider=provider,
+        workspace=str(ws),
+        build=is_build_task(epic),
+    )
+
+
+def run(epic: str, *, settings: Settings | None = None, **options: Any) -> Outcome:
+    """Run one task to its end from synchronous code: :func:`new_task` then
+    :func:`run_loop`. ``options`` are :func:`new_task`'s keywords."""
+    import asyncio
+
+    cfg = settings if settings is not None else Settings()
+    return asyncio.run(run_loop(cfg, options=new_task(cfg, epic, **options)))

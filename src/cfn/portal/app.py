@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from cfn import __version__, keys
+from cfn import keys
+from cfn._version import __version__
 from cfn.coordination.connection import RedisManager
 from cfn.errors import (
     AuthError,

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from cfn.agents.profiles import AgentProfile, ProfileSet, load_profiles
+from cfn.profiles import AgentProfile, ProfileSet, load_profiles
 from cfn.errors import (
     BudgetExceededError,
     ProviderError,
