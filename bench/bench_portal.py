@@ -1,6 +1,6 @@
 """Portal benchmarks (issue 7).
 
-1. Event latency: the orchestrator's ``EventBus.emit`` (SQL insert + XADD) to
+1. Event latency: the orchestrator's ``JournalEventBus.emit`` (SQL insert + XADD) to
    a python-socketio client receiving the event on ``/cfn-loop``; p50 / p99
    (target p99 < 20 ms). Emitter and client run in this process: one clock.
 2. ``GET /api/tasks/{id}/status`` requests per second against the bare
@@ -34,11 +34,13 @@ import socketio
 from tests.support.servers import RedisServer, free_port
 
 from cfn.coordination.connection import RedisManager
+from cfn.loop.board import RedisBoard
 from cfn.loop.journal import SqlJournal
-from cfn.loop.orchestrator import EventBus
-from cfn.loop.state import AgentRow, Checkpoint, TaskOptions
+from cfn.loop.orchestrator import JournalEventBus
+from cfn.loop.state import Checkpoint, TaskOptions
 from cfn.portal.auth import load_secret, mint_token
 from cfn.settings import Settings
+from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
 
 EVENTS = 300
@@ -61,7 +63,7 @@ def _load() -> str:
 async def _latency(url: str, settings: Settings, redis_url: str, token: str) -> list[float]:
     redis = RedisManager.from_url(redis_url, settings)
     store = Store.open(settings)
-    bus = EventBus(SqlJournal(store), redis)
+    bus = JournalEventBus(SqlJournal(store), RedisBoard(redis))
     got: dict[int, float] = {}
     arrived = asyncio.Event()
     client = socketio.AsyncClient(reconnection=False)
@@ -172,7 +174,7 @@ def main(_argv: list[str]) -> int:
             journal.save_checkpoint("bench", Checkpoint(), "running")
             for n in range(1, 5):
                 journal.save_agent(
-                    AgentRow("bench", f"impl-{n}-1", "implementer", 3, 1, None, "offline", None,
+                    AgentRecord("bench", f"impl-{n}-1", "implementer", 3, 1, None, "offline", None,
                              "done", None, 0.9)
                 )
         token = mint_token(load_secret(settings), "bench", "operator")

@@ -49,7 +49,7 @@ from tests.support.servers import RedisServer
 
 from cfn import keys
 from cfn.agents.context import generate_cli_context
-from cfn.agents.spawner import ProcessHandle, ProcessSpawner
+from cfn.agents.spawn.process import ProcessHandle, ProcessSpawner
 from cfn.coordination.completion import collect_results
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings

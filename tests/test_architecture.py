@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,10 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> Iterator[Import
                 yield Import(name, resolved, node.lineno)
 
 
-def all_imports() -> list[Import]:
+@cache
+def all_imports() -> tuple[Import, ...]:
     known = modules()
-    return [imp for name, path in known.items() for imp in imports_of(name, path, known)]
+    return tuple(imp for name, path in known.items() for imp in imports_of(name, path, known))
 
 
 def top(module: str) -> str:

@@ -37,10 +37,11 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from cfn.agents import shim
 from cfn.coordination.connection import RedisManager, mask_url
 from cfn.errors import CfnError, ConfigError, InvalidInputError
 from cfn.settings import Settings
+from cfn.store.records import AgentRecord
+from cfn.system.proc import proc_alive
 
 Status = Literal["ok", "warn", "error"]
 STATUSES: tuple[Status, ...] = ("ok", "warn", "error")
@@ -191,10 +192,8 @@ async def check_redis_fallback(settings: Settings, timeout: float = DEFAULT_TIME
 
 
 def _database_check(settings: Settings) -> Check:
-    from sqlalchemy import text
-
     from cfn.store import migrate
-    from cfn.store.engine import database_url, describe, make_engine
+    from cfn.store.engine import database_url, describe, make_engine, ping
 
     url = database_url(settings)
     label = describe(url)
@@ -208,8 +207,7 @@ def _database_check(settings: Settings) -> Check:
     engine = make_engine(settings, url)
     began = time.perf_counter()
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1")).scalar_one()
+        ping(engine)
         latency = _ms(began)
         current = migrate.current(engine)
     except Exception as exc:  # the driver's own errors, whatever the backend
@@ -288,7 +286,7 @@ async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> lis
                 Check(f"mcp:{name}", "ok", "not started by `cfn mcp up`", configured=False)
             )
             continue
-        if item is not None and not shim.proc_alive(item.pid, item.pid_start):
+        if item is not None and not proc_alive(item.pid, item.pid_start):
             checks.append(
                 Check(
                     f"mcp:{name}",
@@ -308,19 +306,18 @@ async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> lis
 
 async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> Check:
     """This checkout's detached portal (``cfn portal``) answers ``/api/ping``."""
-    from cfn.portal.server import Instance, instance_file
+    from cfn.system.instances import instance_file, parse_instance
 
     path = instance_file(settings)
     try:
-        data = json.loads(path.read_text())
-        instance = Instance(int(data["pid"]), str(data["host"]), int(data["port"]))
+        instance = parse_instance(json.loads(path.read_text()))
     except FileNotFoundError:
         return Check(
             "portal", "ok", "not configured (no `cfn portal` started here)", configured=False
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Check("portal", "error", f"{path} unreadable: {_short(exc)}")
-    if not shim.proc_alive(instance.pid, None):
+    if not proc_alive(instance.pid, instance.pid_start):
         return Check(
             "portal",
             "error",
@@ -337,13 +334,6 @@ async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> 
 # --- agents -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _AgentRow:
-    task_id: str
-    agent_id: str
-    pid: int | None
-
-
 def _sqlite_missing(settings: Settings) -> bool:
     """A SQLite database whose file does not exist (opening it would create it)."""
     from cfn.store.engine import database_url
@@ -356,24 +346,13 @@ def _sqlite_missing(settings: Settings) -> bool:
     )
 
 
-def _running_rows(settings: Settings) -> list[_AgentRow]:
-    from sqlalchemy import select
-
-    from cfn.store.models import Agent
+def _running_rows(settings: Settings) -> list[AgentRecord]:
     from cfn.store.repository import Store
 
     if _sqlite_missing(settings):
         raise ConfigError("the database file does not exist")
-    store = Store.open(settings, auto_migrate=False)
-    try:
-        table = Agent.__table__
-        with store.read() as conn:
-            rows = conn.execute(
-                select(table.c.task_id, table.c.id, table.c.pid).where(table.c.status == "running")
-            ).all()
-    finally:
-        store.close()
-    return [_AgentRow(str(r[0]), str(r[1]), r[2]) for r in rows]
+    with Store.open(settings, auto_migrate=False) as store:
+        return store.list_agents(status="running")
 
 
 def _live_processes(settings: Settings) -> set[tuple[str, str]]:
@@ -483,14 +462,13 @@ def docker_client(docker_host: str, timeout: float = DEFAULT_TIMEOUT) -> httpx.A
 
 
 def container_endpoint(settings: Settings) -> str | None:
-    """DOCKER_HOST; in docker mode without it, cfn's own Podman service's socket; else None."""
+    """DOCKER_HOST; without it, the engine the agents' runtime uses (cfn's own Podman
+    service in docker mode); None when agents are local processes."""
     if settings.docker_host:
         return settings.docker_host
-    if getattr(settings, "spawn_mode", "process") != "docker":
-        return None
-    from cfn.deploy.podman import PodmanService
+    from cfn.agents.spawn import spawner_for
 
-    return PodmanService(settings).docker_host
+    return spawner_for(settings).engine
 
 
 async def check_containers(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
@@ -609,18 +587,16 @@ def _preload() -> None:
     fast; done inside a running check, they would block the event loop for seconds
     and time out the others' connections.
     """
-    import sqlalchemy  # noqa: F401
-
     import cfn.coordination.embedded
     import cfn.deploy
     import cfn.mcp.launcher
     import cfn.mcp.routing
     import cfn.mcp.serve
-    import cfn.portal.server
     import cfn.store.engine
     import cfn.store.migrate
     import cfn.store.models
     import cfn.store.repository
+    import cfn.system.instances
     import cfn.worktree.project  # noqa: F401
 
 

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     cfn_orchestrator_image: str = "cfn-orchestrator:latest"
     cfn_redis_image: str = "redis:7-bookworm"
     cfn_postgres_image: str = "postgres:16-bookworm"
-    # --- Containers (cfn.deploy.podman, cfn.agents.container) ---
+    # --- Containers (cfn.system.podman, cfn.agents.spawn.container) ---
     cfn_spawn_mode: Literal["process", "docker"] | None = Field(
         default=None,
         description="How the loop starts agents: process (default) or docker (containers).",

@@ -2,7 +2,7 @@
 
 The seed does these with ``docker ps``, ``docker logs -f``, ``docker stats
 --no-stream`` and ``docker kill``; cfn's process agents keep the same facts
-under ``<state>/tasks/{task}/agents/{agent}/`` (see ``cfn.agents.spawner``):
+under ``<state>/tasks/{task}/agents/{agent}/`` (see ``cfn.agents.spawn``):
 ``state.json`` (pids, start), ``exit.json`` (why it ended) and ``agent.log``
 (its stdout and stderr).
 
@@ -32,9 +32,11 @@ from typing import Any
 
 from cfn import keys
 from cfn.agents import shim
-from cfn.agents.spawner import LOG_FILE, ExitInfo, ProcessSpawner, read_json_file
+from cfn.agents.spawn import spawner_for
+from cfn.agents.spawn.base import LOG_FILE, ExitInfo, read_json_file
 from cfn.errors import AgentLookupError, CfnError, InvalidInputError
 from cfn.settings import Settings
+from cfn.system import proc
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -94,7 +96,7 @@ def _describe(task_id: str, agent_id: str, directory: Path) -> AgentInfo:
         return AgentInfo(task_id, agent_id, directory, info.status, pid, started, info, cgroups)
     if state is None:
         return AgentInfo(task_id, agent_id, directory, "starting")
-    if shim.proc_alive(pid, state.get("pid_start")):
+    if proc.proc_alive(pid, state.get("pid_start")):
         return AgentInfo(task_id, agent_id, directory, "running", pid, started, None, cgroups)
     # Neither running nor recorded: its supervisor died with it (SIGKILL of both).
     return AgentInfo(task_id, agent_id, directory, "lost", pid, started, None, cgroups)
@@ -266,7 +268,7 @@ def _still_running(agent: AgentInfo) -> bool:
     state = read_json_file(agent.directory / shim.STATE_FILE)
     if state is None:
         return True  # still starting
-    return shim.proc_alive(state.get("pid"), state.get("pid_start")) or shim.proc_alive(
+    return proc.proc_alive(state.get("pid"), state.get("pid_start")) or proc.proc_alive(
         state.get("shim_pid"), state.get("shim_start")
     )
 
@@ -300,7 +302,7 @@ class AgentStats:
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(process group, CPU ticks) of ``pid``."""
-    found = shim.proc_stat_fields(pid, 5, 14, 15)
+    found = proc.proc_stat_fields(pid, 5, 14, 15)
     return None if found is None else (found[0], found[1] + found[2])
 
 
@@ -398,7 +400,7 @@ async def kill_agent(
     agent = find_agent(settings, agent_id, task_id)
     if not agent.running:
         raise CfnError(f"{agent.name} is not running (it is {agent.status})")
-    handle = await ProcessSpawner(settings).attach(agent.task_id, agent.agent_id)
+    handle = await spawner_for(settings).attach(agent.task_id, agent.agent_id)
     await (handle.stop() if graceful else handle.kill())
     try:
         return await asyncio.wait_for(handle.wait(), wait)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cfn.agents.context import AgentContext, generate_cli_context
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.settings import Settings
 from tests.support.servers import RedisServer
 

@@ -11,7 +11,7 @@ import pytest
 from cfn.agents import heartbeat as hb
 from cfn.agents.context import generate_cli_context
 from cfn.agents.signals import send_stop
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination.completion import collect_results
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings

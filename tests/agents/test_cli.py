@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.settings import Settings
 from tests.conftest import CFN
 from tests.support.servers import RedisServer, cfn_env

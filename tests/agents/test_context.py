@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from cfn.agents.context import AgentContext, agent_dir, generate_cli_context
-from cfn.agents.spawner import parse_cpu_limit, parse_memory_limit
 from cfn.errors import AgentContextError, InvalidIdError, InvalidInputError
 from cfn.settings import Settings
+from cfn.system.limits import parse_cpu_limit, parse_memory_limit
 
 SEED_TOP = {"task_id", "agent_id", "mode", "workspace", "coordination", "resources"}
 

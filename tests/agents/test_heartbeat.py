@@ -20,7 +20,7 @@ from cfn.agents.signals import (
     take_agent_signal,
     wait_agent_signal,
 )
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination.completion import collect_results, signal_completion
 from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidInputError, WaitTimeoutError

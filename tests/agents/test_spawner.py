@@ -14,18 +14,19 @@ from typing import Any
 
 import pytest
 
-from cfn.agents import shim
 from cfn.agents.context import AgentContext
 from cfn.agents.signals import record_agent_failure
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination.completion import collect_results
 from cfn.coordination.connection import RedisManager
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
+from cfn.system.cgroups import cgroups_writable
+from cfn.system.proc import proc_start_ticks
 from tests.conftest import CFN
 from tests.support.servers import RedisServer, cfn_env
 
-CGROUPS = shim.cgroups_writable()
+CGROUPS = cgroups_writable()
 needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="cgroup v1 memory/cpu not writable here")
 
 PRINT_ENV = (
@@ -248,7 +249,7 @@ async def test_pid_of_another_process_is_not_trusted(
         state = json.loads(state_file.read_text())
         impostor = subprocess.Popen(["sleep", "30"])
         try:
-            state.update(pid=impostor.pid, pid_start=shim.proc_start_ticks(impostor.pid))
+            state.update(pid=impostor.pid, pid_start=proc_start_ticks(impostor.pid))
             state_file.write_text(json.dumps(state))
             with pytest.raises(AgentLookupError, match="is not cfn-agent"):
                 await ProcessSpawner(settings).attach(handle.task_id, handle.agent_id)
@@ -258,3 +259,42 @@ async def test_pid_of_another_process_is_not_trusted(
     finally:
         await handle.kill()
         await handle.wait()
+
+
+def test_spawner_for_picks_the_runtime_from_the_settings_alone(tmp_path: Path) -> None:
+    from cfn.agents.spawn import spawner_for
+    from cfn.agents.spawn.container import ContainerSpawner
+
+    state = tmp_path / ".cfn"
+    process = spawner_for(Settings(cfn_state_dir=state, cfn_spawn_mode="process", mode="docker"))
+    assert isinstance(process, ProcessSpawner)
+    assert process.engine is None
+    for docker in ({"cfn_spawn_mode": "docker"}, {"mode": "docker"}):
+        chosen = Settings(cfn_state_dir=state, docker_host=None, **docker)
+        container = spawner_for(chosen, redis_url="redis://x")
+        assert isinstance(container, ContainerSpawner)
+        assert container.redis_url == "redis://x"
+        # cfn's own Podman service; asking where it is does not start it.
+        assert container.engine == f"unix://{state.resolve()}/podman/podman.sock"
+        assert container._client is None
+        assert not (state / "podman" / "podman.sock").exists()
+
+
+def test_only_spawner_for_decides_process_or_container() -> None:
+    """The runtime is chosen in one place: nothing else reads the spawn mode or names a
+    runtime class (tests that exercise one runtime directly may)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "cfn"
+    spawn = src / "agents" / "spawn"
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        if path.parent == spawn or path == src / "settings.py":
+            continue
+        text = path.read_text()
+        for needle in ("spawn_mode", "ProcessSpawner", "ContainerSpawner"):
+            if needle in text:
+                offenders.append(f"{path.relative_to(src)}: {needle}")
+    assert offenders == []
+    reads = (spawn / "__init__.py").read_text().count("settings.spawn_mode")
+    assert reads == 1
+    for runtime in ("base.py", "process.py", "container.py", "agent.py"):
+        assert "spawn_mode" not in (spawn / runtime).read_text()

@@ -30,7 +30,7 @@ class Engine:
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     from cfn.deploy.images import ImageBuilder
-    from cfn.deploy.podman import connect, docker_host
+    from cfn.system.podman import connect, docker_host
 
     settings = Settings(cfn_state_dir=find_project_root() / ".cfn")
     client = connect(settings)

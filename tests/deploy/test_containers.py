@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cfn.agents.container import ContainerSpawner, network_name
 from cfn.agents.context import generate_cli_context, redis_endpoint
+from cfn.agents.spawn.container import ContainerSpawner, network_name
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.loop.app import run_loop
 from cfn.loop.launcher import ProcessLauncher

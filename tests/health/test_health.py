@@ -21,7 +21,7 @@ import pytest
 from cfn.health import check_system
 from cfn.mcp.launcher import Launcher
 from cfn.settings import Settings
-from cfn.store.records import AgentSpec
+from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
 from tests.conftest import CFN
 from tests.deploy.conftest import Engine, engine, project  # noqa: F401  (fixtures)
@@ -158,15 +158,10 @@ def test_agents_marked_running_without_heartbeat_or_process(
 ) -> None:
     settings = Settings(cfn_state_dir=tmp_path / ".cfn")
     with Store.open(settings) as store:
-        store.create_task(
-            "h1",
-            "mvp",
-            "health check task",
-            [AgentSpec(id="impl-1-1", role="implementer"),
-             AgentSpec(id="impl-2-1", role="implementer")],
-        )  # fmt: skip
-        store.update_agent("h1", "impl-1-1", status="running")
-        store.update_agent("h1", "impl-2-1", status="running")
+        store.create_task("h1", "mvp", "health check task")
+        for agent_id in ("impl-1-1", "impl-2-1"):
+            store.save_agent(AgentRecord("h1", agent_id, "implementer", 3, 1, None, None, None,
+                                         "running"))  # fmt: skip
     code, report = system(monkeypatch, REDIS_URL=redis_server.url)
     agents = by_name(report)["agents"]
     assert code == 0 and agents["status"] == "warn"

@@ -13,7 +13,7 @@ from cfn.agents.context import generate_cli_context
 from cfn.agents.runtime import AgentRuntime, RunResult
 from cfn.coordination.connection import RedisManager
 from cfn.loop.launcher import ProcessLauncher
-from cfn.loop.orchestrator import AgentPlan
+from cfn.loop.ports import AgentPlan
 from cfn.mcp.tokens import TokenAuthority
 from cfn.providers import TaskTraits, build_service
 from cfn.settings import Settings

@@ -13,9 +13,10 @@ import pytest
 import socketio
 
 from cfn.loop.journal import SqlJournal
-from cfn.loop.state import AgentRow, Checkpoint, TaskOptions
+from cfn.loop.state import Checkpoint, TaskOptions
 from cfn.portal.auth import load_secret, mint_token, verify_token
 from cfn.settings import Settings
+from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
 from tests.portal.conftest import RunningPortal, task_body
 from tests.support.servers import RedisServer
@@ -34,7 +35,7 @@ def _seed_task(settings: Settings, task_id: str, tmp_path: Path, agents: list[st
         journal.save_checkpoint(task_id, Checkpoint(), "running")
         for agent_id in agents:
             journal.save_agent(
-                AgentRow(task_id, agent_id, "implementer", 3, 1, None, "offline", None, "done")
+                AgentRecord(task_id, agent_id, "implementer", 3, 1, None, "offline", None, "done")
             )
 
 

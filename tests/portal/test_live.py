@@ -16,7 +16,7 @@ import httpx
 import socketio
 
 from cfn.coordination.connection import RedisManager
-from cfn.portal.workers import Worker
+from cfn.loop.worker import Worker
 from cfn.settings import Settings
 from cfn.store.repository import Store
 from tests.portal.conftest import CLAIM_IDLE, RunningPortal, task_body

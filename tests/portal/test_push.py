@@ -23,9 +23,11 @@ import socketio
 from cfn.agents.heartbeat import beat
 from cfn.coordination.connection import RedisManager
 from cfn.errors import AuthError
+from cfn.loop.board import RedisBoard
 from cfn.loop.journal import SqlJournal
-from cfn.loop.orchestrator import EventBus
+from cfn.loop.orchestrator import JournalEventBus
 from cfn.loop.state import Checkpoint, TaskOptions
+from cfn.loop.worker import Worker
 from cfn.portal.auth import (
     LEEWAY,
     Verifier,
@@ -34,10 +36,9 @@ from cfn.portal.auth import (
     mint_token,
     read_login_code,
 )
-from cfn.portal.server import instance_file
-from cfn.portal.workers import Worker
 from cfn.settings import Settings
 from cfn.store.repository import Store
+from cfn.system.instances import instance_file
 from tests.portal.conftest import RunningPortal, task_body
 
 CFN = [sys.executable, "-m", "cfn"]
@@ -158,7 +159,8 @@ async def test_task_list_queue_and_workers_are_pushed(
         _running_task(portal_settings, "cli-task", tmp_path)
         redis = RedisManager.from_settings(portal_settings)
         with Store.open(portal_settings) as store:
-            await EventBus(SqlJournal(store), redis).emit("cli-task", "task:created", epic="x")
+            bus = JournalEventBus(SqlJournal(store), RedisBoard(redis))
+            await bus.emit("cli-task", "task:created", epic="x")
         await redis.close()
         update = await people.wait("tasks:update", lambda d: d["tasks"])
         (task,) = update["tasks"]
@@ -186,7 +188,8 @@ async def test_task_list_queue_and_workers_are_pushed(
             await asyncio.to_thread(journal.create_task, options, Checkpoint())
             await asyncio.to_thread(journal.save_checkpoint, options.task_id, Checkpoint(),
                                     "running")
-            await EventBus(journal, redis).emit(options.task_id, "task:created", epic="y")
+            bus = JournalEventBus(journal, RedisBoard(redis))
+            await bus.emit(options.task_id, "task:created", epic="y")
             await release.wait()  # held until the worker is cancelled below
             raise AssertionError("never released")
 

@@ -21,7 +21,7 @@ import redis
 from cfn.agents import heartbeat as hb
 from cfn.agents.context import generate_cli_context
 from cfn.agents.signals import send_stop, wait_agent_signal
-from cfn.agents.spawner import ProcessSpawner
+from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination import acl, completion, locks
 from cfn.coordination.connection import RedisManager
 from cfn.errors import AgentSpawnError, ConfigError

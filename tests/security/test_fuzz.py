@@ -103,7 +103,7 @@ def test_fuzz_validate_channel(value: str) -> None:
 
 def check_payload(raw: str) -> None:
     item = completion.AgentResult("a1", "success")
-    completion._judge(item, raw)  # the collector's parser of one payload
+    completion.judge_payload(item, raw)  # the collector's parser of one payload
     if item.ok:
         assert item.confidence is not None and 0.0 <= item.confidence <= 1.0
         payload = json.loads(raw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import func, inspect, select, table
 
 from cfn.store import migrate
-from cfn.store.records import AgentSpec
+from cfn.store.records import AgentRecord, DecisionRecord
 from cfn.store.repository import Store
 
 
@@ -27,10 +27,11 @@ def _counts(store: Store) -> dict[str, int]:
 def _fill(store: Store) -> None:
     store.upsert_skill("s1", "a" * 64, "skills/s1/SKILL.md")
     store.add_approval("s1", "impl-1-1", "APPROVE", 0.9, '{"why": "ok"}')
-    agents = [AgentSpec(id="impl-1-1", role="implementer"), AgentSpec(id="val-1-1", role="v")]
-    store.create_task("t1", "standard", "epic", agents)
-    store.start_iteration("t1", 1)
-    store.record_decision("t1", 1, "ITERATE", "product-owner")
+    store.create_task("t1", "standard", "epic")  # and its iteration 1
+    store.save_agent(AgentRecord("t1", "impl-1-1", "implementer", 3, 1, None, None, None,
+                                 "pending"))  # fmt: skip
+    store.save_agent(AgentRecord("t1", "val-1-1", "v", 2, 1, None, None, None, "pending"))
+    store.record_decision(DecisionRecord("t1", 1, "ITERATE", "product-owner", None))
     store.append_event("loop3.start", {"n": 1}, "t1")
     store.record_llm_call(
         provider="offline", model="m", input_tokens=3, output_tokens=4, cost_usd=0.0, task_id="t1"

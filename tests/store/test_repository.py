@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from cfn.errors import DatabaseError, InvalidIdError, InvalidInputError, NotFoundError
-from cfn.store.records import AgentSpec, SkillChange
-from cfn.store.repository import Store, record_llm_call
+from cfn.store.records import AgentRecord, DecisionRecord, SkillChange
+from cfn.store.repository import T_ITERATIONS, Store, record_llm_call, utcnow
 from cfn.store.skills import add_skill, read_skill_source, verify_skill
 
 
@@ -89,12 +90,10 @@ def test_unknown_skill(store: Store) -> None:
 
 
 def test_task_life_cycle(store: Store) -> None:
-    agents = [
-        AgentSpec(id="impl-1-1", role="implementer", provider="offline", model="m"),
-        AgentSpec(id="val-1-1", role="validator", profile="reviewer"),
-    ]
-    task = store.create_task("task-1", "standard", "Build it", agents)
+    store.create_task("task-1", "standard", "Build it", options="{}", checkpoint="{}")
+    task = store.get_task("task-1")
     assert task.status == "pending"
+    assert (task.options, task.checkpoint) == ("{}", "{}")
     with pytest.raises(InvalidInputError, match="exists already"):
         store.create_task("task-1", "standard", "again")
     with pytest.raises(InvalidInputError, match="unknown mode"):
@@ -102,28 +101,62 @@ def test_task_life_cycle(store: Store) -> None:
     with pytest.raises(InvalidIdError):
         store.create_task("bad id", "mvp", "x")
 
-    store.set_task_status("task-1", "running")
-    store.start_iteration("task-1", 1)
-    store.update_agent("task-1", "impl-1-1", status="done", confidence=0.8, heartbeat=True)
+    impl = AgentRecord("task-1", "impl-1-1", "implementer", 3, 1, None, "offline", "m", "pending")
+    store.save_agent(impl)
+    store.save_agent(
+        AgentRecord("task-1", "val-1-1", "validator", 2, 1, "reviewer", None, None, "pending")
+    )
+    store.save_checkpoint("task-1", "{}", "running", iteration=1)
+    store.save_agent(replace(impl, status="done", confidence=0.8))
     with pytest.raises(InvalidInputError):
-        store.update_agent("task-1", "impl-1-1", confidence=1.2)
+        store.save_agent(replace(impl, confidence=1.2))
     with pytest.raises(NotFoundError):
-        store.update_agent("task-1", "ghost", status="done")
-    store.finish_iteration("task-1", 1, gate_mean=0.8, consensus_mean=0.92)
-    decision = store.record_decision("task-1", 1, "PROCEED", "product-owner", "looks good")
-    store.set_task_status("task-1", "succeeded")
+        store.save_checkpoint("ghost", "{}", "running", iteration=1)
+    with pytest.raises(DatabaseError):  # no such task: the foreign key refuses the agent
+        store.save_agent(replace(impl, task_id="ghost"))
+    store.save_checkpoint(
+        "task-1", "{}", "running", iteration=1, gate_mean=0.8, consensus_mean=0.92
+    )
+    decision = store.record_decision(
+        DecisionRecord("task-1", 1, "PROCEED", "product-owner", "looks good")
+    )
+    store.save_checkpoint("task-1", "{}", "succeeded", iteration=1)
 
     assert store.get_task("task-1").status == "succeeded"
-    impl = {a.id: a for a in store.list_agents("task-1")}["impl-1-1"]
-    assert (impl.status, impl.confidence, impl.provider) == ("done", 0.8, "offline")
-    assert impl.heartbeat is not None
+    got = {a.agent_id: a for a in store.list_agents("task-1")}["impl-1-1"]
+    assert (got.status, got.confidence, got.provider) == ("done", 0.8, "offline")
+    assert [a.agent_id for a in store.list_agents("task-1")] == ["impl-1-1", "val-1-1"]
     [iteration] = store.iterations("task-1")
     assert (iteration.gate_mean, iteration.consensus_mean) == (0.8, 0.92)
-    assert iteration.finished_at is not None
     assert store.decisions("task-1") == [decision]
+    assert store.decision("task-1", 1) == decision and decision.id is not None
+    # The iteration's decision is unique: a second one gets the first back.
+    again = DecisionRecord("task-1", 1, "ABORT", "product-owner", "changed my mind")
+    assert store.record_decision(again) == decision
     assert [t.id for t in store.list_tasks(status="succeeded")] == ["task-1"]
-    with pytest.raises(DatabaseError):
-        store.start_iteration("task-1", 1)  # unique (task, number)
+    with pytest.raises(DatabaseError):  # unique (task, number)
+        store.transaction(
+            lambda conn: conn.execute(
+                insert(T_ITERATIONS).values(task_id="task-1", number=1, started_at=utcnow())
+            )
+        )
+
+
+def test_agents_across_tasks(store: Store) -> None:
+    for task_id in ("t2", "t1"):
+        store.create_task(task_id, "mvp", "epic")
+        store.save_agent(AgentRecord(task_id, "impl-1-1", "implementer", 3, 1, None, None, None,
+                                     "running"))  # fmt: skip
+    store.save_agent(AgentRecord("t1", "val-1-1", "validator", 2, 1, None, None, None, "done"))
+    assert [(a.task_id, a.agent_id) for a in store.list_agents(agent_id="impl-1-1")] == [
+        ("t1", "impl-1-1"),
+        ("t2", "impl-1-1"),
+    ]
+    assert [(a.task_id, a.agent_id) for a in store.list_agents(status="done")] == [
+        ("t1", "val-1-1")
+    ]
+    with pytest.raises(InvalidInputError):
+        store.list_agents(status="asleep")
 
 
 def test_event_log_is_append_only(store: Store) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, text
 from cfn.errors import DatabaseError, InvalidInputError
 from cfn.settings import Settings
 from cfn.store import migrate
-from cfn.store.records import AgentSpec
+from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
 
 LOOP_TABLES = {
@@ -98,7 +98,9 @@ def test_foreign_key_is_enforced(store: Store) -> None:
 def _fill(store: Store) -> None:
     store.upsert_skill("s1", "a" * 64, "skills/s1/SKILL.md")
     store.add_approval("s1", "impl-1-1", "APPROVE", 0.9, '{"why": "ok"}')
-    store.create_task("t1", "standard", "epic", [AgentSpec(id="impl-1-1", role="implementer")])
+    store.create_task("t1", "standard", "epic")
+    store.save_agent(AgentRecord("t1", "impl-1-1", "implementer", 3, 1, None, None, None,
+                                 "pending"))  # fmt: skip
     store.append_event("loop3.start", {"n": 1}, "t1")
     store.record_llm_call(
         provider="offline", model="m", input_tokens=3, output_tokens=4, cost_usd=0.0, task_id="t1"

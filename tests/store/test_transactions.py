@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from cfn.errors import DatabaseError, InvalidIdError, InvalidInputError, NotFoundError
-from cfn.store.records import AgentSpec, ApprovalInput
-from cfn.store.repository import T_APPROVALS, T_SKILLS, Store
+from cfn.store.records import AgentRecord, ApprovalInput
+from cfn.store.repository import T_AGENTS, T_APPROVALS, T_SKILLS, T_TASKS, Store, utcnow
 
 
 def _approval(name: str, confidence: float = 0.5, decision: str = "APPROVE") -> ApprovalInput:
@@ -22,15 +22,24 @@ def _approval(name: str, confidence: float = 0.5, decision: str = "APPROVE") -> 
 def test_database_failure_half_way_through_a_task_leaves_nothing(store: Store) -> None:
     # Two agents with the same id: the primary key refuses the third INSERT,
     # after the task row and the first agent went in.
-    agents = [AgentSpec(id="impl-1-1", role="implementer"), AgentSpec(id="impl-1-1", role="x")]
+    def work(conn: Connection) -> None:
+        now = utcnow()
+        conn.execute(insert(T_TASKS).values(id="t1", mode="mvp", epic="epic", status="pending",
+                                            created_at=now, updated_at=now))  # fmt: skip
+        for role in ("implementer", "x"):
+            conn.execute(insert(T_AGENTS).values(task_id="t1", id="impl-1-1", role=role,
+                                                 status="pending", created_at=now))  # fmt: skip
+
     with pytest.raises(DatabaseError, match="nothing was written"):
-        store.create_task("t1", "mvp", "epic", agents)
+        store.transaction(work)
     counts = store.row_counts()
     assert counts["tasks"] == 0
     assert counts["agents"] == 0
     # The same task id is free again, and works with good agents.
-    store.create_task("t1", "mvp", "epic", [AgentSpec(id="impl-1-1", role="implementer")])
-    assert [a.id for a in store.list_agents("t1")] == ["impl-1-1"]
+    store.create_task("t1", "mvp", "epic")
+    store.save_agent(AgentRecord("t1", "impl-1-1", "implementer", 3, 1, None, None, None,
+                                 "pending"))  # fmt: skip
+    assert [a.agent_id for a in store.list_agents("t1")] == ["impl-1-1"]
 
 
 def test_exception_from_callers_iterable_half_way_appends_no_event(store: Store) -> None:

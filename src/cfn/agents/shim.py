@@ -3,10 +3,11 @@
 The process spawner does not run an agent directly. It starts this small
 supervisor (``python -I -S shim.py SPEC READY_FD``, in its own session), which
 
-1. creates the agent's cgroup v1 groups (``memory`` and ``cpu``, nested as
-   ``cfn/<name>`` under the supervisor's own cgroup, so whatever limits the
-   orchestrator already lives under still apply) and sets the limits, or
-   falls back to RLIMIT_AS where cgroups are not writable;
+1. creates the agent's ``memory`` and ``cpu`` groups (``cfn.system.cgroups``:
+   cgroup v1 or v2, nested as ``cfn/<name>`` under the supervisor's own
+   cgroup, so whatever limits the orchestrator already lives under still
+   apply) and sets the limits, or falls back to RLIMIT_AS where cgroups are
+   not writable;
 2. starts the agent, which joins those groups itself before it execs
    (``preexec``), so not one instruction of the agent runs unlimited;
 3. tells the spawner the agent's pid through READY_FD, and records
@@ -15,7 +16,8 @@ supervisor (``python -I -S shim.py SPEC READY_FD``, in its own session), which
    (SIGTERM, then SIGKILL after the grace) and obeying SIGTERM (stop
    gracefully) and SIGUSR1 (kill now) sent to it;
 5. writes ``exit.json``: exit code, signal, timed out, killed, OOM-killed
-   (``memory.oom_control``'s ``oom_kill``), peak memory, CPU time; then
+   (``oom_kill`` in ``memory.oom_control`` or ``memory.events``), peak memory,
+   CPU time; then
    removes the groups.
 
 Because the supervisor, not the orchestrator, holds all of this, an agent
@@ -24,14 +26,13 @@ orchestrator crashes; a restarted orchestrator re-attaches and reads it.
 
 The supervisor itself stays outside the agent's groups: the OOM killer takes
 the agent, never the one process that reports it. This module uses only the
-standard library (it runs with ``-I``, without cfn's dependencies), and the
-spawner imports its helpers.
+standard library and cfn.system's standard-library modules (it runs with
+``-I -S``, without cfn's dependencies).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import select
@@ -44,268 +45,26 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-CFS_PERIOD_US = 100_000
-CFS_QUOTA_MIN_US = 1_000
 STATE_FILE = "state.json"
 EXIT_FILE = "exit.json"
 LOG_TAIL_BYTES = 8192
-RMDIR_WAIT = 2.0
 
+if __name__ == "__main__":  # pragma: no branch
+    # Run as a script with ``-I -S``: neither cfn nor its dependencies are on sys.path.
+    # cfn's package directory is found from this file, and an empty package object
+    # stands in for ``cfn`` so that ``cfn/__init__.py`` (the public API, which loads
+    # pydantic and more) does not run: the supervisor needs only cfn.system's
+    # standard-library modules.
+    _package = os.path.dirname(os.path.abspath(__file__))
+    while os.path.basename(_package) != "cfn" and _package != os.path.dirname(_package):
+        _package = os.path.dirname(_package)
+    if "cfn" not in sys.modules:
+        _stub = type(sys)("cfn")
+        _stub.__path__ = [_package]
+        sys.modules["cfn"] = _stub
 
-# --- /proc ----------------------------------------------------------------------------
-
-
-def proc_stat_fields(pid: int, *numbers: int) -> list[int] | None:
-    """Fields of /proc/<pid>/stat by their number in proc(5) (``3`` is the state,
-    ``5`` the process group...); None when the process is gone or a field is
-    missing. The command name (field 2) may hold spaces and parentheses, so the
-    fields are counted from after its last ``)``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return [int(fields[n - 3]) for n in numbers]
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: the process start time, stable for its life."""
-    found = proc_stat_fields(pid, 22)
-    return None if found is None else found[0]
-
-
-def proc_cpu_ticks(pid: int) -> int | None:
-    """Fields 14 + 15 of /proc/<pid>/stat: the CPU time (user + system, in clock
-    ticks) the process has used so far; None once it is gone."""
-    found = proc_stat_fields(pid, 14, 15)
-    return None if found is None else found[0] + found[1]
-
-
-def proc_alive(pid: object, start_ticks: object = None) -> bool:
-    """Whether ``pid`` (as read from a state file: anything) is a live process, not a
-    zombie, and still the one that started at ``start_ticks`` (when given)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    state = proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    return start_ticks is None or proc_start_ticks(pid) == start_ticks
-
-
-def proc_environ(pid: int) -> dict[str, str] | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        name, sep, value = item.partition(b"=")
-        if sep:
-            env[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    return env
-
-
-def proc_state(pid: int) -> str | None:
-    """The one-letter state (R, S, Z, ...) of a process, None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :][:1].decode() or None
-
-
-# --- cgroup v1 --------------------------------------------------------------------------
-
-
-def own_cgroup(controller: str, proc_file: str = "/proc/self/cgroup") -> str:
-    """This process's cgroup path in ``controller``'s v1 hierarchy ("/" if unknown)."""
-    try:
-        with open(proc_file) as handle:
-            for line in handle:
-                parts = line.rstrip("\n").split(":", 2)
-                if len(parts) == 3 and controller in parts[1].split(","):
-                    return parts[2] or "/"
-    except OSError:
-        pass
-    return "/"
-
-
-def cgroup_dir(controller: str, name: str, root: str = CGROUP_ROOT) -> str | None:
-    """Where the agent's group goes: ``<own cgroup>/cfn/<name>``; None without v1 mount."""
-    base = os.path.join(root, controller)
-    if not os.path.isfile(os.path.join(base, "cgroup.procs")):
-        return None
-    own = os.path.join(base, own_cgroup(controller).strip("/"))
-    parent = own if os.path.isdir(own) else base
-    return os.path.join(parent, "cfn", name)
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(value)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    text = _read(path)
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _keyed(path: str) -> dict[str, int]:
-    """``name value`` lines (memory.oom_control, cpu.stat) as a dict."""
-    out: dict[str, int] = {}
-    for line in (_read(path) or "").splitlines():
-        name, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            out[name] = int(value)
-    return out
-
-
-class Cgroups:
-    """The agent's memory and cpu groups."""
-
-    def __init__(self, paths: dict[str, str]) -> None:
-        self.paths = paths
-
-    @classmethod
-    def create(
-        cls, name: str, memory_bytes: int | None, cpus: float | None, root: str = CGROUP_ROOT
-    ) -> Cgroups:
-        """Create and configure the groups; OSError when cgroup v1 is not writable."""
-        wanted = {"memory": memory_bytes is not None, "cpu": cpus is not None}
-        paths: dict[str, str] = {}
-        made = cls(paths)
-        try:
-            for controller, needed in wanted.items():
-                if not needed:
-                    continue
-                path = cgroup_dir(controller, name, root)
-                if path is None:
-                    raise OSError(errno.ENOENT, f"no cgroup v1 {controller} hierarchy")
-                if os.path.isdir(path):
-                    _remove_stale(path)
-                _mkdir_under_shared_parent(path)
-                paths[controller] = path
-            if memory_bytes is not None:
-                mem = paths["memory"]
-                _write(os.path.join(mem, "memory.limit_in_bytes"), str(memory_bytes))
-                memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
-                if os.path.exists(memsw):
-                    # Without this an agent could page out past its limit.
-                    with contextlib.suppress(OSError):
-                        _write(memsw, str(memory_bytes))
-            if cpus is not None:
-                cpu = paths["cpu"]
-                quota = max(CFS_QUOTA_MIN_US, int(cpus * CFS_PERIOD_US))
-                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-                _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
-        except OSError:
-            made.remove()
-            raise
-        return made
-
-    def join(self, pid: int) -> None:
-        for path in self.paths.values():
-            _write(os.path.join(path, "cgroup.procs"), str(pid))
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for path in self.paths.values():
-            for line in (_read(os.path.join(path, "cgroup.procs")) or "").split():
-                with contextlib.suppress(ValueError):
-                    found.add(int(line))
-        return found
-
-    def signal_all(self, signum: int) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {}
-        mem = self.paths.get("memory")
-        if mem:
-            stats["oom_kills"] = _keyed(os.path.join(mem, "memory.oom_control")).get("oom_kill", 0)
-            stats["memory_failcnt"] = _read_int(os.path.join(mem, "memory.failcnt"))
-            stats["max_memory_bytes"] = _read_int(os.path.join(mem, "memory.max_usage_in_bytes"))
-        cpu = self.paths.get("cpu")
-        if cpu:
-            cpu_stat = _keyed(os.path.join(cpu, "cpu.stat"))
-            stats["cpu_throttled"] = cpu_stat.get("nr_throttled", 0)
-        return stats
-
-    def remove(self, wait: float = RMDIR_WAIT) -> None:
-        """Remove the groups once their last task is gone (killing stragglers)."""
-        deadline = time.monotonic() + wait
-        for path in list(self.paths.values()):
-            while True:
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                        break
-                    # Killed tasks take a moment to leave the group: bounded cleanup wait.
-                    for pid in self.pids():
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.kill(pid, signal.SIGKILL)
-                    time.sleep(0.01)
-            # The shared ``cfn`` parent goes too once empty, so nothing of ours is left
-            # under the cgroup we were started in (whoever owns it can remove it).
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(path))
-
-
-def _mkdir_under_shared_parent(path: str) -> None:
-    """mkdir ``.../cfn/<name>``; the shared ``cfn`` parent may vanish under us when the
-    last other agent's supervisor removes it, so create it again and retry."""
-    for _ in range(5):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            os.mkdir(path)
-            return
-        except FileNotFoundError:
-            continue
-    os.mkdir(path)
-
-
-def _remove_stale(path: str) -> None:
-    """A group left by an earlier run of the same agent name: reuse only if empty."""
-    procs = (_read(os.path.join(path, "cgroup.procs")) or "").split()
-    if procs:
-        raise OSError(errno.EBUSY, f"cgroup {path} still holds processes {' '.join(procs)}")
-    os.rmdir(path)
-
-
-def cgroups_writable(root: str = CGROUP_ROOT) -> bool:
-    """True when memory and cpu groups can be created here (probe: create + remove)."""
-    probe = f"probe-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        groups = Cgroups.create(probe, 64 * 1024 * 1024, 1.0, root)
-    except OSError:
-        return False
-    groups.remove()
-    return True
-
+from cfn.system.cgroups import Cgroups  # noqa: E402 (after the script's path set-up)
+from cfn.system.proc import proc_start_ticks  # noqa: E402
 
 # --- the supervisor ---------------------------------------------------------------------
 
@@ -365,9 +124,9 @@ class Supervisor:
             except OSError as exc:
                 if mode == "on":
                     raise RuntimeError(
-                        f"cgroup v1 limits required (CFN_AGENT_CGROUPS=on) but not available: {exc}"
+                        f"cgroup limits required (CFN_AGENT_CGROUPS=on) but not available: {exc}"
                     ) from None
-                _log(f"cgroup v1 not writable ({exc}); memory limit through RLIMIT_AS")
+                _log(f"cgroups not writable ({exc}); memory limit through RLIMIT_AS")
         groups = self.groups
         if groups is not None:
 

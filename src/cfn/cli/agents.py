@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cfn.agents.spawner import spawn_agent
+from cfn.agents.spawn.agent import spawn_agent
 from cfn.cli.common import err, out, print_json, print_plain, settings
 from cfn.errors import InvalidInputError
 from cfn.troubleshoot import find_agents, kill_agent

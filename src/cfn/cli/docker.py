@@ -21,11 +21,11 @@ docker_app = typer.Typer(
 @docker_app.command("up")
 def docker_up() -> None:
     """Start cfn's podman service (unless DOCKER_HOST names another engine); print DOCKER_HOST."""
-    from cfn.deploy.podman import docker_host
+    from cfn.system.podman import docker_host
 
     host, managed = docker_host(settings(), start=True)
     if not managed:
-        from cfn.deploy.podman import connect
+        from cfn.system.podman import connect
 
         connect(settings(), start=False).close()
     print_plain(f"DOCKER_HOST={host}")
@@ -34,7 +34,7 @@ def docker_up() -> None:
 @docker_app.command("status")
 def docker_status() -> None:
     """Whether the engine answers, and where; exit 1 when it does not."""
-    from cfn.deploy.podman import status
+    from cfn.system.podman import status
 
     state = status(settings())
     table = Table(title="container engine")
@@ -56,7 +56,7 @@ def docker_status() -> None:
 @docker_app.command("down")
 def docker_down() -> None:
     """Stop cfn's podman service (containers and images stay)."""
-    from cfn.deploy.podman import PodmanService
+    from cfn.system.podman import PodmanService
 
     if settings().docker_host:
         err.print("[ERROR] DOCKER_HOST is set: that engine is not cfn's to stop", markup=False)
@@ -84,7 +84,7 @@ def docker_build(
     step is skipped while its inputs are unchanged.
     """
     from cfn.deploy.images import ALL_IMAGES, ImageBuilder
-    from cfn.deploy.podman import connect
+    from cfn.system.podman import connect
 
     kinds = image or list(ALL_IMAGES)
     bad = [k for k in kinds if k not in ALL_IMAGES]
@@ -150,7 +150,7 @@ ProjectOpt = Annotated[
 
 def _stack(files: list[Path] | None, project: str | None, profiles: list[str] | None) -> Any:
     from cfn.deploy.compose import COMPOSE_FILE
-    from cfn.deploy.podman import connect
+    from cfn.system.podman import connect
     from cfn.deploy.stack import ComposeStack
     from cfn.worktree.project import compose_project
 

@@ -54,22 +54,23 @@ def portal_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from cfn.portal import server
+    from cfn.system import instances
 
     cfg = settings()
     if detach:
         instance, started = server.start_detached(cfg, port)
         word = "started" if started else "already running"
-        err.print(f"portal {word} (pid {instance.pid}); log: {server.log_file(cfg)}")
+        err.print(f"portal {word} (pid {instance.pid}); log: {instances.log_file(cfg)}")
         out.print(f"dashboard: {_dashboard_url(instance.url, token_ttl)}", markup=False)
         return
-    existing = server.running_instance(cfg)
+    existing = instances.running_instance(cfg)
     if existing is not None and (port is None or port == existing.port):
         raise CfnError(
             f"a portal of this checkout already runs at {existing.url} (pid {existing.pid}); "
             "`cfn portal stop` stops it"
         )
     chosen = server.resolve_port(cfg, port)
-    base = server.Instance(0, host or cfg.cfn_portal_host, chosen).url
+    base = instances.Instance(0, host or cfg.cfn_portal_host, chosen).url
     out.print(f"dashboard: {_dashboard_url(base, token_ttl)}", markup=False)
     out.print(f"API docs: {base}/docs", markup=False)
 
@@ -110,9 +111,9 @@ def portal_link(
     ] = DASHBOARD_TTL,
 ) -> None:
     """Print a fresh dashboard link for the running portal (single use, valid 10 min)."""
-    from cfn.portal import server
+    from cfn.system.instances import running_instance
 
-    instance = server.running_instance(settings())
+    instance = running_instance(settings())
     if instance is None:
         err.print("no portal of this checkout is running (start one: cfn portal --detach)")
         raise typer.Exit(1)
@@ -122,9 +123,9 @@ def portal_link(
 @portal_app.command("status")
 def portal_status() -> None:
     """Print the running portal's address (exit 1 when none runs)."""
-    from cfn.portal import server
+    from cfn.system.instances import running_instance
 
-    instance = server.running_instance(settings())
+    instance = running_instance(settings())
     if instance is None:
         err.print("no portal of this checkout is running")
         raise typer.Exit(1)
@@ -166,7 +167,7 @@ def worker_cmd(
 ) -> None:
     """Run an orchestrator worker: CFN Loop tasks from the queue (XREADGROUP), until Ctrl-C."""
     from cfn.coordination.connection import RedisManager
-    from cfn.portal.workers import Worker
+    from cfn.loop.worker import Worker
     from cfn.store.repository import Store
 
     cfg = settings()

@@ -601,7 +601,7 @@ async def _collect(
                             continue
                         item.reason = "no payload (confidence missing)"
                     else:
-                        _judge(item, raw)
+                        judge_payload(item, raw)
                     pending.discard(agent)
                 if on_update is not None:
                     on_update(report(False))
@@ -618,7 +618,8 @@ async def _collect(
             await watch.wait(wake_in if wake_in > 0 else 0.001)
 
 
-def _judge(item: AgentResult, raw: str) -> None:
+def judge_payload(item: AgentResult, raw: str) -> None:
+    """Fill ``item`` from a payload text: its confidence, or why it is a failed report."""
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested too deep

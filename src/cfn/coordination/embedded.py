@@ -4,20 +4,18 @@ It lives under ``<state>/redis/`` (config, AOF, log, pid), listens on
 127.0.0.1 only, requires a password generated once and kept in a 0600 file,
 persists with AOF and has keyspace notifications on (collectors wake on them
 instead of polling). Later calls find it by its recorded run id and reuse it.
+Its files, start and stop are ``cfn.system.daemon``'s (``redis_daemon``), so
+commands below this package (``cfn worktree remove``) can stop it from its
+record alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from redis.retry import Retry
 
 from cfn.errors import CfnError, RedisServerMissingError
 from cfn.settings import Settings
+from cfn.system.daemon import record_of, stop_process, wait_until
+from cfn.system.instances import redis_daemon
 from cfn.worktree.ports import PortRegistry, default_ports
 
 NOTIFY_FLAGS = "Klgxt"  # keyspace events for list, generic (del), expired and stream (portal)
@@ -52,43 +52,24 @@ class EmbeddedRedis:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.dir = settings.state_dir / "redis"
-        self.instance_file = self.dir / "instance.json"
+        self.daemon = redis_daemon(settings.state_dir)
+        self.dir = self.daemon.dir
+        self.instance_file = self.daemon.record_file
         self.conf_file = self.dir / "redis.conf"
-        self.pid_file = self.dir / "redis.pid"
-        self.log_file = self.dir / "redis.log"
+        assert self.daemon.pid_file is not None
+        self.pid_file = self.daemon.pid_file
+        self.log_file = self.daemon.log_file
 
     # --- state on disk --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.dir / "start.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def _instance(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.instance_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return self.daemon.read_record()
 
     def _password(self) -> str:
         current = self._instance().get("password")
         if isinstance(current, str) and current:
             return current
         return secrets.token_urlsafe(32)
-
-    def _save_instance(self, data: dict[str, Any]) -> None:
-        tmp = self.instance_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, self.instance_file)
 
     @staticmethod
     def _url(port: int, password: str) -> str:
@@ -124,7 +105,7 @@ class EmbeddedRedis:
 
     def ensure_running(self) -> str:
         """The URL of the running embedded Redis, starting it when needed."""
-        with self._locked():
+        with self.daemon.locked():
             data = self._instance()
             port = data.get("port")
             if isinstance(port, int) and self.is_ours(port):
@@ -145,33 +126,35 @@ class EmbeddedRedis:
         port = PortRegistry(self.settings.state_dir).resolve("redis", preferred, self.is_ours)
         password = self._password()
         self._write_conf(port, password)
-        self.pid_file.unlink(missing_ok=True)
-        proc = subprocess.run(
-            [binary, str(self.conf_file)], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
+        self.daemon.clear_pid()
+        try:
+            proc = self.daemon.spawn([binary, str(self.conf_file)], cwd=self.dir)
+        except OSError as exc:
+            raise CfnError(f"redis-server failed to start on port {port}: {exc}") from None
+        info: dict[str, Any] | None = None
+
+        def answered() -> bool:
+            nonlocal info
+            info = self._probe(port, password)
+            return info is not None and info.get("loading") in (0, "0", None)
+
+        wait_until(answered, START_TIMEOUT, exited=lambda: proc.poll() is not None, interval=0.05)
+        if proc.poll() is not None:
             raise CfnError(
                 f"redis-server failed to start on port {port}: "
-                f"{(proc.stderr or proc.stdout).strip() or 'see ' + str(self.log_file)}"
+                f"{self.daemon.log_tail() or 'see ' + str(self.log_file)}"
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        info: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            info = self._probe(port, password)
-            if info is not None and info.get("loading") in (0, "0", None):
-                break
-            time.sleep(0.05)
         if info is None:
             raise CfnError(
                 f"redis-server did not answer on 127.0.0.1:{port} within {START_TIMEOUT:.0f} s; "
                 f"see {self.log_file}"
             )
-        self._save_instance(
+        self.daemon.write_record(
             {
+                **record_of(proc.pid),
                 "port": port,
                 "password": password,
                 "run_id": info.get("run_id"),
-                "pid": info.get("process_id"),
             }
         )
         return self._url(port, password)
@@ -185,7 +168,7 @@ class EmbeddedRedis:
             "protected-mode yes",
             f"port {port}",
             f"dir {q(self.dir)}",
-            "daemonize yes",
+            "daemonize no",  # started detached by cfn.system.daemon
             f"pidfile {q(self.pid_file)}",
             f"logfile {q(self.log_file)}",
             "appendonly yes",
@@ -220,7 +203,7 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Shut the server down (AOF is flushed); False when it was not running."""
-        with self._locked():
+        with self.daemon.locked():
             data = self._instance()
             port = data.get("port")
             if not isinstance(port, int) or not self.is_ours(port):
@@ -238,24 +221,13 @@ class EmbeddedRedis:
             with contextlib.suppress(redis.ConnectionError):
                 client.shutdown()
             client.close()
-            deadline = time.monotonic() + timeout
-            while isinstance(pid, int) and _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if isinstance(pid, int) and _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            if isinstance(pid, int):
+                start = data.get("pid_start")
+                stop_process(
+                    pid,
+                    grace=timeout,
+                    start_ticks=start if isinstance(start, int) else None,
+                    signum=None,  # SHUTDOWN asked it already
+                )
             return True
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists"; treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cfn.deploy.podman import PodmanService
+from cfn.system.podman import PodmanService
 from cfn.errors import CfnError, InvalidInputError
 from cfn.settings import Settings
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cfn.agents.spawner import parse_cpu_limit, parse_memory_limit
 from cfn.errors import CfnError, InvalidInputError
+from cfn.system.limits import parse_cpu_limit, parse_memory_limit
 from cfn.worktree.project import PROJECT_NAME_RE
 
 if TYPE_CHECKING:

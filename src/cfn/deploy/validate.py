@@ -183,10 +183,8 @@ def _ports_check(cfg: Settings) -> Check:
 
 
 def _portal_is_ours(cfg: Settings, port: int) -> bool:
-    try:
-        from cfn.portal.server import running_instance
-    except ImportError:
-        return False
+    from cfn.system.instances import running_instance
+
     instance = running_instance(cfg)
     return instance is not None and instance.port == port
 

@@ -1,37 +1,41 @@
-"""Putting the loop together from settings: Redis, SQL, router, spawner, owner."""
+"""Putting the loop together from settings: Redis, SQL, router, spawner, owner.
+
+Each port of :mod:`cfn.loop.ports` gets its real implementation here; the
+in-memory ones (:mod:`cfn.loop.memory`) plug into the same ``Orchestrator``.
+"""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cfn import keys
-from cfn.agents.spawner import agent_redis_url
+from cfn.agents.spawn import spawner_for
+from cfn.agents.spawn.agent import agent_redis_url
 from cfn.coordination.connection import RedisManager
-from cfn.coordination.signals import send_signal
 from cfn.errors import CfnError, InvalidInputError
+from cfn.loop.board import RedisBoard
 from cfn.loop.journal import SqlJournal
 from cfn.loop.launcher import ProcessLauncher
 from cfn.loop.modes import MODES
 from cfn.loop.orchestrator import (
     HumanOwner,
+    JournalEventBus,
     Orchestrator,
     Outcome,
     PolicyOwner,
-    ProductOwner,
-    check_decision,
+    send_decision,
 )
+from cfn.loop.ports import Listener, ProductOwner, RunningAgent
 from cfn.loop.state import DECISION_MODES, TaskOptions
+from cfn.loop.team import SpawnerStopper, Team
 from cfn.loop.workspace import is_build_task
-from cfn.providers import TaskTraits, build_service
+from cfn.providers import LLMService, TaskTraits, build_service
 from cfn.settings import Settings
+from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
-
-Listener = Callable[[str, str, dict[str, Any]], None]
 
 
 def new_task_id() -> str:
@@ -50,31 +54,20 @@ async def run_loop(
     listener: Listener | None = None,
 ) -> Outcome:
     """Start ``options`` or resume ``resume_task``; returns when the task ends."""
-    redis_url = agent_redis_url(settings)
     redis = RedisManager.from_settings(settings)
     store = Store.open(settings)
     service = build_service(settings, redis)
     try:
         journal = SqlJournal(store)
+        board = RedisBoard(redis)
         if options is None:
             if resume_task is None:
                 raise CfnError("nothing to run: give options or a task to resume")
             options, _cp, _status = journal.load_task(resume_task)
-        launcher = ProcessLauncher(
-            settings,
-            service,
-            redis_url,
-            options.workspace_path,
-            TaskTraits(
-                complexity=options.complexity,  # type: ignore[arg-type]
-                cost_sensitive=options.cost_sensitive,
-            ),
-            options.mode,
-            provider=options.provider,
-        )
-        owner: ProductOwner = HumanOwner(redis) if options.decision == "human" else PolicyOwner()
+        launcher = launcher_for(settings, service, options)
+        owner: ProductOwner = HumanOwner(board) if options.decision == "human" else PolicyOwner()
         orchestrator = Orchestrator(
-            redis,
+            board,
             journal,
             launcher,
             owner,
@@ -92,32 +85,68 @@ async def run_loop(
         store.close()
 
 
+def launcher_for(
+    settings: Settings, service: LLMService, options: TaskOptions, *, provider: str | None = None
+) -> ProcessLauncher:
+    """The task's agents in the runtime the settings pick (``spawner_for``), routed per agent."""
+    return ProcessLauncher(
+        settings,
+        service,
+        agent_redis_url(settings),
+        options.workspace_path,
+        TaskTraits(
+            complexity=options.complexity,  # type: ignore[arg-type]
+            cost_sensitive=options.cost_sensitive,
+        ),
+        options.mode,
+        provider=provider or options.provider,
+    )
+
+
+def team_for(redis: RedisManager, store: Store) -> Team:
+    """A task's agents as SQL and Redis know them (the portal's spawn and stop)."""
+    journal = SqlJournal(store)
+    board = RedisBoard(redis)
+    return Team(journal, JournalEventBus(journal, board), board)
+
+
+def stopper_for(settings: Settings) -> SpawnerStopper:
+    """Stops agents of whichever runtime the settings pick (``spawner_for``)."""
+    return SpawnerStopper(spawner_for(settings))
+
+
+async def join_agent(
+    settings: Settings,
+    redis: RedisManager,
+    store: Store,
+    task_id: str,
+    agent_id: str,
+    role: str,
+    *,
+    provider: str | None = None,
+    by: str | None = None,
+) -> tuple[Team, AgentRecord, RunningAgent]:
+    """One more agent on a running task, started and recorded as the loop starts its own.
+
+    ``team.follow(row, handle)`` records its result when it ends.
+    """
+    team = team_for(redis, store)
+    options, plan = await team.plan_join(task_id, agent_id, role)
+    service = build_service(settings, redis)
+    try:
+        launcher = launcher_for(settings, service, options, provider=provider)
+        announce = {} if by is None else {"by": by}
+        row, handle = await team.launch(launcher, plan, **announce)
+    finally:
+        await service.aclose()
+    return team, row, handle
+
+
 async def submit_decision(
     redis: RedisManager, task_id: str, decision: str, by: str = "human:cli", reason: str = ""
 ) -> int:
     """A person's PROCEED / ITERATE / ABORT for a task that waits for one."""
-    decision = check_decision(decision)
-    key = keys.decision(task_id)
-    raw = await redis.run(lambda r: r.get(key))
-    state = json.loads(raw) if raw else None
-    if not isinstance(state, dict) or state.get("status") != "awaiting":
-        raise CfnError(
-            f"task {task_id!r} is not waiting for a decision"
-            + (
-                f" (its last decision: {state.get('decision')})"
-                if isinstance(state, dict) and state.get("decision")
-                else ""
-            )
-        )
-    iteration = int(state.get("iteration") or 0)
-    message = {
-        "decision": decision,
-        "iteration": iteration,
-        "by": by,
-        "reason": reason or f"{decision} by {by}",
-    }
-    await send_signal(redis, task_id, keys.DECISION_INPUT, json.dumps(message))
-    return iteration
+    return await send_decision(RedisBoard(redis), task_id, decision, by, reason)
 
 
 def new_task(

@@ -5,7 +5,7 @@ system-architect; validators: reviewer, tester, security-specialist; the
 product owner), asks the router which provider and model serve it (the
 profile's hint, the task's complexity and cost sensitivity, or the offline
 provider when no key is configured), writes the seed's context JSON, and
-starts ``cfn agent run`` through the process spawner.
+starts ``cfn agent run`` in the runtime the settings pick (``spawner_for``).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfn.agents.container import ContainerHandle, ContainerSpawner
 from cfn.agents.context import generate_cli_context, resolve_endpoint
-from cfn.agents.spawner import ExitInfo, ProcessHandle, ProcessSpawner
+from cfn.agents.spawn import spawner_for
+from cfn.agents.spawn.base import AgentHandle, ExitInfo, Spawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
 from cfn.errors import AgentLookupError
-from cfn.loop.orchestrator import AgentPlan, RunningAgent
+from cfn.loop.ports import AgentPlan, RunningAgent
 from cfn.providers import LLMService, TaskTraits
 from cfn.settings import Settings
+from cfn.system.proc import proc_cpu_ticks
 
 ROLE_PROFILES: dict[str, tuple[str, ...]] = {
     "implementer": ("coder", "system-architect"),
@@ -61,7 +62,7 @@ def describe_exit(info: ExitInfo) -> str:
 
 @dataclass
 class _Running:
-    handle: ProcessHandle | ContainerHandle
+    handle: AgentHandle
     profile: str | None
     provider: str | None
     model: str | None
@@ -99,6 +100,9 @@ class _Running:
     async def kill(self) -> None:
         await self.handle.kill()
 
+    def cpu_ticks(self) -> int | None:
+        return proc_cpu_ticks(self.handle.pid)
+
 
 class ProcessLauncher:
     def __init__(
@@ -119,12 +123,7 @@ class ProcessLauncher:
         self.traits = traits
         self.loop_mode = loop_mode
         self.provider = provider
-        # CFN_SPAWN_MODE=docker or the seed's MODE=docker: containers (never guessed).
-        self.spawner: ProcessSpawner | ContainerSpawner = (
-            ContainerSpawner(settings, redis_url=redis_url)
-            if settings.spawn_mode == "docker"
-            else ProcessSpawner(settings, redis_url=redis_url)
-        )
+        self.spawner: Spawner = spawner_for(settings, redis_url=redis_url)
         # Sentinel-followed masters and failovers would lose the user (ACLs do not
         # replicate), and a unix:// URL has no user part: shared credentials there.
         shared = settings.cfn_redis_sentinels or not redis_url.startswith(("redis://", "rediss://"))

@@ -17,31 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from cfn import keys
-from cfn.agents import shim
-from cfn.agents.heartbeat import HeartbeatMonitor
-from cfn.agents.signals import record_agent_failure
-from cfn.coordination import completion, signals
-from cfn.coordination.completion import CollectReport
-from cfn.coordination.connection import RedisManager
+from cfn.coordination.completion import AgentResult, CollectReport
 from cfn.errors import CfnError, InvalidInputError, WaitTimeoutError
 from cfn.loop import workspace as ws
-from cfn.loop.scoring import Verdict, judge
-from cfn.loop.state import (
-    AgentRow,
-    Checkpoint,
-    DecisionRow,
+from cfn.loop.ports import (
+    AgentLauncher,
+    AgentPlan,
+    Coordination,
+    EventBus,
     Journal,
-    Phase,
-    TaskOptions,
+    Listener,
+    ProductOwner,
+    RunningAgent,
+    Workspace,
 )
+from cfn.loop.scoring import Verdict, judge
+from cfn.loop.state import Checkpoint, Phase, TaskOptions
+from cfn.loop.team import Team, brief, team_ids
+from cfn.store.records import DecisionRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,54 +48,6 @@ log = logging.getLogger(__name__)
 STARTUP_GRACE = 60.0
 #: Seconds an agent may run past AGENT_TIMEOUT before its result counts as missing.
 COLLECT_SLACK = 30.0
-
-
-@dataclass(frozen=True)
-class AgentPlan:
-    """One agent the orchestrator wants to run."""
-
-    task_id: str
-    agent_id: str
-    role: str  # implementer, validator, product-owner
-    loop: int  # 3, 2, or 1 for the product owner
-    iteration: int
-    brief: dict[str, Any]  # what the agent needs beyond its context: epic, feedback, ...
-
-
-class RunningAgent(Protocol):
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def profile(self) -> str | None: ...
-
-    @property
-    def provider(self) -> str | None: ...
-
-    @property
-    def model(self) -> str | None: ...
-
-    async def wait(self) -> str:
-        """Wait for the process to end; a short description of how it ended."""
-        ...
-
-    async def kill(self) -> None: ...
-
-
-class AgentLauncher(Protocol):
-    async def launch(self, plan: AgentPlan) -> RunningAgent: ...
-
-    async def reattach(self, plan: AgentPlan, pid: int | None) -> RunningAgent | None:
-        """The agent's process if it still runs (``pid``: the one recorded, if any)."""
-        ...
-
-
-class ProductOwner(Protocol):
-    async def decide(
-        self, options: TaskOptions, checkpoint: Checkpoint, events: EventBus
-    ) -> tuple[str, str, str]:
-        """``(decision, decided_by, reason)``."""
-        ...
 
 
 class PolicyOwner:
@@ -121,10 +72,10 @@ class PolicyOwner:
 
 
 class HumanOwner:
-    """Waits (BRPOP, no polling) for a person's decision: ``cfn decide`` or the portal."""
+    """Waits (BRPOP on Redis, no polling) for a person's decision: ``cfn decide`` or the portal."""
 
-    def __init__(self, redis: RedisManager, timeout: float = 7 * 24 * 3600.0) -> None:
-        self.redis = redis
+    def __init__(self, board: Coordination, timeout: float = 7 * 24 * 3600.0) -> None:
+        self.board = board
         self.timeout = timeout
 
     async def decide(
@@ -137,8 +88,7 @@ class HumanOwner:
             "gate": checkpoint.gate,
             "consensus": checkpoint.consensus,
         }
-        key = keys.decision(task_id)
-        await self.redis.run(lambda r: r.set(key, json.dumps(state)))
+        await self.board.set_decision_state(task_id, state)
         await events.emit(task_id, "decision:awaiting", iteration=checkpoint.iteration)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -146,9 +96,7 @@ class HumanOwner:
             if remaining <= 0:
                 return "ABORT", "timeout", f"no human decision within {self.timeout:g} s"
             try:
-                message = await signals.wait_signal(
-                    self.redis, task_id, keys.DECISION_INPUT, min(remaining, 24 * 3600.0)
-                )
+                message = await self.board.wait_decision_input(task_id, min(remaining, 24 * 3600.0))
             except WaitTimeoutError:
                 continue
             if not isinstance(message, dict):
@@ -164,6 +112,32 @@ class HumanOwner:
             return decision, by, reason
 
 
+async def send_decision(
+    board: Coordination, task_id: str, decision: str, by: str = "human:cli", reason: str = ""
+) -> int:
+    """A person's PROCEED / ITERATE / ABORT for a task whose HumanOwner waits for one."""
+    decision = check_decision(decision)
+    state = await board.decision_state(task_id)
+    if state is None or state.get("status") != "awaiting":
+        raise CfnError(
+            f"task {task_id!r} is not waiting for a decision"
+            + (
+                f" (its last decision: {state.get('decision')})"
+                if state is not None and state.get("decision")
+                else ""
+            )
+        )
+    iteration = int(state.get("iteration") or 0)
+    message = {
+        "decision": decision,
+        "iteration": iteration,
+        "by": by,
+        "reason": reason or f"{decision} by {by}",
+    }
+    await board.send_decision_input(task_id, message)
+    return iteration
+
+
 @dataclass(frozen=True)
 class Outcome:
     task_id: str
@@ -177,24 +151,22 @@ class Outcome:
         return 0 if self.status == "succeeded" else 1
 
 
-class EventBus:
-    """Every state change: into the journal, onto ``events:{task}``, to listeners."""
+class JournalEventBus:
+    """Every state change: into the journal first, then live (``events:{task}``), to listeners.
 
-    STREAM_MAXLEN = 10_000
+    The journal's id goes with the live copy, so a reader that replays the
+    journal and then follows the stream can drop what it has seen.
+    """
 
-    def __init__(self, journal: Journal, redis: RedisManager) -> None:
+    def __init__(self, journal: Journal, board: Coordination) -> None:
         self.journal = journal
-        self.redis = redis
-        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+        self.board = board
+        self.listeners: list[Listener] = []
 
     async def emit(self, task_id: str, kind: str, /, **payload: Any) -> None:
         payload.setdefault("ts", time.time())
         event_id = await asyncio.to_thread(self.journal.append_event, task_id, kind, payload)
-        fields = {"id": str(event_id), "kind": kind, "data": json.dumps(payload, default=str)}
-        stream = keys.events(task_id)
-        await self.redis.run(
-            lambda r: r.xadd(stream, fields, maxlen=self.STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        )
+        await self.board.publish_event(task_id, event_id, kind, payload)
         for listener in self.listeners:
             listener(task_id, kind, payload)
 
@@ -202,31 +174,37 @@ class EventBus:
 class Orchestrator:
     def __init__(
         self,
-        redis: RedisManager,
+        board: Coordination,
         journal: Journal,
         launcher: AgentLauncher,
         product_owner: ProductOwner,
         *,
+        events: EventBus | None = None,
+        workspace: Workspace | None = None,
         agent_timeout: float = 300.0,
         heartbeat_interval: float | None = 5.0,
         startup_grace: float = STARTUP_GRACE,
+        collect_slack: float = COLLECT_SLACK,
     ) -> None:
-        self.redis = redis
+        self.board = board
         self.journal = journal
         self.launcher = launcher
         self.product_owner = product_owner
         self.agent_timeout = agent_timeout
         self.heartbeat_interval = heartbeat_interval
         self.startup_grace = startup_grace
-        self.events = EventBus(journal, redis)
+        self.collect_slack = collect_slack
+        self.events: EventBus = events or JournalEventBus(journal, board)
+        self.workspace: Workspace = workspace or ws.DiskWorkspace()
+        self.team = Team(journal, self.events, board)
 
     # --- entry points ---------------------------------------------------------------
 
     async def start(self, options: TaskOptions) -> Outcome:
         """Create the task (it must be new) and run it to the end."""
-        options.workspace_path.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.workspace.prepare, options.workspace_path)
         checkpoint = Checkpoint()
-        baseline = ws.snapshot(options.workspace_path)
+        baseline = await asyncio.to_thread(self.workspace.snapshot, options.workspace_path)
         await asyncio.to_thread(self.journal.create_task, options, checkpoint)
         await self._store_baseline(options.task_id, baseline)
         team = options.team
@@ -287,19 +265,17 @@ class Orchestrator:
                     self._next_iteration(cp, team.max_iterations, verdict.describe())
                     await self._save(task_id, cp, "running")
                     continue
-                await signals.send_signal(
-                    self.redis,
+                await self.board.signal(
                     task_id,
                     keys.LOOP3_COMPLETE,
-                    json.dumps({"iteration": cp.iteration, "gate": verdict.to_dict()}),
+                    {"iteration": cp.iteration, "gate": verdict.to_dict()},
                 )
-                await signals.send_signal(
-                    self.redis,
+                await self.board.signal(
                     task_id,
                     keys.LOOP2_START,
-                    json.dumps({"iteration": cp.iteration, "deliverables": cp.deliverables}),
+                    {"iteration": cp.iteration, "deliverables": cp.deliverables},
                 )
-                await self._store_context(task_id, "deliverables", cp.deliverables)
+                await self.board.store_context(task_id, "deliverables", cp.deliverables)
                 cp.phase = Phase.LOOP2
                 await self._save(task_id, cp, "running")
             elif cp.phase is Phase.LOOP2:
@@ -373,25 +349,16 @@ class Orchestrator:
     ) -> CollectReport:
         """Run (or resume) one loop's team and collect its reports."""
         task_id = options.task_id
-        prefix = {3: "impl", 2: "val"}.get(loop, "po")
-        ids = [f"{prefix}-{n}-{cp.iteration}" for n in range(1, size + 1)]
-        brief: dict[str, Any] = {
-            "epic": options.epic,
-            "mode": options.mode,
-            "complexity": options.complexity,
-            "cost_sensitive": options.cost_sensitive,
-            "feedback": cp.feedback,
-        }
-        if loop == 2:
-            brief["deliverables"] = cp.deliverables
+        ids = team_ids(loop, cp.iteration, size)
+        agent_brief = brief(options, cp, loop)
         done = await self._completed(task_id, ids)
-        known = {row.agent_id: row for row in await asyncio.to_thread(self.journal.agents, task_id)}
+        known = await self.team.rows(task_id)
         watchers: list[asyncio.Task[None]] = []
         handles: dict[str, RunningAgent] = {}
         for agent_id in ids:
             if agent_id in done:
                 continue
-            plan = AgentPlan(task_id, agent_id, role, loop, cp.iteration, brief)
+            plan = AgentPlan(task_id, agent_id, role, loop, cp.iteration, agent_brief)
             handle: RunningAgent | None = None
             row = known.get(agent_id)
             if row is None or (row.pid and row.status == "running"):
@@ -402,34 +369,9 @@ class Orchestrator:
                     continue  # it finished between the first look and now
             if handle is None or row is None:
                 handle = handle or await self.launcher.launch(plan)
-                row = AgentRow(
-                    task_id,
-                    agent_id,
-                    role,
-                    loop,
-                    cp.iteration,
-                    handle.profile,
-                    handle.provider,
-                    handle.model,
-                    "running",
-                    handle.pid,
-                )
-                await asyncio.to_thread(self.journal.save_agent, row)
-                await self.events.emit(
-                    task_id,
-                    "agent:update",
-                    agentId=agent_id,
-                    status="running",
-                    role=role,
-                    loop=loop,
-                    iteration=cp.iteration,
-                    provider=handle.provider,
-                    model=handle.model,
-                    pid=handle.pid,
-                )
-            assert row is not None
+                row = await self.team.started(plan, handle)
             handles[agent_id] = handle
-            watchers.append(asyncio.create_task(self._watch(row, handle)))
+            watchers.append(asyncio.create_task(self._watch(task_id, agent_id, handle)))
         if handles and self.heartbeat_interval:
             watchers.append(asyncio.create_task(self._monitor(task_id, handles)))
 
@@ -447,14 +389,8 @@ class Orchestrator:
                     )
 
         try:
-            report = await completion.collect_results(
-                self.redis,
-                task_id,
-                size,
-                0.0,
-                self.agent_timeout + COLLECT_SLACK,
-                agent_ids=ids,
-                on_update=progress,
+            report = await self.board.collect(
+                task_id, ids, self.agent_timeout + self.collect_slack, progress
             )
         finally:
             # Every agent's report is announced before the verdict that follows.
@@ -465,29 +401,15 @@ class Orchestrator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
         # Agents that never reported by now are recorded as failed.
+        reported = {r.agent_id for r in report.results}
         for agent_id in ids:
-            if agent_id not in {r.agent_id for r in report.results}:
-                await self._mark(
-                    task_id,
-                    agent_id,
-                    role,
-                    loop,
-                    cp.iteration,
-                    "failed",
-                    None,
-                    "no result before the deadline",
-                )
+            if agent_id not in reported:
+                plan = AgentPlan(task_id, agent_id, role, loop, cp.iteration, agent_brief)
+                await self.team.mark(plan, "failed", None, "no result before the deadline")
         for item in report.results:
-            await self._mark(
-                task_id,
-                item.agent_id,
-                role,
-                loop,
-                cp.iteration,
-                "done" if item.ok else "failed",
-                item.confidence,
-                item.reason,
-            )
+            plan = AgentPlan(task_id, item.agent_id, role, loop, cp.iteration, agent_brief)
+            status = "done" if item.ok else "failed"
+            await self.team.mark(plan, status, item.confidence, item.reason)
         return report
 
     async def _agent_reported(
@@ -495,7 +417,7 @@ class Orchestrator:
         task_id: str,
         loop: int,
         iteration: int,
-        item: completion.AgentResult,
+        item: AgentResult,
         report: CollectReport,
         size: int,
     ) -> None:
@@ -517,49 +439,13 @@ class Orchestrator:
             progress=min(1.0, report.arrived / size),
         )
 
-    async def _mark(
-        self,
-        task_id: str,
-        agent_id: str,
-        role: str,
-        loop: int,
-        iteration: int,
-        status: str,
-        confidence: float | None,
-        reason: str | None,
-    ) -> None:
-        rows = {r.agent_id: r for r in await asyncio.to_thread(self.journal.agents, task_id)}
-        old = rows.get(agent_id)
-        row = (
-            replace(old, status=status, confidence=confidence, reason=reason)
-            if old is not None
-            else AgentRow(
-                task_id,
-                agent_id,
-                role,
-                loop,
-                iteration,
-                None,
-                None,
-                None,
-                status,
-                None,
-                confidence,
-                reason,
-            )
-        )
-        await asyncio.to_thread(self.journal.save_agent, row)
-
-    async def _watch(self, row: AgentRow, handle: RunningAgent) -> None:
+    async def _watch(self, task_id: str, agent_id: str, handle: RunningAgent) -> None:
         """When an agent's process ends without a completion, report it failed."""
         how = await handle.wait()
-        done = await self._completed(row.task_id, [row.agent_id])
-        if row.agent_id not in done:
-            await record_agent_failure(
-                self.redis,
-                row.task_id,
-                row.agent_id,
-                f"agent process ended without a result ({how})",
+        done = await self._completed(task_id, [agent_id])
+        if agent_id not in done:
+            await self.board.record_failure(
+                task_id, agent_id, f"agent process ended without a result ({how})"
             )
 
     async def _monitor(self, task_id: str, handles: dict[str, RunningAgent]) -> None:
@@ -574,17 +460,15 @@ class Orchestrator:
         # used none (stopped, deadlocked, gone) is killed. AGENT_TIMEOUT still bounds it.
         grace = max(self.startup_grace, 2 * self.heartbeat_interval)
         cpu: dict[str, int | None] = {}
-        async with HeartbeatMonitor(
-            self.redis, task_id, self.heartbeat_interval, startup_grace=grace
-        ) as monitor:
+        async with self.board.heartbeats(task_id, self.heartbeat_interval, grace) as monitor:
             for agent_id, running in handles.items():
-                cpu[agent_id] = shim.proc_cpu_ticks(running.pid)
+                cpu[agent_id] = running.cpu_ticks()
                 await monitor.watch(agent_id)
             while monitor.watching:
                 for lapse in await monitor.wait_lapsed(3600.0):
                     handle = handles.get(lapse.agent_id)
                     if lapse.never_beat and handle is not None:
-                        ticks = shim.proc_cpu_ticks(handle.pid)
+                        ticks = handle.cpu_ticks()
                         before = cpu.get(lapse.agent_id)
                         if ticks is not None and before is not None and ticks > before:
                             cpu[lapse.agent_id] = ticks
@@ -599,16 +483,16 @@ class Orchestrator:
                     if handle is not None:
                         with contextlib.suppress(Exception):
                             await handle.kill()
-                    await record_agent_failure(
-                        self.redis, task_id, lapse.agent_id, f"killed: {lapse.reason}"
+                    await self.board.record_failure(
+                        task_id, lapse.agent_id, f"killed: {lapse.reason}"
                     )
 
     async def _completed(self, task_id: str, ids: list[str]) -> set[str]:
-        return await completion.reported_agents(self.redis, task_id) & set(ids)
+        return await self.board.reported(task_id) & set(ids)
 
     # --- decision ----------------------------------------------------------------------
 
-    async def _decide(self, options: TaskOptions, cp: Checkpoint) -> DecisionRow:
+    async def _decide(self, options: TaskOptions, cp: Checkpoint) -> DecisionRecord:
         task_id = options.task_id
         existing = await asyncio.to_thread(self.journal.decision, task_id, cp.iteration)
         if existing is None:
@@ -628,7 +512,7 @@ class Orchestrator:
                     decision = "ITERATE"
             row = await asyncio.to_thread(
                 self.journal.record_decision,
-                DecisionRow(task_id, cp.iteration, decision, by, reason),
+                DecisionRecord(task_id, cp.iteration, decision, by, reason),
             )
         else:
             row = existing
@@ -638,8 +522,7 @@ class Orchestrator:
             "by": row.decided_by,
             "reason": row.reason,
         }
-        key = keys.decision(task_id)
-        await self.redis.run(lambda r: r.set(key, json.dumps(payload)))
+        await self.board.set_decision_state(task_id, payload)
         await self.events.emit(task_id, "decision", **payload)
         return row
 
@@ -660,7 +543,7 @@ class Orchestrator:
 
     async def _workspace_changes(self, options: TaskOptions) -> ws.Changes:
         baseline = await self._load_baseline(options.task_id)
-        now = await asyncio.to_thread(ws.snapshot, options.workspace_path)
+        now = await asyncio.to_thread(self.workspace.snapshot, options.workspace_path)
         return ws.diff(baseline, now)
 
     async def _store_baseline(self, task_id: str, snap: dict[str, str]) -> None:
@@ -674,18 +557,6 @@ class Orchestrator:
                 files = payload.get("files", {})
                 return {str(k): str(v) for k, v in files.items()}
         return {}
-
-    async def _store_context(self, task_id: str, key: str, value: object) -> None:
-        from cfn.coordination.context import store_context
-
-        await store_context(
-            self.redis,
-            task_id,
-            key,
-            json.dumps(value),
-            ttl=7 * 24 * 3600,
-            max_bytes=16 * 1024 * 1024,
-        )
 
 
 def _deliverable(payload: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from cfn import keys
 from cfn.errors import InvalidInputError
@@ -112,52 +112,3 @@ class Checkpoint:
         data = json.loads(text)
         data["phase"] = Phase(data["phase"])
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class AgentRow:
-    task_id: str
-    agent_id: str
-    role: str
-    loop: int
-    iteration: int
-    profile: str | None
-    provider: str | None
-    model: str | None
-    status: str
-    pid: int | None = None
-    confidence: float | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class DecisionRow:
-    task_id: str
-    iteration: int
-    decision: str
-    decided_by: str
-    reason: str | None
-
-
-class Journal(Protocol):
-    """Durable storage of the loop's state (SQL in production)."""
-
-    def create_task(self, options: TaskOptions, checkpoint: Checkpoint) -> None: ...
-
-    def load_task(self, task_id: str) -> tuple[TaskOptions, Checkpoint, str]: ...
-
-    def save_checkpoint(self, task_id: str, checkpoint: Checkpoint, status: str) -> None: ...
-
-    def save_agent(self, row: AgentRow) -> None: ...
-
-    def agents(self, task_id: str) -> list[AgentRow]: ...
-
-    def record_decision(self, row: DecisionRow) -> DecisionRow:
-        """Insert, or return the decision already recorded for that iteration."""
-        ...
-
-    def decision(self, task_id: str, iteration: int) -> DecisionRow | None: ...
-
-    def append_event(self, task_id: str, kind: str, payload: dict[str, Any]) -> int: ...
-
-    def events(self, task_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]: ...

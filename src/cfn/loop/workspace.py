@@ -64,6 +64,16 @@ def snapshot(root: Path) -> dict[str, str]:
     return result
 
 
+class DiskWorkspace:
+    """:class:`cfn.loop.ports.Workspace` on the file system (the task's directory)."""
+
+    def prepare(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+
+    def snapshot(self, root: Path) -> dict[str, str]:
+        return snapshot(root)
+
+
 @dataclass(frozen=True)
 class Changes:
     added: list[str]

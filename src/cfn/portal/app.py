@@ -28,7 +28,7 @@ from starlette.types import ASGIApp
 
 from cfn import keys
 from cfn._version import __version__
-from cfn.coordination.connection import RedisManager
+from cfn.coordination.connection import RedisManager, mask_url
 from cfn.errors import (
     AuthError,
     CfnError,
@@ -39,7 +39,8 @@ from cfn.errors import (
     NotFoundError,
     RedisUnavailableError,
 )
-from cfn.loop.state import MAX_EPIC, Phase, TaskOptions
+from cfn.loop.state import MAX_EPIC, TaskOptions
+from cfn.loop.worker import Worker, queue_info, submit_task
 from cfn.loop.workspace import is_build_task
 from cfn.portal import views
 from cfn.portal.auth import LEEWAY, Principal, Verifier, load_secret, mint_token, read_login_code
@@ -47,9 +48,9 @@ from cfn.portal.feed import task_events
 from cfn.portal.live import HeartbeatWatch, TaskListWatch
 from cfn.portal.live import stop as stop_watch
 from cfn.portal.metrics import PortalMetrics
-from cfn.portal.workers import Worker, queue_info, submit_task
 from cfn.settings import Settings
 from cfn.store.repository import Store
+from cfn.store.status import StatusReader
 
 if TYPE_CHECKING:
     from cfn.mcp.gateway import Gateway
@@ -150,7 +151,7 @@ class Portal:
         self.redis = redis or RedisManager.from_settings(settings)
         self.store = store or Store.open(settings)
         self.metrics = PortalMetrics(self.store)
-        self.status_reader = views.StatusReader(self.store)
+        self.status_reader = StatusReader(self.store)
         self.started = time.time()
         self.with_worker = settings.cfn_portal_worker if worker is None else worker
         self.worker: Worker | None = None
@@ -336,9 +337,7 @@ class Portal:
         # --- tasks ---
 
         @api.get("/api/tasks", tags=["tasks"])
-        async def tasks(
-            me: Who, limit: Annotated[int, Query(ge=1, le=500)] = 50
-        ) -> dict[str, Any]:
+        async def tasks(me: Who, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
             """Newest tasks first (an agent token sees its own task only)."""
             found = await views.list_tasks(portal.store, limit)
             if me.role == "agent":
@@ -529,88 +528,23 @@ class Portal:
         return {"taskId": task_id, "decision": body.decision, "iteration": iteration}
 
     async def spawn_agent(self, body: SpawnBody, me: Principal) -> dict[str, Any]:
-        from cfn.agents.spawner import agent_redis_url
-        from cfn.loop.journal import SqlJournal
-        from cfn.loop.launcher import ProcessLauncher
-        from cfn.loop.orchestrator import AgentPlan, EventBus
-        from cfn.loop.state import AgentRow
-        from cfn.providers import TaskTraits, build_service
+        from cfn.loop.app import join_agent
 
         task_id = keys.validate_id(body.taskId, "task id")
         agent_id = keys.validate_id(body.agentId, "agent id")
         if body.provider is not None:
             keys.validate_id(body.provider, "provider")
-        journal = SqlJournal(self.store)
-        options, checkpoint, status = await asyncio.to_thread(journal.load_task, task_id)
-        if status in ("succeeded", "failed", "aborted") or checkpoint.phase is Phase.DONE:
-            raise ConflictError(f"task {task_id!r} has ended ({status}); agents cannot join it")
-        existing = {r.agent_id: r for r in await asyncio.to_thread(journal.agents, task_id)}
-        if agent_id in existing:
-            raise ConflictError(
-                f"task {task_id!r} has an agent {agent_id!r} already "
-                f"({existing[agent_id].status}); pick another id"
-            )
-        loop = 3 if body.role == "implementer" else 2
-        service = build_service(self.settings, self.redis)
-        try:
-            launcher = ProcessLauncher(
-                self.settings,
-                service,
-                agent_redis_url(self.settings),
-                options.workspace_path,
-                TaskTraits(
-                    complexity=options.complexity,  # type: ignore[arg-type]
-                    cost_sensitive=options.cost_sensitive,
-                ),
-                options.mode,
-                provider=body.provider or options.provider,
-            )
-            plan = AgentPlan(
-                task_id,
-                agent_id,
-                body.role,
-                loop,
-                checkpoint.iteration,
-                {
-                    "epic": options.epic,
-                    "mode": options.mode,
-                    "complexity": options.complexity,
-                    "cost_sensitive": options.cost_sensitive,
-                    "feedback": checkpoint.feedback,
-                    **({"deliverables": checkpoint.deliverables} if loop == 2 else {}),
-                },
-            )
-            handle = await launcher.launch(plan)
-        finally:
-            await service.aclose()
-        row = AgentRow(
+        team, row, handle = await join_agent(
+            self.settings,
+            self.redis,
+            self.store,
             task_id,
             agent_id,
             body.role,
-            loop,
-            checkpoint.iteration,
-            handle.profile,
-            handle.provider,
-            handle.model,
-            "running",
-            handle.pid,
-        )
-        await asyncio.to_thread(journal.save_agent, row)
-        bus = EventBus(journal, self.redis)
-        await bus.emit(
-            task_id,
-            "agent:update",
-            agentId=agent_id,
-            status="running",
-            role=body.role,
-            loop=loop,
-            iteration=checkpoint.iteration,
-            provider=handle.provider,
-            model=handle.model,
-            pid=handle.pid,
+            provider=body.provider,
             by=me.sub,
         )
-        self._spawn_background(self._follow_spawned(row, handle.wait))
+        self._spawn_background(team.follow(row, handle))
         return {
             "agentId": agent_id,
             "taskId": task_id,
@@ -621,53 +555,8 @@ class Portal:
             "name": f"cfn-agent-{agent_id}-{task_id}",
         }
 
-    async def _follow_spawned(self, row: Any, wait: Callable[[], Awaitable[str]]) -> None:
-        """When a spawned agent ends, record its result (the loop does this for its own)."""
-        from dataclasses import replace
-
-        from cfn.coordination.completion import collect_results
-        from cfn.loop.journal import SqlJournal
-        from cfn.loop.orchestrator import EventBus
-
-        how = await wait()
-        report = await collect_results(
-            self.redis, row.task_id, 1, 0.0, 5.0, agent_ids=[row.agent_id]
-        )
-        journal = SqlJournal(self.store)
-        current = {r.agent_id: r for r in await asyncio.to_thread(journal.agents, row.task_id)}
-        if current.get(row.agent_id) is not None and current[row.agent_id].status == "killed":
-            return
-        item = report.results[0] if report.results else None
-        status = "done" if item is not None and item.ok else "failed"
-        reason = (item.reason if item is not None else None) or (
-            None if status == "done" else f"ended without a result ({how})"
-        )
-        confidence = item.confidence if item is not None else None
-        await asyncio.to_thread(
-            journal.save_agent,
-            replace(row, status=status, confidence=confidence, reason=reason),
-        )
-        await EventBus(journal, self.redis).emit(
-            row.task_id,
-            "agent:update",
-            agentId=row.agent_id,
-            status=status,
-            confidence=confidence,
-            reason=reason,
-            loop=row.loop,
-            iteration=row.iteration,
-        )
-
-    async def stop_agent(
-        self, agent_id: str, task_id: str | None, me: Principal
-    ) -> dict[str, Any]:
-        from dataclasses import replace
-
-        from cfn.agents.signals import send_stop
-        from cfn.agents.spawner import ProcessSpawner
-        from cfn.errors import AgentLookupError
-        from cfn.loop.journal import SqlJournal
-        from cfn.loop.orchestrator import EventBus
+    async def stop_agent(self, agent_id: str, task_id: str | None, me: Principal) -> dict[str, Any]:
+        from cfn.loop.app import stopper_for, team_for
 
         keys.validate_id(agent_id, "agent id")
         if task_id is not None:
@@ -693,28 +582,8 @@ class Portal:
                 "status": row.status,
                 "message": f"agent already {row.status}",
             }
-        await send_stop(self.redis, row.task_id, agent_id, reason)
-        process = "not found here"
-        try:
-            handle = await ProcessSpawner(self.settings).attach(row.task_id, agent_id)
-            if handle.running:
-                await handle.stop()
-                process = "terminated"
-            else:
-                process = "already ended"
-        except AgentLookupError:
-            pass
-        journal = SqlJournal(self.store)
-        await asyncio.to_thread(journal.save_agent, replace(row, status="killed", reason=reason))
-        await EventBus(journal, self.redis).emit(
-            row.task_id,
-            "agent:update",
-            agentId=agent_id,
-            status="killed",
-            reason=reason,
-            loop=row.loop,
-            iteration=row.iteration,
-        )
+        team = team_for(self.redis, self.store)
+        _killed, process = await team.stop(row, reason, stopper_for(self.settings))
         return {
             "agentId": agent_id,
             "taskId": row.task_id,
@@ -724,30 +593,39 @@ class Portal:
         }
 
     async def health(self, me: Principal) -> JSONResponse:
+        """This portal's view (its Redis server, its database, the workers) and the whole
+        system's (``cfn health``), with one ping each: the system report's."""
+        from cfn.health import Check, check_system
+
+        serving = Check("portal", "ok", "answering this request")
+        system = await check_system(self.settings, portal=serving)
         checks: dict[str, Any] = {}
-        healthy = True
-        began = time.perf_counter()
-        try:
-            await self.redis.run(lambda r: r.ping())
-            checks["redis"] = {
-                "ok": True,
-                "server": self.redis.active_label,
-                "ms": round((time.perf_counter() - began) * 1000, 2),
-            }
-        except CfnError as exc:
-            healthy = False
-            checks["redis"] = {"ok": False, "error": str(exc)}
-        began = time.perf_counter()
-        try:
-            await asyncio.to_thread(self.store.row_counts)
+        redis = system.check("redis")
+        fallback = self.settings.redis_fallback_1
+        if self.redis.has_fallback and fallback and self.redis.active_label == mask_url(fallback):
+            # This portal works on the fallback: its server is not the one the report pinged.
+            began = time.perf_counter()
+            try:
+                await self.redis.run(lambda r: r.ping())
+                checks["redis"] = {"ok": True, "ms": round((time.perf_counter() - began) * 1000, 2)}
+            except CfnError as exc:
+                checks["redis"] = {"ok": False, "error": str(exc)}
+        elif redis.status == "error":
+            checks["redis"] = {"ok": False, "error": redis.detail}
+        else:
+            checks["redis"] = {"ok": True, "ms": redis.latency_ms}
+        if checks["redis"]["ok"]:
+            checks["redis"]["server"] = self.redis.active_label
+        database = system.check("database")
+        if database.status == "error":
+            checks["database"] = {"ok": False, "error": database.detail}
+        else:
             checks["database"] = {
                 "ok": True,
                 "database": self.store.label,
-                "ms": round((time.perf_counter() - began) * 1000, 2),
+                "ms": database.latency_ms,
             }
-        except CfnError as exc:
-            healthy = False
-            checks["database"] = {"ok": False, "error": str(exc)}
+        healthy = checks["redis"]["ok"] and checks["database"]["ok"]
         if checks["redis"]["ok"]:
             try:
                 info = await queue_info(self.redis)
@@ -760,10 +638,6 @@ class Portal:
                 }
             except CfnError as exc:
                 checks["workers"] = {"ok": False, "error": str(exc)}
-        from cfn.health import Check, check_system
-
-        serving = Check("portal", "ok", "answering this request")
-        system = await check_system(self.settings, portal=serving)
         body = {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
@@ -927,5 +801,3 @@ class Portal:
             )
         finally:
             expiry.cancel()
-
-

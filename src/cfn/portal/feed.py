@@ -1,6 +1,6 @@
 """A task's events for one live client: the past ones, then the new ones as they come.
 
-The orchestrator's EventBus writes each event to SQL first, then XADDs it to
+The orchestrator's JournalEventBus writes each event to SQL first, then XADDs it to
 ``events:{task}`` with its SQL id. A client that connects late gets:
 
 1. the stream's last entry id ``L`` (XREVRANGE COUNT 1),

@@ -39,8 +39,8 @@ from cfn import keys
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.watch import KeyWatch
 from cfn.errors import CfnError
+from cfn.loop.worker import worker_summary
 from cfn.portal import views
-from cfn.portal.workers import worker_summary
 from cfn.store.repository import Store
 
 log = logging.getLogger(__name__)

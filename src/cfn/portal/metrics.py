@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from cfn.store.repository import T_AGENTS, T_TASKS, Store
+from cfn.store import reports
+from cfn.store.repository import Store
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,14 @@ class _StoreCollector(Collector):
             "cfn_agents", "Agents by status and provider (SQL).", labels=["status", "provider"]
         )
         try:
-            with self.store.read() as conn:
-                for status, count in conn.execute(
-                    select(T_TASKS.c.status, func.count()).group_by(T_TASKS.c.status)
-                ):
-                    tasks.add_metric([str(status)], float(count))
-                for status, provider, count in conn.execute(
-                    select(T_AGENTS.c.status, T_AGENTS.c.provider, func.count()).group_by(
-                        T_AGENTS.c.status, T_AGENTS.c.provider
-                    )
-                ):
-                    agents.add_metric([str(status), str(provider or "unknown")], float(count))
+            for status, count in reports.task_counts(self.store).items():
+                tasks.add_metric([status], float(count))
+            by_status_provider: dict[tuple[str, str], int] = {}
+            for tally in reports.agent_tallies(self.store):
+                labels = (tally.status, tally.provider or "unknown")
+                by_status_provider[labels] = by_status_provider.get(labels, 0) + tally.count
+            for (status, provider), count in by_status_provider.items():
+                agents.add_metric([status, provider], float(count))
         except Exception as exc:  # a scrape must not fail because SQL did
             log.warning("metrics: cannot read the store: %s", exc)
         yield tasks

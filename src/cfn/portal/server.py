@@ -2,76 +2,32 @@
 
 The port is the orchestrator's: 3000 in the main checkout, the seed's
 ``calculate_ports`` in a worktree, CFN_ORCHESTRATOR_PORT when set, recorded in
-``<state>/ports.json``. A detached portal records itself in
-``<state>/portal/instance.json``; later ``cfn portal --detach`` calls (``make
-run``) find it answering and reuse it instead of starting another.
+``<state>/ports.json``. A serving portal records itself in
+``<state>/portal/instance.json`` (``cfn.system.instances``, which reads it
+without uvicorn); later ``cfn portal --detach`` calls (``make run``) find it
+answering and reuse it instead of starting another. Starting and stopping the
+detached one is ``cfn.system.daemon``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import httpx
 import uvicorn
 
 from cfn.errors import CfnError
 from cfn.settings import Settings
+from cfn.system.daemon import record_of, stop_process, wait_until
+from cfn.system.instances import Instance, answers, portal_daemon, running_instance
+from cfn.system.proc import signal_pid
 from cfn.worktree.ports import PortRegistry, default_ports
 
 START_TIMEOUT = 20.0
-
-
-@dataclass(frozen=True)
-class Instance:
-    pid: int
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
-
-
-def instance_file(settings: Settings) -> Path:
-    return settings.state_dir / "portal" / "instance.json"
-
-
-def log_file(settings: Settings) -> Path:
-    return settings.state_dir / "portal" / "portal.log"
-
-
-def answers(url: str, timeout: float = 1.0) -> bool:
-    """True when a cfn portal answers GET /api/ping at ``url``."""
-    try:
-        reply = httpx.get(f"{url}/api/ping", timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return reply.status_code == 200 and reply.json() == {"ok": True}
-
-
-def running_instance(settings: Settings) -> Instance | None:
-    """The recorded portal of this checkout, if its process lives and it answers."""
-    try:
-        data: dict[str, Any] = json.loads(instance_file(settings).read_text())
-        instance = Instance(int(data["pid"]), str(data["host"]), int(data["port"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        os.kill(instance.pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return instance if answers(instance.url) else None
+STOP_TIMEOUT = 10.0
 
 
 def resolve_port(settings: Settings, port: int | None = None) -> int:
@@ -87,11 +43,7 @@ def resolve_port(settings: Settings, port: int | None = None) -> int:
 
 
 def _record(settings: Settings, host: str, port: int) -> None:
-    path = instance_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
-    os.replace(tmp, path)
+    portal_daemon(settings.state_dir).write_record(record_of(os.getpid(), host=host, port=port))
 
 
 async def serve(
@@ -135,10 +87,8 @@ async def serve(
     finally:
         await portal.close()
         if record:
-            with contextlib.suppress(OSError, ValueError):
-                data = json.loads(instance_file(settings).read_text())
-                if data.get("pid") == os.getpid():
-                    instance_file(settings).unlink()
+            with contextlib.suppress(OSError):
+                portal_daemon(settings.state_dir).clear_record(os.getpid())
 
 
 def start_detached(settings: Settings, port: int | None = None) -> tuple[Instance, bool]:
@@ -147,40 +97,25 @@ def start_detached(settings: Settings, port: int | None = None) -> tuple[Instanc
     if existing is not None and (port is None or existing.port == port):
         return existing, False
     chosen = resolve_port(settings, port)
-    log = log_file(settings)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cfn", "portal", "--port", str(chosen)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    daemon = portal_daemon(settings.state_dir)
+    log = daemon.log_file
+    proc = daemon.spawn([sys.executable, "-m", "cfn", "portal", "--port", str(chosen)])
     instance = Instance(proc.pid, settings.cfn_portal_host, chosen)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CfnError(f"the portal exited at start (code {proc.returncode}); see {log}")
-        if answers(instance.url, 0.5):
-            return instance, True
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    if wait_until(
+        lambda: answers(instance.url, 0.5),
+        START_TIMEOUT,
+        exited=lambda: proc.poll() is not None,
+    ):
+        return instance, True
+    if proc.poll() is not None:
+        raise CfnError(f"the portal exited at start (code {proc.returncode}); see {log}")
+    signal_pid(proc.pid, signal.SIGTERM, group=True)
     raise CfnError(f"the portal did not answer within {START_TIMEOUT:.0f} s; see {log}")
 
 
-def stop_detached(settings: Settings, timeout: float = 10.0) -> bool:
+def stop_detached(settings: Settings, timeout: float = STOP_TIMEOUT) -> bool:
     instance = running_instance(settings)
     if instance is None:
         return False
-    os.kill(instance.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(instance.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    os.kill(instance.pid, signal.SIGKILL)
+    stop_process(instance.pid, grace=timeout, start_ticks=instance.pid_start)
     return True

@@ -2,7 +2,12 @@
 
 See docs/store.md. The public surface:
 
-- :class:`Store` (``Store.open(settings)``): every SQL read and write.
+- :class:`Store` (``Store.open(settings)``): every SQL read and write, one
+  transaction per method (the loop's journal, :mod:`cfn.loop.journal`, writes
+  through it).
+- :class:`StatusReader` (:mod:`cfn.store.status`): the portal's fast status read.
+- :mod:`cfn.store.reports`: counts and means for the portal's lists and metrics.
+- :mod:`cfn.store.records`: one record type per table, used by every layer.
 - :func:`record_llm_call`: the provider code's way to log token usage.
 - :mod:`cfn.store.skills`: the skills registry (files in the project).
 - :class:`QueryCache`, :class:`CachedStore`, :class:`SessionStore`: Redis layer 1.
@@ -19,7 +24,7 @@ if TYPE_CHECKING:
     from cfn.store.engine import database_url, make_engine
     from cfn.store.records import (
         AgentRecord,
-        AgentSpec,
+        AgentTally,
         ApprovalInput,
         ApprovalRecord,
         DecisionRecord,
@@ -29,9 +34,13 @@ if TYPE_CHECKING:
         SkillChange,
         SkillRecord,
         TaskRecord,
+        TaskSnapshot,
+        TaskStats,
+        TaskSummary,
         UsageSummary,
     )
     from cfn.store.repository import Store, default_store, record_llm_call
+    from cfn.store.status import StatusReader
 
 # Imported on first use: the CLI should not pay for Redis or Alembic to list skills.
 _LAZY = {
@@ -42,7 +51,7 @@ _LAZY = {
     "database_url": "engine",
     "make_engine": "engine",
     "AgentRecord": "records",
-    "AgentSpec": "records",
+    "AgentTally": "records",
     "ApprovalInput": "records",
     "ApprovalRecord": "records",
     "DecisionRecord": "records",
@@ -52,10 +61,14 @@ _LAZY = {
     "SkillChange": "records",
     "SkillRecord": "records",
     "TaskRecord": "records",
+    "TaskSnapshot": "records",
+    "TaskStats": "records",
+    "TaskSummary": "records",
     "UsageSummary": "records",
     "Store": "repository",
     "default_store": "repository",
     "record_llm_call": "repository",
+    "StatusReader": "status",
 }
 
 
@@ -68,7 +81,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AgentRecord",
-    "AgentSpec",
+    "AgentTally",
     "ApprovalInput",
     "ApprovalRecord",
     "CacheStats",
@@ -81,8 +94,12 @@ __all__ = [
     "SessionStore",
     "SkillChange",
     "SkillRecord",
+    "StatusReader",
     "Store",
     "TaskRecord",
+    "TaskSnapshot",
+    "TaskStats",
+    "TaskSummary",
     "UsageSummary",
     "database_url",
     "default_store",

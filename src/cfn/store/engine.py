@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -57,6 +57,12 @@ def database_url(settings: Settings) -> URL:
         return url
     path = settings.db_path or settings.state_dir / "cfn.db"
     return URL.create("sqlite+pysqlite", database=str(Path(path).expanduser().resolve()))
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database; the driver's error when it does not answer."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1")).scalar_one()
 
 
 def describe(url: URL) -> str:

@@ -1,11 +1,17 @@
 """What the store hands out: plain, frozen records, never live ORM objects.
 
-Records are pydantic models so the query cache can put them in Redis as JSON
-and get the same values back (timestamps included).
+One record type per table, used by every layer that reads or writes that
+table (the loop, the portal, health). Most are pydantic models so the query
+cache can put them in Redis as JSON and get the same values back (timestamps
+included). The agent and decision rows are frozen dataclasses instead: the
+loop builds them positionally and derives new ones with
+``dataclasses.replace``, and the portal's status read builds one per row on
+its hot path, where validation would only re-check what the store wrote.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -49,22 +55,28 @@ class TaskRecord(_Record):
     status: str
     created_at: datetime
     updated_at: datetime
+    #: The loop's TaskOptions and Checkpoint as JSON (None for a task it did not create).
+    options: str | None = None
+    checkpoint: str | None = None
 
 
-class AgentRecord(_Record):
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent of one task (table ``agents``); ``loop`` and ``iteration`` read 0 when unset."""
+
     task_id: str
-    id: str
+    agent_id: str
     role: str
+    loop: int
+    iteration: int
     profile: str | None
     provider: str | None
     model: str | None
     status: str
-    confidence: float | None
-    heartbeat: datetime | None
-    loop: int | None = None
-    iteration: int | None = None
     pid: int | None = None
+    confidence: float | None = None
     reason: str | None = None
+    heartbeat: datetime | None = None
 
 
 class IterationRecord(_Record):
@@ -76,14 +88,20 @@ class IterationRecord(_Record):
     finished_at: datetime | None
 
 
-class DecisionRecord(_Record):
-    id: int
+@dataclass(frozen=True)
+class DecisionRecord:
+    """The product owner's decision on one iteration (table ``decisions``).
+
+    ``id`` and ``created_at`` are None on a decision not yet recorded.
+    """
+
     task_id: str
     iteration: int
     decision: str
     decided_by: str
     reason: str | None
-    created_at: datetime
+    id: int | None = None
+    created_at: datetime | None = None
 
 
 class EventRecord(_Record):
@@ -113,16 +131,6 @@ class UsageSummary(_Record):
     cost_usd: float
 
 
-class AgentSpec(_Record):
-    """An agent to register with a task."""
-
-    id: str
-    role: str
-    profile: str | None = None
-    provider: str | None = None
-    model: str | None = None
-
-
 class ApprovalInput(_Record):
     """One approval to write (validated before anything touches the database)."""
 
@@ -146,3 +154,45 @@ class McpAuditRecord(_Record):
     outcome: str
     duration_ms: float
     reason: str | None
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """A task with its iterations, decisions and agents, read in one transaction."""
+
+    task: TaskRecord
+    iterations: list[IterationRecord]
+    decisions: list[DecisionRecord]
+    agents: list[AgentRecord]
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A task in a list: its row, its highest iteration number and its agent count."""
+
+    task: TaskRecord
+    iterations: int
+    agents: int
+
+
+@dataclass(frozen=True)
+class AgentTally:
+    """How many agents share a status, provider and role, and their mean confidence."""
+
+    status: str
+    provider: str | None
+    role: str
+    count: int
+    mean_confidence: float | None
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """Figures over every task: counts by status, mode and decision, and mean scores."""
+
+    by_status: dict[str, int]
+    by_mode: dict[str, int]
+    decisions: dict[str, int]
+    mean_iterations: float | None
+    mean_gate: float | None
+    mean_consensus: float | None

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -50,7 +51,6 @@ from cfn.store.models import (
 )
 from cfn.store.records import (
     AgentRecord,
-    AgentSpec,
     ApprovalInput,
     ApprovalRecord,
     DecisionRecord,
@@ -126,11 +126,44 @@ _APPROVAL_LIST = TypeAdapter(list[ApprovalRecord])
 _INSERT_EVENTS = insert(T_EVENTS).returning(T_EVENTS.c.id, sort_by_parameter_order=True)
 _INSERT_MCP_AUDIT = insert(T_MCP_AUDIT)
 MCP_AUDIT_REASON_MAX = 2000
+_TASK_EXISTS = select(T_TASKS.c.id).where(T_TASKS.c.id == bindparam("task_id"))
 
 
 def utcnow() -> datetime:
     """Naive UTC, as the seed's ``DATETIME DEFAULT CURRENT_TIMESTAMP`` columns hold."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def agent_record(row: Mapping[Any, Any]) -> AgentRecord:
+    """An ``agents`` row (column name -> value) as its record."""
+    return AgentRecord(
+        row["task_id"],
+        row["id"],
+        row["role"],
+        row["loop"] or 0,
+        row["iteration"] or 0,
+        row["profile"],
+        row["provider"],
+        row["model"],
+        row["status"],
+        row["pid"],
+        row["confidence"],
+        row["reason"],
+        row["heartbeat"],
+    )
+
+
+def decision_record(row: Mapping[Any, Any]) -> DecisionRecord:
+    """A ``decisions`` row (column name -> value) as its record."""
+    return DecisionRecord(
+        row["task_id"],
+        row["iteration"],
+        row["decision"],
+        row["decided_by"],
+        row["reason"],
+        row["id"],
+        row["created_at"],
+    )
 
 
 def _first_line(exc: DBAPIError) -> str:
@@ -517,21 +550,38 @@ class Store:
         # One validation call for the whole list (pydantic-core), not one per row.
         return _APPROVAL_LIST.validate_python([{**row, "skill_name": skill.name} for row in rows])
 
-    # --- tasks, iterations, agents, decisions --------------------------------------
+    # --- the loop's tables: tasks, iterations, agents, decisions ---------------------
+    #
+    # Written by the loop's journal (cfn.loop.journal), one transaction per step of
+    # the loop; read by the loop on resume, by the portal and by health. Values are
+    # checked only where the schema would refuse them anyway (ids, statuses,
+    # confidence), so a bad one is an InvalidInputError that names it.
 
     def create_task(
-        self, task_id: str, mode: str, epic: str, agents: Sequence[AgentSpec] = ()
-    ) -> TaskRecord:
-        """A task and its first agents, in one transaction."""
+        self,
+        task_id: str,
+        mode: str,
+        epic: str,
+        *,
+        options: str | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        """A task and its first iteration, in one transaction.
+
+        ``options`` and ``checkpoint`` are the loop's own JSON (what ``cfn resume``
+        reads back); the store keeps them as text.
+        """
         task_id = keys.validate_id(task_id, "task id")
         mode = _choice(mode, MODES, "mode")
-        epic = check.text_field(epic, "epic", 1_000_000)
-        specs = [self._agent_values(task_id, spec) for spec in agents]
+        if not isinstance(epic, str) or not epic.strip():
+            raise InvalidInputError("epic must be a non-empty text")
         now = utcnow()
 
         def work(conn: Connection) -> None:
-            if conn.execute(select(T_TASKS.c.id).where(T_TASKS.c.id == task_id)).first():
-                raise InvalidInputError(f"task {task_id!r} exists already")
+            if conn.execute(_TASK_EXISTS, {"task_id": task_id}).first():
+                raise InvalidInputError(
+                    f"task {task_id!r} exists already; `cfn resume {task_id}` continues it"
+                )
             conn.execute(
                 insert(T_TASKS).values(
                     id=task_id,
@@ -540,29 +590,57 @@ class Store:
                     status="pending",
                     created_at=now,
                     updated_at=now,
+                    options=options,
+                    checkpoint=checkpoint,
                 )
             )
-            for values in specs:
-                conn.execute(insert(T_AGENTS).values(**values, created_at=now))
+            conn.execute(insert(T_ITERATIONS).values(task_id=task_id, number=1, started_at=now))
 
         self.transaction(work)
-        return self.get_task(task_id)
 
-    @staticmethod
-    def _agent_values(task_id: str, spec: AgentSpec) -> dict[str, Any]:
-        return {
-            "task_id": task_id,
-            "id": keys.validate_id(spec.id, "agent id"),
-            "role": check.text_field(spec.role, "role", 64),
-            "profile": None
-            if spec.profile is None
-            else check.text_field(spec.profile, "profile", 255),
-            "provider": None
-            if spec.provider is None
-            else check.text_field(spec.provider, "provider", 64),
-            "model": None if spec.model is None else check.text_field(spec.model, "model", 255),
-            "status": "pending",
+    def save_checkpoint(
+        self,
+        task_id: str,
+        checkpoint: str,
+        status: str,
+        *,
+        iteration: int,
+        gate_mean: float | None = None,
+        consensus_mean: float | None = None,
+    ) -> None:
+        """The task's checkpoint and status, and its iteration row, in one transaction.
+
+        The iteration row is made when the checkpoint first names its number; a
+        gate or consensus mean given is written on it (None leaves the column as is).
+        """
+        task_id = keys.validate_id(task_id, "task id")
+        status = _choice(status, TASK_STATUSES, "task status")
+        if iteration < 1:
+            raise InvalidInputError(f"iteration number {iteration} must be >= 1")
+        scores = {
+            name: value
+            for name, value in (("gate_mean", gate_mean), ("consensus_mean", consensus_mean))
+            if value is not None
         }
+        now = utcnow()
+
+        def work(conn: Connection) -> None:
+            result = conn.execute(
+                update(T_TASKS)
+                .where(T_TASKS.c.id == task_id)
+                .values(checkpoint=checkpoint, status=status, updated_at=now)
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no task {task_id!r}")
+            where = (T_ITERATIONS.c.task_id == task_id, T_ITERATIONS.c.number == iteration)
+            if conn.execute(select(T_ITERATIONS.c.number).where(*where)).first() is None:
+                conn.execute(
+                    insert(T_ITERATIONS).values(task_id=task_id, number=iteration, started_at=now)
+                )
+            if scores:
+                conn.execute(update(T_ITERATIONS).where(*where).values(**scores))
+
+        self.transaction(work, idempotent=True)
 
     def get_task(self, task_id: str) -> TaskRecord:
         with self.read() as conn:
@@ -581,103 +659,60 @@ class Store:
             rows = conn.execute(query).all()
         return [TaskRecord.model_validate(dict(row._mapping)) for row in rows]
 
-    def set_task_status(self, task_id: str, status: str) -> None:
-        status = _choice(status, TASK_STATUSES, "task status")
-
-        def work(conn: Connection) -> None:
-            result = conn.execute(
-                update(T_TASKS)
-                .where(T_TASKS.c.id == keys.validate_id(task_id, "task id"))
-                .values(status=status, updated_at=utcnow())
-            )
-            if result.rowcount == 0:
-                raise NotFoundError(f"no task {task_id!r}")
-
-        self.transaction(work, idempotent=True)
-
-    def add_agents(self, task_id: str, agents: Sequence[AgentSpec]) -> None:
-        task_id = keys.validate_id(task_id, "task id")
-        specs = [self._agent_values(task_id, spec) for spec in agents]
-        now = utcnow()
-
-        def work(conn: Connection) -> None:
-            for values in specs:
-                conn.execute(insert(T_AGENTS).values(**values, created_at=now))
-
-        self.transaction(work)
-
-    def update_agent(
-        self,
-        task_id: str,
-        agent_id: str,
-        *,
-        status: str | None = None,
-        confidence: float | None = None,
-        heartbeat: bool = False,
-    ) -> None:
-        values: dict[str, Any] = {}
-        if status is not None:
-            values["status"] = _choice(status, AGENT_STATUSES, "agent status")
-        if confidence is not None:
-            values["confidence"] = check.confidence(confidence)
-        if heartbeat:
-            values["heartbeat"] = utcnow()
-        if not values:
-            return
+    def save_agent(self, agent: AgentRecord) -> None:
+        """Write an agent's row as it is now (made on first save, updated after)."""
+        task_id = keys.validate_id(agent.task_id, "task id")
+        agent_id = keys.validate_id(agent.agent_id, "agent id")
+        values = {
+            "role": agent.role,
+            "profile": agent.profile,
+            "provider": agent.provider,
+            "model": agent.model,
+            "status": _choice(agent.status, AGENT_STATUSES, "agent status"),
+            "confidence": None if agent.confidence is None else check.confidence(agent.confidence),
+            "loop": agent.loop,
+            "iteration": agent.iteration,
+            "pid": agent.pid,
+            "reason": agent.reason,
+        }
 
         def work(conn: Connection) -> None:
             result = conn.execute(
                 update(T_AGENTS)
-                .where(
-                    T_AGENTS.c.task_id == keys.validate_id(task_id, "task id"),
-                    T_AGENTS.c.id == keys.validate_id(agent_id, "agent id"),
-                )
+                .where(T_AGENTS.c.task_id == task_id, T_AGENTS.c.id == agent_id)
                 .values(**values)
             )
             if result.rowcount == 0:
-                raise NotFoundError(f"no agent {agent_id!r} in task {task_id!r}")
-
-        self.transaction(work, idempotent=True)
-
-    def list_agents(self, task_id: str) -> list[AgentRecord]:
-        with self.read() as conn:
-            rows = conn.execute(
-                select(T_AGENTS)
-                .where(T_AGENTS.c.task_id == keys.validate_id(task_id, "task id"))
-                .order_by(T_AGENTS.c.created_at, T_AGENTS.c.id)
-            ).all()
-        return [AgentRecord.model_validate(dict(row._mapping)) for row in rows]
-
-    def start_iteration(self, task_id: str, number: int) -> None:
-        if number < 1:
-            raise InvalidInputError(f"iteration number {number} must be >= 1")
-        values = {
-            "task_id": keys.validate_id(task_id, "task id"),
-            "number": number,
-            "started_at": utcnow(),
-        }
-        self.transaction(lambda conn: conn.execute(insert(T_ITERATIONS).values(**values)))
-
-    def finish_iteration(
-        self,
-        task_id: str,
-        number: int,
-        gate_mean: float | None = None,
-        consensus_mean: float | None = None,
-    ) -> None:
-        def work(conn: Connection) -> None:
-            result = conn.execute(
-                update(T_ITERATIONS)
-                .where(
-                    T_ITERATIONS.c.task_id == keys.validate_id(task_id, "task id"),
-                    T_ITERATIONS.c.number == number,
+                conn.execute(
+                    insert(T_AGENTS).values(
+                        task_id=task_id, id=agent_id, created_at=utcnow(), **values
+                    )
                 )
-                .values(gate_mean=gate_mean, consensus_mean=consensus_mean, finished_at=utcnow())
-            )
-            if result.rowcount == 0:
-                raise NotFoundError(f"task {task_id!r} has no iteration {number}")
 
         self.transaction(work, idempotent=True)
+
+    def list_agents(
+        self,
+        task_id: str | None = None,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+    ) -> list[AgentRecord]:
+        """Agents of a task (in the order they joined), or of every task, filtered.
+
+        ``agent_id`` finds an id across tasks (ids repeat); ``status`` e.g. the
+        agents marked running.
+        """
+        query = select(T_AGENTS).order_by(T_AGENTS.c.task_id, T_AGENTS.c.created_at, T_AGENTS.c.id)
+        if task_id is not None:
+            query = query.where(T_AGENTS.c.task_id == keys.validate_id(task_id, "task id"))
+        if agent_id is not None:
+            query = query.where(T_AGENTS.c.id == keys.validate_id(agent_id, "agent id"))
+        if status is not None:
+            query = query.where(T_AGENTS.c.status == _choice(status, AGENT_STATUSES, "status"))
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        return [agent_record(row._mapping) for row in rows]
 
     def iterations(self, task_id: str) -> list[IterationRecord]:
         with self.read() as conn:
@@ -688,29 +723,56 @@ class Store:
             ).all()
         return [IterationRecord.model_validate(dict(row._mapping)) for row in rows]
 
-    def record_decision(
-        self,
-        task_id: str,
-        iteration: int,
-        decision: str,
-        decided_by: str,
-        reason: str | None = None,
-    ) -> DecisionRecord:
-        task_id = keys.validate_id(task_id, "task id")
-        values = {
-            "task_id": task_id,
-            "iteration": iteration,
-            "decision": _choice(decision, LOOP_DECISIONS, "decision"),
-            "decided_by": check.text_field(decided_by, "decided by", 255),
-            "reason": reason,
-            "created_at": utcnow(),
-        }
-        row = self.transaction(
-            lambda conn: conn.execute(
-                insert(T_DECISIONS).values(**values).returning(T_DECISIONS.c.id)
-            ).one()
+    def record_decision(self, decision: DecisionRecord) -> DecisionRecord:
+        """Record an iteration's decision, or return the one recorded already.
+
+        The decision of a task iteration is unique in the database (revision
+        0003), so a resumed orchestrator that races its own earlier write gets
+        the recorded decision back instead of a second row.
+        """
+        if decision.iteration < 1:
+            raise InvalidInputError(f"iteration number {decision.iteration} must be >= 1")
+        record = replace(
+            decision,
+            task_id=keys.validate_id(decision.task_id, "task id"),
+            decision=_choice(decision.decision, LOOP_DECISIONS, "decision"),
+            decided_by=decision.decided_by[:255],
+            id=None,
+            created_at=utcnow(),
         )
-        return DecisionRecord.model_validate({**values, "id": row.id})
+        values = {
+            "task_id": record.task_id,
+            "iteration": record.iteration,
+            "decision": record.decision,
+            "decided_by": record.decided_by,
+            "reason": record.reason,
+            "created_at": record.created_at,
+        }
+        try:
+            row = self.transaction(
+                lambda conn: conn.execute(
+                    insert(T_DECISIONS).values(**values).returning(T_DECISIONS.c.id)
+                ).one()
+            )
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            existing = self.decision(record.task_id, record.iteration)
+            if existing is None:
+                raise
+            return existing
+        return replace(record, id=int(row.id))
+
+    def decision(self, task_id: str, iteration: int) -> DecisionRecord | None:
+        """The decision recorded for one iteration, if any."""
+        with self.read() as conn:
+            row = conn.execute(
+                select(T_DECISIONS).where(
+                    T_DECISIONS.c.task_id == keys.validate_id(task_id, "task id"),
+                    T_DECISIONS.c.iteration == iteration,
+                )
+            ).first()
+        return None if row is None else decision_record(row._mapping)
 
     def decisions(self, task_id: str) -> list[DecisionRecord]:
         with self.read() as conn:
@@ -719,7 +781,7 @@ class Store:
                 .where(T_DECISIONS.c.task_id == keys.validate_id(task_id, "task id"))
                 .order_by(T_DECISIONS.c.id)
             ).all()
-        return [DecisionRecord.model_validate(dict(row._mapping)) for row in rows]
+        return [decision_record(row._mapping) for row in rows]
 
     # --- the event log (append-only) -----------------------------------------------
 

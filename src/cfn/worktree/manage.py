@@ -34,6 +34,7 @@ from dotenv import dotenv_values
 
 from cfn.errors import InvalidInputError, UnknownWorktreeError, WorktreeError
 from cfn.settings import WORKTREE_ENV, Settings
+from cfn.system.instances import portal_daemon, redis_daemon, running_instance
 from cfn.worktree.ports import (
     MAIN_ORCHESTRATOR,
     MAIN_POSTGRES,
@@ -58,6 +59,7 @@ WORKTREE_SUBNETS = ("10.130.{n}.0/24", "10.131.{n}.0/24")
 #: The MCP servers' and gateway's default ports (seed table, 8080 for the gateway).
 MCP_PORTS = frozenset(range(8080, 8085))
 GIT_TIMEOUT = 60.0
+STOP_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -260,18 +262,18 @@ def find(start: Path, branch: str) -> Worktree:
 
 
 def status(tree: Worktree) -> Status:
-    """Whether the worktree's embedded Redis and its portal answer right now."""
-    from cfn.coordination.embedded import EmbeddedRedis
+    """Whether the worktree's embedded Redis runs and its portal answers right now.
 
-    cfg = tree.settings()
-    redis_state = EmbeddedRedis(cfg).status()
-    portal_url: str | None = None
-    with contextlib.suppress(ImportError):
-        from cfn.portal.server import running_instance
-
-        instance = running_instance(cfg)
-        portal_url = instance.url if instance is not None else None
-    return Status(redis_state.port, redis_state.running, portal_url)
+    Read from the servers' records (``cfn.system.instances``), so this package
+    needs neither Redis's client nor the portal's."""
+    redis = redis_daemon(tree.state_dir)
+    port = redis.read_record().get("port")
+    instance = running_instance(tree.settings())
+    return Status(
+        port if isinstance(port, int) else None,
+        isinstance(port, int) and redis.recorded() is not None,
+        instance.url if instance is not None else None,
+    )
 
 
 # --- create -------------------------------------------------------------------------------
@@ -398,16 +400,11 @@ def remove(start: Path, branch: str, force: bool = False) -> Removed:
                 f"{tree.path} has {len(dirty)} uncommitted change(s) ({dirty[0].strip()}, ...); "
                 "commit them, or pass --force to throw them away"
             )
-    from cfn.coordination.embedded import EmbeddedRedis
-
-    cfg = tree.settings()
-    redis_stopped = EmbeddedRedis(cfg).stop() if tree.state_dir.exists() else False
-    portal_stopped = False
-    with contextlib.suppress(ImportError):
-        from cfn.portal import server as portal_server
-
-        if portal_server.running_instance(cfg) is not None:
-            portal_stopped = portal_server.stop_detached(cfg)
+    # From their records: SIGTERM (Redis flushes its AOF on it), SIGKILL after the grace.
+    redis_stopped = portal_stopped = False
+    if tree.state_dir.exists():
+        redis_stopped = redis_daemon(tree.state_dir).stop_recorded(STOP_GRACE)
+        portal_stopped = portal_daemon(tree.state_dir).stop_recorded(STOP_GRACE)
     if tree.state_dir.exists():
         shutil.rmtree(tree.state_dir)
     root = main_checkout(start)

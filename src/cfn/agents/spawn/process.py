@@ -1,21 +1,16 @@
-"""Starting agents (seed: spawn-agent.sh), limiting them, and watching them end.
+"""Agents as local processes, each under its own supervisor (seed: spawn-agent.sh).
 
-``Spawner`` is the interface the orchestrator uses; ``ProcessSpawner`` runs
-each agent as a local process (the container spawner comes with Docker).
+Each agent runs under ``cfn.agents.shim``, started in a new session so that
+neither survives nor dies with the orchestrator by accident: the supervisor
+applies the memory and CPU limits (cgroup v1 where writable, RLIMIT_AS
+otherwise), enforces AGENT_TIMEOUT, and writes the exit record. Waiting is on
+pidfds registered with the event loop: nothing polls.
 
-Each agent runs under its own supervisor (``cfn.agents.shim``), started in a
-new session so that neither survives nor dies with the orchestrator by
-accident: the supervisor applies the memory and CPU limits (cgroup v1 where
-writable, RLIMIT_AS otherwise), enforces AGENT_TIMEOUT, and writes the exit
-record. Waiting is on pidfds registered with the event loop: nothing polls.
+Besides the files every runtime keeps (``cfn.agents.spawn.base``), the agent's
+directory holds::
 
-Per agent, under ``<state>/tasks/{task}/agents/{agent}/``::
-
-    context.json   the seed's CLI context (0600), CFN_AGENT_CONTEXT points here
-    agent.log      stdout and stderr of the agent (and one line each from its supervisor)
     shim.json      what the supervisor was asked to run (0600)
     state.json     pids and start times, written once the agent runs
-    exit.json      why it ended: exit code, signal, timed out, killed, OOM-killed
 
 The agent's environment is the orchestrator's plus the seed's AGENT_ID,
 TASK_ID, MODE, PROVIDER and COMPOSE_PROJECT_NAME, and CFN_AGENT_CONTEXT,
@@ -25,228 +20,47 @@ agent and plain ``redis-cli`` reach the same Redis).
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import fcntl
 import json
-import math
 import os
-import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from cfn import keys
 from cfn.agents import shim
 from cfn.agents.context import (
     CONTEXT_FILE,
     DEFAULT_COMPOSE_PROJECT,
-    DEFAULT_MODE,
-    DEFAULT_PROVIDER,
     AgentContext,
     agent_dir,
     agent_name,
-    generate_cli_context,
-    resolve_endpoint,
     write_private,
+)
+from cfn.agents.spawn.base import (
+    EXIT_FILE,
+    LOG_FILE,
+    AgentHandle,
+    ExitInfo,
+    HandleBase,
+    Spawner,
+    check_spawn_request,
+    read_json_file,
 )
 from cfn.coordination import acl
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
+from cfn.system.cgroups import Cgroups
+from cfn.system.proc import proc_alive, proc_environ, proc_start_ticks
 
-if TYPE_CHECKING:
-    from cfn.agents.container import ContainerHandle
-
-LOG_FILE = "agent.log"
 SPEC_FILE = "shim.json"
+STATE_FILE = shim.STATE_FILE
 LOCK_FILE = ".spawn.lock"
 READY_TIMEOUT = 30.0
-MEMORY_MIN = 4 * 1024 * 1024
-MEMORY_MAX = 1024**5
-_MEMORY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)([bkmgt]?)(?:i?b)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-# --- limits ------------------------------------------------------------------------------
-
-
-def parse_memory_limit(value: object, what: str = "AGENT_MEMORY_LIMIT") -> int:
-    """``512m``/``1g``/``1.5g``/``65536k``/bytes (docker's units) → bytes."""
-    match = _MEMORY.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidInputError(
-            f"{what} {value!r} is not a memory size: use a number with an optional unit "
-            "b, k, m, g or t (e.g. 512m, 1g)"
-        )
-    number = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if not MEMORY_MIN <= number <= MEMORY_MAX:
-        raise InvalidInputError(
-            f"{what} {value!r} is out of range: use at least 4m (and at most 1024t)"
-        )
-    return int(number)
-
-
-def parse_cpu_limit(value: object, what: str = "AGENT_CPU_LIMIT") -> float:
-    """CPUs as ``docker run --cpus`` takes them: 0.01 up to the machine's CPU count."""
-    try:
-        cpus = float(value) if isinstance(value, int | float | str) else math.nan
-    except ValueError:
-        cpus = math.nan
-    available = os.cpu_count() or 1
-    if isinstance(value, bool) or not math.isfinite(cpus) or not 0.01 <= cpus <= available:
-        raise InvalidInputError(
-            f"{what} {value!r} is not a CPU limit: use a number from 0.01 to {available} "
-            "(this machine's CPUs), e.g. 1.0 or 0.5"
-        )
-    return cpus
-
-
-@dataclass(frozen=True)
-class AgentLimits:
-    memory: str
-    memory_bytes: int
-    cpus: float
-    timeout: float
-
-    @classmethod
-    def from_context(cls, context: AgentContext) -> AgentLimits:
-        """The limits a context asks for (AGENT_* settings went into it), validated."""
-        memory = context.resources.memory_limit
-        return cls(
-            memory=memory,
-            memory_bytes=parse_memory_limit(memory),
-            cpus=parse_cpu_limit(context.cfn.cpu_limit),
-            timeout=context.resources.timeout_seconds,
-        )
-
-
-# --- exit information ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """Why an agent ended."""
-
-    task_id: str
-    agent_id: str
-    name: str
-    pid: int
-    exit_code: int | None
-    signal: int | None
-    timed_out: bool = False
-    oom_killed: bool = False
-    killed: bool = False
-    lost: bool = False
-    reason: str = ""
-    duration: float | None = None
-    limits: str = "none"
-    max_memory_bytes: int | None = None
-    cpu_seconds: float | None = None
-    record: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        """Exited by itself with code 0 (whether its *work* succeeded is its report's call)."""
-        return (
-            self.exit_code == 0
-            and not self.timed_out
-            and not self.oom_killed
-            and not self.killed
-            and not self.lost
-        )
-
-    @property
-    def status(self) -> str:
-        """One word: exited, failed, oom, timeout, killed or lost."""
-        if self.lost:
-            return "lost"
-        if self.oom_killed:
-            return "oom"
-        if self.timed_out:
-            return "timeout"
-        if self.killed:
-            return "killed"
-        return "exited" if self.exit_code == 0 else "failed"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("record")
-        data["status"] = self.status
-        data["ok"] = self.ok
-        return data
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ExitInfo:
-        cpu = None
-        if isinstance(record.get("cpu_user"), int | float):
-            cpu = round(float(record["cpu_user"]) + float(record.get("cpu_system") or 0), 6)
-        return cls(
-            task_id=str(record.get("task_id", "")),
-            agent_id=str(record.get("agent_id", "")),
-            name=str(record.get("name", "")),
-            pid=int(record.get("pid") or 0),
-            exit_code=record.get("exit_code"),
-            signal=record.get("signal"),
-            timed_out=bool(record.get("timed_out")),
-            oom_killed=bool(record.get("oom_killed")),
-            killed=bool(record.get("killed") or record.get("stop_requested")),
-            reason=str(record.get("reason") or shim.describe(record)),
-            duration=record.get("duration"),
-            limits=str(record.get("limits", "none")),
-            max_memory_bytes=record.get("max_memory_bytes"),
-            cpu_seconds=cpu,
-            record=record,
-        )
-
-
-# --- interfaces ------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class AgentHandle(Protocol):
-    """A started (or re-attached) agent."""
-
-    task_id: str
-    agent_id: str
-    name: str
-    pid: int
-
-    @property
-    def log_path(self) -> Path: ...
-
-    def exit_info(self) -> ExitInfo | None:
-        """The exit record if the agent has ended, without waiting."""
-
-    async def wait(self) -> ExitInfo:
-        """Wait (no polling) until the agent has ended; why it ended."""
-
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after CFN_AGENT_KILL_GRACE; returns at once."""
-
-    async def kill(self) -> None:
-        """SIGKILL the agent and everything it started; returns at once."""
-
-
-class Spawner(Protocol):
-    """How the orchestrator starts agents; one implementation per runtime."""
-
-    async def spawn(
-        self,
-        context: AgentContext,
-        *,
-        command: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> AgentHandle:
-        """Start the agent ``context`` describes, detached; return once it runs."""
-
-    async def attach(self, task_id: str, agent_id: str, pid: int | None = None) -> AgentHandle:
-        """Find an agent spawned earlier (maybe by another orchestrator process)."""
 
 
 # --- pidfd waiting ------------------------------------------------------------------------------
@@ -263,7 +77,7 @@ async def wait_pid_exit(pid: int, start_ticks: int | None = None) -> None:
     except ProcessLookupError:
         return
     try:
-        if start_ticks is not None and shim.proc_start_ticks(pid) != start_ticks:
+        if start_ticks is not None and proc_start_ticks(pid) != start_ticks:
             return
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
@@ -282,59 +96,11 @@ async def wait_pid_exit(pid: int, start_ticks: int | None = None) -> None:
 
 
 def _is_agent_process(pid: int, name: str) -> bool:
-    env = shim.proc_environ(pid)
+    env = proc_environ(pid)
     return env is not None and env.get("CFN_AGENT_NAME") == name
 
 
 # --- the process handle ------------------------------------------------------------------------
-
-
-class HandleBase(abc.ABC):
-    """What every agent handle shares: its files, one waiter however many callers
-    wait, and the record of an exit nobody saw."""
-
-    task_id: str
-    agent_id: str
-    name: str
-    directory: Path
-    pid: int
-    limits: str
-    _info: ExitInfo | None
-    _waiting: asyncio.Future[ExitInfo] | None
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / LOG_FILE
-
-    @property
-    def context_path(self) -> Path:
-        return self.directory / CONTEXT_FILE
-
-    async def wait(self) -> ExitInfo:
-        if self._info is not None:
-            return self._info
-        if self._waiting is None:
-            self._waiting = asyncio.ensure_future(self._wait())
-        return await asyncio.shield(self._waiting)
-
-    @abc.abstractmethod
-    async def _wait(self) -> ExitInfo:
-        """Wait for the agent to end and return its exit record (each kind its own way)."""
-
-    def _lost(self, reason: str) -> ExitInfo:
-        """The agent ended without an exit record: status unknown, ``reason`` why."""
-        self._info = ExitInfo(
-            task_id=self.task_id,
-            agent_id=self.agent_id,
-            name=self.name,
-            pid=self.pid,
-            exit_code=None,
-            signal=None,
-            lost=True,
-            reason=reason,
-            limits=self.limits,
-        )
-        return self._info
 
 
 class ProcessHandle(HandleBase):
@@ -374,11 +140,11 @@ class ProcessHandle(HandleBase):
 
     @property
     def running(self) -> bool:
-        return self.exit_info() is None and shim.proc_alive(self.pid, self.pid_start)
+        return self.exit_info() is None and proc_alive(self.pid, self.pid_start)
 
     def exit_info(self) -> ExitInfo | None:
         if self._info is None:
-            record = read_json_file(self.directory / shim.EXIT_FILE)
+            record = read_json_file(self.directory / EXIT_FILE)
             if record is not None and record.get("pid") == self.pid:
                 self._info = ExitInfo.from_record(record)
         return self._info
@@ -398,17 +164,17 @@ class ProcessHandle(HandleBase):
 
     def _remove_cgroups(self) -> None:
         with contextlib.suppress(OSError):
-            shim.Cgroups(dict(self._cgroups)).remove(wait=0.5)
+            Cgroups(dict(self._cgroups)).remove(wait=0.5)
 
     def _signal(self, shim_signal: int) -> None:
         if self.exit_info() is not None:
             return
-        if shim.proc_alive(self.shim_pid, self.shim_start):
+        if proc_alive(self.shim_pid, self.shim_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.shim_pid, shim_signal)
                 return
         # No supervisor: signal the agent's process group directly.
-        if shim.proc_alive(self.pid, self.pid_start):
+        if proc_alive(self.pid, self.pid_start):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
 
@@ -425,16 +191,6 @@ class ProcessHandle(HandleBase):
 def default_command(context_file: Path) -> list[str]:
     """``python -m cfn agent run --context FILE``: the Python agent runtime."""
     return [sys.executable, "-m", "cfn", "agent", "run", "--context", str(context_file)]
-
-
-def read_json_file(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path`` (an agent's state or exit record); None when the
-    file is missing, unreadable, half-written or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager
@@ -474,6 +230,8 @@ async def _read_ready(fd: int, timeout: float) -> bytes:
 
 class ProcessSpawner:
     """Agents as local processes under a supervisor (limits, timeout, exit record)."""
+
+    engine: str | None = None  # no container engine: agents are this machine's processes
 
     def __init__(
         self,
@@ -570,7 +328,7 @@ class ProcessSpawner:
                 f"{context.name} was not started: {why or 'its supervisor exited'}; "
                 f"see {directory / LOG_FILE}"
             )
-        state = read_json_file(directory / shim.STATE_FILE) or {}
+        state = read_json_file(directory / STATE_FILE) or {}
         return ProcessHandle(
             task_id=context.task_id,
             agent_id=context.agent_id,
@@ -592,23 +350,12 @@ class ProcessSpawner:
         env: Mapping[str, str] | None,
     ) -> tuple[subprocess.Popen[bytes], int, AgentContext]:
         """Validate, write the agent's files and start its supervisor (fork + exec, fast)."""
-        limits = AgentLimits.from_context(context)
-        workspace = Path(context.workspace)
-        if not workspace.is_dir():
-            raise InvalidInputError(f"workspace {workspace} is not a directory")
-        if command is not None and (
-            not command or not all(isinstance(a, str) and a for a in command)
-        ):
-            raise InvalidInputError("the agent command must be a non-empty list of arguments")
-        for name in env or {}:
-            if not name or "=" in name or "\0" in name:
-                raise InvalidInputError(f"invalid environment variable name {name!r}")
-
+        limits, workspace = check_spawn_request(context, command, env)
         directory = self.agent_dir(context.task_id, context.agent_id)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(directory):
             self._refuse_if_running(context, directory)
-            for stale in (shim.STATE_FILE, shim.EXIT_FILE):
+            for stale in (STATE_FILE, EXIT_FILE):
                 (directory / stale).unlink(missing_ok=True)
             log_path = directory / LOG_FILE
             context = context.model_copy(
@@ -659,12 +406,12 @@ class ProcessSpawner:
             return popen, ready_r, context
 
     def _refuse_if_running(self, context: AgentContext, directory: Path) -> None:
-        state = read_json_file(directory / shim.STATE_FILE)
-        if state is None or (directory / shim.EXIT_FILE).exists():
+        state = read_json_file(directory / STATE_FILE)
+        if state is None or (directory / EXIT_FILE).exists():
             return
         for pid_key, start_key in (("pid", "pid_start"), ("shim_pid", "shim_start")):
             pid = state.get(pid_key)
-            if isinstance(pid, int) and shim.proc_alive(pid, state.get(start_key)):
+            if isinstance(pid, int) and proc_alive(pid, state.get(start_key)):
                 raise AgentSpawnError(
                     f"{context.name} is already running (pid {state.get('pid')}); "
                     "re-attach to it or stop it before spawning it again"
@@ -680,14 +427,14 @@ class ProcessSpawner:
         """
         directory = self.agent_dir(task_id, agent_id)
         name = agent_name(task_id, agent_id)
-        state = read_json_file(directory / shim.STATE_FILE)
+        state = read_json_file(directory / STATE_FILE)
         if state is None:
             raise AgentLookupError(
                 f"no agent {agent_id} of task {task_id} was spawned here ({directory})"
             )
         recorded = state.get("pid")
         if not isinstance(recorded, int):
-            raise AgentLookupError(f"{directory / shim.STATE_FILE} holds no pid")
+            raise AgentLookupError(f"{directory / STATE_FILE} holds no pid")
         if pid is not None:
             if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
                 raise InvalidInputError(f"invalid pid {pid!r}")
@@ -709,83 +456,12 @@ class ProcessSpawner:
         )
         if handle.exit_info() is not None:
             return handle
-        alive = shim.proc_alive(recorded, handle.pid_start)
+        alive = proc_alive(recorded, handle.pid_start)
         if alive and not _is_agent_process(recorded, name):
             raise AgentLookupError(
                 f"pid {recorded} is running but is not {name} (its environment says otherwise)"
             )
         return handle
-
-
-def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) -> None:
-    """The spawn-agent arguments, checked before anything starts."""
-    keys.validate_id(agent_id, "agent id")
-    keys.validate_id(task_id, "task id")
-    keys.validate_id(mode, "mode")
-    keys.validate_id(provider, "provider")
-
-
-# --- the seed's spawn-agent.sh ---------------------------------------------------------------
-
-
-def agent_redis_url(settings: Settings) -> str:
-    """The Redis URL agents get: REDIS_URL, else the embedded redis-server (started if need be)."""
-    if settings.cfn_redis_sentinels:  # as RedisManager: the sentinels come first
-        from cfn.coordination.connection import sentinel_url
-
-        return sentinel_url(
-            list(settings.cfn_redis_sentinels),
-            settings.cfn_redis_sentinel_master,
-            settings.redis_username or None,
-            settings.redis_password or None,
-        )
-    if settings.redis_url:
-        return settings.redis_url
-    from cfn.coordination.embedded import EmbeddedRedis
-
-    return EmbeddedRedis(settings).ensure_running()
-
-
-async def spawn_agent(
-    settings: Settings,
-    agent_id: str,
-    task_id: str,
-    mode: str = DEFAULT_MODE,
-    provider: str = DEFAULT_PROVIDER,
-    *,
-    workspace: Path | None = None,
-    command: Sequence[str] | None = None,
-    redis_url: str | None = None,
-) -> ProcessHandle | ContainerHandle:
-    """``spawn-agent.sh AGENT_ID TASK_ID [MODE] [PROVIDER]``: a detached process agent.
-
-    Every argument and limit is checked before Redis is touched or anything
-    starts, so bad input spawns nothing.
-    """
-    validate_agent_ids(task_id, agent_id, mode, provider)
-    parse_memory_limit(settings.agent_memory_limit)
-    parse_cpu_limit(settings.agent_cpu_limit)
-    place = (workspace or settings.project_root).resolve()
-    if not place.is_dir():
-        raise InvalidInputError(f"workspace {place} is not a directory")
-    url = redis_url or agent_redis_url(settings)
-    endpoint = await resolve_endpoint(url)
-    context = generate_cli_context(
-        task_id,
-        agent_id,
-        settings=settings,
-        redis_host=endpoint.host,
-        redis_port=endpoint.port,
-        workspace=place,
-        mode=mode,
-        provider=provider,
-        redis_username=urlsplit(url).username or settings.redis_username,
-    )
-    if settings.spawn_mode == "docker":  # CFN_SPAWN_MODE=docker or the seed's MODE=docker
-        from cfn.agents.container import ContainerSpawner
-
-        return await ContainerSpawner(settings, redis_url=url).spawn(context, command=command)
-    return await ProcessSpawner(settings, redis_url=url).spawn(context, command=command)
 
 
 def _conforms(spawner: ProcessSpawner, handle: ProcessHandle) -> tuple[Spawner, AgentHandle]:

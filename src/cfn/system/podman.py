@@ -10,28 +10,29 @@ starts through ``CONTAINERS_CONF``, so the machine's files stay untouched.
 Which engine cfn talks to is never guessed from a socket lying around:
 ``DOCKER_HOST`` when it is set, otherwise this service (started by
 ``cfn docker up`` or on first use by the container spawner and the image build).
+
+It lives here, below both, because the agents' container runtime needs it as
+much as ``cfn.deploy`` does; its pid file, log, start and stop are
+``cfn.system.daemon``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfn.errors import CfnError, ConfigError
 from cfn.settings import Settings
+from cfn.system.daemon import is_ours, stop_process, wait_until
+from cfn.system.instances import podman_daemon
 
 if TYPE_CHECKING:
     import docker
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTAINERS_CONF = """\
-# Written by cfn (cfn.deploy.podman); podman reads it through CONTAINERS_CONF.
+# Written by cfn (cfn.system.podman); podman reads it through CONTAINERS_CONF.
 [containers]
 # The default nofile/nproc ulimits podman asks for exceed what this machine grants.
 default_ulimits = []
@@ -89,23 +90,15 @@ def _ping_unix(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
         sock.close()
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
 class PodmanService:
     """``podman system service --time=0 unix://<state>/podman/podman.sock``, cfn's own."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.dir = settings.state_dir / "podman"
+        self.daemon = podman_daemon(settings.state_dir)
+        self.dir = self.daemon.dir
         self.socket = self.dir / "podman.sock"
-        self.pid_file = self.dir / "service.pid"
-        self.log_file = self.dir / "service.log"
+        self.log_file = self.daemon.log_file
         self.conf_file = self.dir / "containers.conf"
 
     @property
@@ -134,26 +127,14 @@ class PodmanService:
         """The environment every podman command cfn runs gets."""
         return {**os.environ, "CONTAINERS_CONF": str(self.write_conf())}
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.dir / "start.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def pid(self) -> int | None:
         """The service's pid if the recorded one still is our podman service."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        argv = _cmdline(pid)
-        if len(argv) >= 3 and argv[1:3] == ["system", "service"] and self.docker_host in argv:
-            return pid
-        return None
+        pid = self.daemon.read_pid()
+
+        def service(argv: list[str]) -> bool:
+            return argv[1:3] == ["system", "service"] and self.docker_host in argv
+
+        return pid if pid is not None and is_ours(pid, argv=service) else None
 
     def running(self) -> bool:
         return self.pid() is not None and _ping_unix(self.socket) is not None
@@ -161,7 +142,7 @@ class PodmanService:
     def start(self) -> str:
         """Start the service unless it already answers; returns its DOCKER_HOST."""
         podman = self.podman_bin()
-        with self._locked():
+        with self.daemon.locked():
             live = self.pid()
             if live is not None:
                 # Ours and alive: starting, or slow on a busy machine. Never replace a live
@@ -173,81 +154,41 @@ class PodmanService:
                     "`cfn docker down` then `cfn docker up` restarts it"
                 )
             self.socket.unlink(missing_ok=True)
-            with open(self.log_file, "ab") as log_handle:
-                process = subprocess.Popen(
-                    [podman, "system", "service", "--time=0", self.docker_host],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_handle,
-                    stderr=log_handle,
-                    env=self.env(),
-                    start_new_session=True,
-                )
-            self.pid_file.write_text(f"{process.pid}\n")
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline:
-                if _ping_unix(self.socket) is not None:
-                    log.info("podman service %s started (pid %d)", self.docker_host, process.pid)
-                    return self.docker_host
-                if process.poll() is not None:
-                    break
-                time.sleep(0.1)
+            process = self.daemon.spawn(
+                [podman, "system", "service", "--time=0", self.docker_host], env=self.env()
+            )
+            self.daemon.write_pid(process.pid)
+            if wait_until(
+                lambda: _ping_unix(self.socket) is not None,
+                START_TIMEOUT,
+                exited=lambda: process.poll() is not None,
+            ):
+                log.info("podman service %s started (pid %d)", self.docker_host, process.pid)
+                return self.docker_host
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait()
-            self.pid_file.unlink(missing_ok=True)
-            tail = self._log_tail()
+            self.daemon.clear_pid()
+            tail = self.daemon.log_tail()
             raise EngineUnavailableError(
                 f"podman system service did not answer on {self.socket} within "
                 f"{START_TIMEOUT:g} s; see {self.log_file}" + (f": {tail}" if tail else "")
             )
 
     def _await_answer(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if _ping_unix(self.socket, timeout=5.0) is not None:
-                return True
-            time.sleep(0.2)
-        return False
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_file.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return lines[-1][:300] if lines else ""
-
-    def _terminate(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            state = _proc_state(pid)
-            if state in (None, "Z"):
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        return wait_until(
+            lambda: _ping_unix(self.socket, timeout=5.0) is not None, timeout, interval=0.2
+        )
 
     def stop(self) -> bool:
         """Stop the service (containers keep running: podman owns them, not the service)."""
-        with self._locked():
+        with self.daemon.locked():
             pid = self.pid()
             if pid is not None:
-                self._terminate(pid)
-            self.pid_file.unlink(missing_ok=True)
+                stop_process(pid, grace=STOP_TIMEOUT)
+            self.daemon.clear_pid()
             self.socket.unlink(missing_ok=True)
             return pid is not None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
 
 
 def docker_host(settings: Settings, *, start: bool = True) -> tuple[str, bool]:

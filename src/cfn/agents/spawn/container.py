@@ -2,7 +2,7 @@
 
 Selected by CFN_SPAWN_MODE=docker or the seed's MODE=docker, never by a
 socket's presence. The engine is DOCKER_HOST, else cfn's own Podman service
-(cfn.deploy.podman), started on first use.
+(cfn.system.podman), started on first use.
 
 Each agent is the seed's container: name ``cfn-agent-{agent}-{task}``, network
 ``{project}_cfn-network`` (created when missing), ``mem_limit`` / ``nano_cpus``
@@ -11,15 +11,15 @@ TASK_ID, MODE, PROVIDER, COMPOSE_PROJECT_NAME) and cfn's, and the workspace
 mounted at ``/workspace``. The context file is mounted read-only at
 ``/run/cfn/context.json``.
 
-Semantics match the process spawner: AGENT_TIMEOUT is enforced inside the
-container (coreutils ``timeout`` is its PID 1, so it holds even when the
-orchestrator is gone), ``stop`` is SIGTERM then SIGKILL after
-CFN_AGENT_KILL_GRACE, ``kill`` is SIGKILL, the engine's OOM flag marks
-``oom``, and the end is written to the same ``exit.json`` (with the log copied
-to ``agent.log``); the ended container stays (the seed runs ``docker run -d``
-without ``--rm``) until the same agent is spawned again or it is pruned, and
-``attach`` works after a restart either way. Waiting is the engine's blocking ``wait`` call in a
-thread: nothing polls.
+Semantics match the process runtime (``cfn.agents.spawn.process``):
+AGENT_TIMEOUT is enforced inside the container (coreutils ``timeout`` is its
+PID 1, so it holds even when the orchestrator is gone), ``stop`` is SIGTERM
+then SIGKILL after CFN_AGENT_KILL_GRACE, ``kill`` is SIGKILL, the engine's OOM
+flag marks ``oom``, and the end is written to the same ``exit.json`` (with the
+log copied to ``agent.log``); the ended container stays (the seed runs
+``docker run -d`` without ``--rm``) until the same agent is spawned again or it
+is pruned, and ``attach`` works after a restart either way. Waiting is the
+engine's blocking ``wait`` call in a thread: nothing polls.
 
 Reaching Redis: containers on a user network reach the host at the network's
 gateway address. When the agents' Redis URL names the loopback address (cfn's
@@ -52,7 +52,16 @@ from cfn.agents.context import (
     agent_name,
     write_private,
 )
-from cfn.agents.spawner import AgentLimits, ExitInfo, HandleBase, read_json_file
+from cfn.agents.spawn.base import (
+    EXIT_FILE,
+    AgentHandle,
+    AgentLimits,
+    ExitInfo,
+    HandleBase,
+    Spawner,
+    check_spawn_request,
+    read_json_file,
+)
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.worktree.project import CFN_NETWORK, compose_project
@@ -67,7 +76,6 @@ log = logging.getLogger(__name__)
 CONTAINER_CONTEXT = "/run/cfn/context.json"
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_STATE = "/var/lib/cfn"
-EXIT_FILE = "exit.json"
 STATE_FILE = "container.json"
 KILL_MARK = ".kill-requested"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -288,7 +296,7 @@ class ContainerHandle(HandleBase):
         if container is None:
             return
         try:
-            # Stopped or killed on request counts as killed, as with the process spawner.
+            # Stopped or killed on request counts as killed, as with the process runtime.
             (self.directory / KILL_MARK).touch()
             if kill:
                 container.kill()
@@ -328,9 +336,16 @@ class ContainerSpawner:
         self._bound: set[str] = set()
 
     @property
+    def engine(self) -> str:
+        """DOCKER_HOST, else cfn's own Podman service's socket (not started by asking)."""
+        from cfn.system.podman import docker_host
+
+        return docker_host(self.settings, start=False)[0]
+
+    @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            from cfn.deploy.podman import connect
+            from cfn.system.podman import connect
 
             self._client = connect(self.settings)
         return self._client
@@ -468,17 +483,7 @@ class ContainerSpawner:
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ContainerHandle:
-        limits = AgentLimits.from_context(context)
-        workspace = Path(context.workspace)
-        if not await asyncio.to_thread(workspace.is_dir):
-            raise InvalidInputError(f"workspace {workspace} is not a directory")
-        if command is not None and (
-            not command or not all(isinstance(a, str) and a for a in command)
-        ):
-            raise InvalidInputError("the agent command must be a non-empty list of arguments")
-        for name in env or {}:
-            if not name or "=" in name or "\0" in name:
-                raise InvalidInputError(f"invalid environment variable name {name!r}")
+        limits, workspace = await asyncio.to_thread(check_spawn_request, context, command, env)
         return await asyncio.to_thread(self._spawn, context, limits, workspace, command, env)
 
     def _spawn(
@@ -646,10 +651,6 @@ class ContainerSpawner:
         return handle
 
 
-def _conforms(spawner: ContainerSpawner, handle: ContainerHandle) -> tuple[object, object]:
-    """Never called: makes mypy check the container classes against the protocols."""
-    from cfn.agents.spawner import AgentHandle, Spawner
-
-    checked_spawner: Spawner = spawner
-    checked_handle: AgentHandle = handle
-    return checked_spawner, checked_handle
+def _conforms(spawner: ContainerSpawner, handle: ContainerHandle) -> tuple[Spawner, AgentHandle]:
+    """Never called: makes mypy check that the container classes implement the protocols."""
+    return spawner, handle

@@ -1,0 +1,90 @@
+"""One agent from its ids and the settings: the seed's ``spawn-agent.sh``.
+
+The loop starts its agents through its launcher (profiles, routes, ACL
+users); this is the short way ``cfn spawn-agent`` takes, in whichever runtime
+``spawner_for`` picks. The Redis URL agents get is decided here too, so the
+loop, the portal and ``cfn spawn-agent`` hand their agents the same server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cfn import keys
+from cfn.agents.context import (
+    DEFAULT_MODE,
+    DEFAULT_PROVIDER,
+    generate_cli_context,
+    resolve_endpoint,
+)
+from cfn.agents.spawn import spawner_for
+from cfn.agents.spawn.base import AgentHandle
+from cfn.errors import InvalidInputError
+from cfn.settings import Settings
+from cfn.system.limits import parse_cpu_limit, parse_memory_limit
+
+
+def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) -> None:
+    """The spawn-agent arguments, checked before anything starts."""
+    keys.validate_id(agent_id, "agent id")
+    keys.validate_id(task_id, "task id")
+    keys.validate_id(mode, "mode")
+    keys.validate_id(provider, "provider")
+
+
+def agent_redis_url(settings: Settings) -> str:
+    """The Redis URL agents get: REDIS_URL, else the embedded redis-server (started if need be)."""
+    if settings.cfn_redis_sentinels:  # as RedisManager: the sentinels come first
+        from cfn.coordination.connection import sentinel_url
+
+        return sentinel_url(
+            list(settings.cfn_redis_sentinels),
+            settings.cfn_redis_sentinel_master,
+            settings.redis_username or None,
+            settings.redis_password or None,
+        )
+    if settings.redis_url:
+        return settings.redis_url
+    from cfn.coordination.embedded import EmbeddedRedis
+
+    return EmbeddedRedis(settings).ensure_running()
+
+
+async def spawn_agent(
+    settings: Settings,
+    agent_id: str,
+    task_id: str,
+    mode: str = DEFAULT_MODE,
+    provider: str = DEFAULT_PROVIDER,
+    *,
+    workspace: Path | None = None,
+    command: Sequence[str] | None = None,
+    redis_url: str | None = None,
+) -> AgentHandle:
+    """``spawn-agent.sh AGENT_ID TASK_ID [MODE] [PROVIDER]``: a detached agent.
+
+    Every argument and limit is checked before Redis is touched or anything
+    starts, so bad input spawns nothing.
+    """
+    validate_agent_ids(task_id, agent_id, mode, provider)
+    parse_memory_limit(settings.agent_memory_limit)
+    parse_cpu_limit(settings.agent_cpu_limit)
+    place = (workspace or settings.project_root).resolve()
+    if not place.is_dir():
+        raise InvalidInputError(f"workspace {place} is not a directory")
+    url = redis_url or agent_redis_url(settings)
+    endpoint = await resolve_endpoint(url)
+    context = generate_cli_context(
+        task_id,
+        agent_id,
+        settings=settings,
+        redis_host=endpoint.host,
+        redis_port=endpoint.port,
+        workspace=place,
+        mode=mode,
+        provider=provider,
+        redis_username=urlsplit(url).username or settings.redis_username,
+    )
+    return await spawner_for(settings, redis_url=url).spawn(context, command=command)
