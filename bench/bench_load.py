@@ -197,7 +197,7 @@ def run_tasks(
             reported = set(redis.lrange(f"coord:{name}:complete", 0, -1))
             for agent in agents:
                 ok = agent.status == "done" and agent.confidence is not None
-                entry = any(r.startswith(f"{agent.id}:") for r in reported)
+                entry = any(r.startswith(f"{agent.agent_id}:") for r in reported)
                 if ok and entry:
                     results += 1
                 else:

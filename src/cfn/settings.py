@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     )
     cfn_agent_cgroups: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="Limits through cgroup v1: auto (where writable, else RLIMIT_AS), on "
+        description="Limits through cgroups (v1 or v2): auto (where writable, else RLIMIT_AS), on "
         "(required), off (RLIMIT_AS only).",
     )
 
@@ -284,7 +284,8 @@ class Settings(BaseSettings):
     n8n_url: str = Field(default="http://127.0.0.1:5678", description="n8n's base URL.")
     n8n_api_key: SecretStr | None = Field(default=None, description="n8n REST API key.")
     mcp_cgroups: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Server limits through cgroup v1: auto, on (required), off."
+        default="auto",
+        description="Server limits through cgroups (v1 or v2): auto, on (required), off.",
     )
     cfn_portal_mcp: Literal["auto", "on", "off"] = Field(
         default="auto",

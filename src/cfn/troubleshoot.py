@@ -10,7 +10,7 @@ under ``<state>/tasks/{task}/agents/{agent}/`` (see ``cfn.agents.spawn``):
 * ``follow_log``: a log's bytes as they are written, until the agent ends;
   woken by inotify on the agent's directory (no polling sleep loop).
 * ``sample_stats``: CPU and memory of running agents, from their cgroups
-  (memory.usage_in_bytes) and /proc (RSS, CPU ticks of every process in the
+  (``cfn.system.cgroups``, v1 or v2) and /proc (RSS, CPU ticks of every process in the
   agent's cgroup or process group), two samples ``interval`` apart.
 * ``kill_agent``: SIGKILL through the agent's supervisor (or SIGTERM first with
   ``graceful``), then wait for its exit record.
@@ -37,9 +37,9 @@ from cfn.agents.spawn.base import LOG_FILE, ExitInfo, read_json_file
 from cfn.errors import AgentLookupError, CfnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.system import proc
+from cfn.system.cgroups import Cgroups
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 KILL_WAIT = 30.0
 
 # --- finding agents -----------------------------------------------------------------------------
@@ -306,41 +306,12 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
     return None if found is None else (found[0], found[1] + found[2])
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * PAGE_SIZE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def _members(agent: AgentInfo) -> set[int]:
     """The agent's processes: its cgroup's, else every process in its process group."""
-    pids: set[int] = set()
-    for path in agent.cgroups.values():
-        try:
-            text = Path(path, "cgroup.procs").read_text()
-        except OSError:
-            continue
-        pids.update(int(p) for p in text.split() if p.isdigit())
+    pids = Cgroups(dict(agent.cgroups)).pids()
     if pids or agent.pid is None:
         return pids
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] == agent.pid:
-                pids.add(int(entry.name))
-    return pids
-
-
-def _cgroup_int(agent: AgentInfo, name: str) -> int | None:
-    path = agent.cgroups.get("memory")
-    if not path:
-        return None
-    try:
-        return int(Path(path, name).read_text())
-    except (OSError, ValueError):
-        return None
+    return proc.proc_group_members(agent.pid)
 
 
 def _sample(agents: list[AgentInfo]) -> dict[str, tuple[set[int], int]]:
@@ -376,9 +347,9 @@ def sample_stats(agents: list[AgentInfo], interval: float = 0.5) -> list[AgentSt
                 agent=agent,
                 processes=len(pids),
                 cpu_percent=100.0 * used / elapsed if elapsed > 0 else 0.0,
-                rss_bytes=sum(_rss(p) for p in pids),
-                cgroup_memory_bytes=_cgroup_int(agent, "memory.usage_in_bytes"),
-                memory_limit_bytes=_cgroup_int(agent, "memory.limit_in_bytes"),
+                rss_bytes=sum(proc.proc_rss_bytes(p) for p in pids),
+                cgroup_memory_bytes=Cgroups(dict(agent.cgroups)).memory_usage(),
+                memory_limit_bytes=Cgroups(dict(agent.cgroups)).memory_limit(),
                 cpu_seconds=ticks / CLK_TCK,
             )
         )

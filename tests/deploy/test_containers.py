@@ -101,7 +101,7 @@ async def test_loop_runs_its_agents_as_containers(
         "val-1-1:success",
     ]
     with Store.open(docker_settings) as store:
-        assert {a.id: a.status for a in store.list_agents("ctask")} == {
+        assert {a.agent_id: a.status for a in store.list_agents("ctask")} == {
             "impl-1-1": "done",
             "val-1-1": "done",
         }

@@ -86,7 +86,8 @@ def check(rig: Rig, task: str, decision: str, point: str) -> None:
     assert len(rig.llm.requests) == expected_requests, f"{point}: {len(rig.llm.requests)} requests"
     with rig.store() as store:
         assert store.get_task(task).status == "succeeded", point
-        assert {a.id: a.status for a in store.list_agents(task)} == dict.fromkeys(team, "done")
+        agents = store.list_agents(task)
+        assert {a.agent_id: a.status for a in agents} == dict.fromkeys(team, "done")
         with store.read() as conn:
             decisions = conn.execute(
                 select(T_DECISIONS.c.iteration, T_DECISIONS.c.decision).where(

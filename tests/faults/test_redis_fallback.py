@@ -83,5 +83,5 @@ def test_primary_killed_mid_loop_the_loop_finishes_on_the_fallback(
         assert "using" in log and "127.0.0.1:" + str(fallback.port) in log, log[-2000:]
     with rig.store() as store:
         assert store.get_task("T").status == "succeeded"
-        assert {a.id: a.status for a in store.list_agents("T")} == dict.fromkeys(TEAM, "done")
+        assert {a.agent_id: a.status for a in store.list_agents("T")} == dict.fromkeys(TEAM, "done")
         assert [(d.iteration, d.decision) for d in store.decisions("T")] == [(1, "PROCEED")]

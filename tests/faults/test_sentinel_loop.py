@@ -63,7 +63,8 @@ def _loop_across_failover(rig: Rig, sentinel: SentinelCluster, task: str) -> Non
     assert context["coordination"]["redis"]["port"] == new, context
     with rig.store() as store:
         assert store.get_task(task).status == "succeeded"
-        assert {a.id: a.status for a in store.list_agents(task)} == dict.fromkeys(TEAM, "done")
+        agents = store.list_agents(task)
+        assert {a.agent_id: a.status for a in agents} == dict.fromkeys(TEAM, "done")
         assert [(d.iteration, d.decision) for d in store.decisions(task)] == [(1, "PROCEED")]
 
 

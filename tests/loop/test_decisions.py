@@ -134,7 +134,7 @@ def test_product_owner_agent_unusable_answer_becomes_iterate(rig: Rig) -> None:
 
     with rig.store() as store:
         (row,) = store.decisions("T")
-        agents = {a.id: a for a in store.list_agents("T")}
+        agents = {a.agent_id: a for a in store.list_agents("T")}
         assert store.get_task("T").status == "failed"
     assert (row.iteration, row.decision, row.decided_by) == (1, "ITERATE", "po-1-1")
     assert "product-owner agent failed" in (row.reason or "")

@@ -49,7 +49,7 @@ async def test_offline_loop_proceeds(
     with Store.open(loop_settings) as store:
         assert store.get_task("t1").status == "succeeded"
         agents = store.list_agents("t1")
-        assert {a.id: a.status for a in agents} == {
+        assert {a.agent_id: a.status for a in agents} == {
             "impl-1-1": "done",
             "impl-2-1": "done",
             "val-1-1": "done",

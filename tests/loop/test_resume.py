@@ -309,7 +309,7 @@ def assert_finished_once(rig: Rig, task_id: str, agents: list[str]) -> None:
     assert len(rig.llm.requests) == 2 * len(implementers) + len(validators)
     with rig.store() as store:
         assert store.get_task(task_id).status == "succeeded"
-        rows = {a.id: a.status for a in store.list_agents(task_id)}
+        rows = {a.agent_id: a.status for a in store.list_agents(task_id)}
         assert rows == dict.fromkeys(agents, "done")
         decisions = store.decisions(task_id)
         assert [(d.iteration, d.decision) for d in decisions] == [(1, "PROCEED")]

@@ -31,6 +31,7 @@ def test_v1_limits_reservations_and_stats_for_real(tmp_path: Path) -> None:
         mem, cpu = Path(groups.paths["memory"]), Path(groups.paths["cpu"])
         assert mem.parent.name == "cfn" and not cgroups.is_v2(str(mem))
         assert int((mem / "memory.limit_in_bytes").read_text()) == 64 * 1024**2
+        assert groups.memory_limit() == 64 * 1024**2
         assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50_000
         assert int((cpu / "cpu.cfs_period_us").read_text()) == 100_000
         groups.set_memory_reservation(32 * 1024**2)
@@ -94,6 +95,7 @@ def test_pure_v2_writes_max_files_and_enables_the_controllers(
     # One directory holds both controllers on v2.
     assert groups.paths["cpu"] == str(group) and group.parent.name == "cfn"
     assert (group / "memory.max").read_text() == str(256 * 1024**2)
+    assert groups.memory_limit() == 256 * 1024**2
     assert (group / "cpu.max").read_text() == "150000 100000"
     assert not (group / "memory.limit_in_bytes").exists()
     shared = group.parent
@@ -126,6 +128,8 @@ def test_pure_v2_writes_max_files_and_enables_the_controllers(
         "cpu_throttled": 2,
     }
     assert recorded.memory_usage() == 4096
+    (group / "memory.max").write_text("max\n")
+    assert recorded.memory_limit() is None
 
 
 def test_controllers_already_delegated_are_not_written_again(

@@ -13,6 +13,8 @@ from cfn.system.proc import (
     proc_cmdline,
     proc_cpu_ticks,
     proc_environ,
+    proc_group_members,
+    proc_rss_bytes,
     proc_start_ticks,
     proc_stat_fields,
     proc_state,
@@ -40,6 +42,8 @@ def test_a_live_process_and_then_its_zombie() -> None:
         assert isinstance(proc_cpu_ticks(proc.pid), int)
         assert (proc_environ(proc.pid) or {}).get("CFN_TEST_MARK") == "sleeper"
         assert proc_cmdline(proc.pid)[-1] == "tag"
+        assert proc_rss_bytes(proc.pid) > 0
+        assert proc.pid in proc_group_members(os.getpgid(proc.pid))
         assert signal_pid(proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while proc_state(proc.pid) != "Z" and time.monotonic() < deadline:
@@ -59,5 +63,6 @@ def test_what_a_state_file_may_hold_is_never_alive() -> None:
         assert not proc_alive(value)
     assert proc_environ(2**22 + 12345) is None
     assert proc_cmdline(2**22 + 12345) == []
+    assert proc_rss_bytes(2**22 + 12345) == 0
     assert proc_stat_fields(os.getpid(), 999) is None
     reap(2**22 + 12345)  # not our child: nothing happens

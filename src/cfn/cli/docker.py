@@ -150,8 +150,8 @@ ProjectOpt = Annotated[
 
 def _stack(files: list[Path] | None, project: str | None, profiles: list[str] | None) -> Any:
     from cfn.deploy.compose import COMPOSE_FILE
-    from cfn.system.podman import connect
     from cfn.deploy.stack import ComposeStack
+    from cfn.system.podman import connect
     from cfn.worktree.project import compose_project
 
     current = settings()

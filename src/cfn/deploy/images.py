@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cfn.system.podman import PodmanService
 from cfn.errors import CfnError, InvalidInputError
 from cfn.settings import Settings
+from cfn.system.podman import PodmanService
 
 if TYPE_CHECKING:
     import docker

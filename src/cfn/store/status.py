@@ -54,7 +54,19 @@ class _Statement:
         self.converters: tuple[Callable[[Any], Any] | None, ...] | None = None
 
     def run(self, cursor: Any, task_id: str) -> list[dict[str, Any]]:
+        """The rows, each as a dict of column name -> converted value."""
         cursor.execute(self.sql, (task_id,) if self.positional else {"task_id": task_id})
+        converters = self._converters(cursor)
+        columns = self.columns
+        return [
+            {
+                name: value if convert is None or value is None else convert(value)
+                for name, convert, value in zip(columns, converters, raw, strict=True)
+            }
+            for raw in cursor.fetchall()
+        ]
+
+    def _converters(self, cursor: Any) -> tuple[Callable[[Any], Any] | None, ...]:
         converters = self.converters
         if converters is None:
             codes = [d[1] for d in cursor.description]
@@ -63,15 +75,7 @@ class _Statement:
                 for t, code in zip(self.types, codes, strict=True)
             )
             self.converters = converters
-        out: list[dict[str, Any]] = []
-        for raw in cursor.fetchall():
-            out.append(
-                {
-                    name: value if convert is None or value is None else convert(value)
-                    for name, convert, value in zip(self.columns, converters, raw, strict=True)
-                }
-            )
-        return out
+        return converters
 
 
 class StatusReader:

@@ -285,6 +285,14 @@ class Cgroups:
         name = "memory.current" if self._v2("memory") else "memory.usage_in_bytes"
         return _read_int(os.path.join(mem, name))
 
+    def memory_limit(self) -> int | None:
+        """The group's memory limit in bytes (None: none set, or no memory group)."""
+        mem = self.paths.get("memory")
+        if not mem:
+            return None
+        name = "memory.max" if self._v2("memory") else "memory.limit_in_bytes"
+        return _read_int(os.path.join(mem, name))  # v2's "max" (unlimited) reads as None
+
     def join(self, pid: int) -> None:
         for path in dict.fromkeys(self.paths.values()):
             _write(os.path.join(path, "cgroup.procs"), str(pid))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
 
 def proc_stat_fields(pid: int, *numbers: int) -> list[int] | None:
     """Fields of /proc/<pid>/stat by their number in proc(5) (``3`` is the state,
@@ -40,6 +42,26 @@ def proc_cpu_ticks(pid: int) -> int | None:
     ticks) the process has used so far; None once it is gone."""
     found = proc_stat_fields(pid, 14, 15)
     return None if found is None else found[0] + found[1]
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def proc_group_members(pgid: int) -> set[int]:
+    """Every process whose process group is ``pgid`` (a scan of /proc)."""
+    members: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = proc_stat_fields(int(entry.name), 5)
+            if found is not None and found[0] == pgid:
+                members.add(int(entry.name))
+    return members
 
 
 def proc_state(pid: int) -> str | None:

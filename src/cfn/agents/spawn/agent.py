@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cfn import keys
 from cfn.agents.context import (
     DEFAULT_MODE,
     DEFAULT_PROVIDER,
@@ -22,16 +21,17 @@ from cfn.agents.context import (
 from cfn.agents.spawn import spawner_for
 from cfn.agents.spawn.base import AgentHandle
 from cfn.errors import InvalidInputError
+from cfn.keys import validate_id
 from cfn.settings import Settings
 from cfn.system.limits import parse_cpu_limit, parse_memory_limit
 
 
 def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) -> None:
     """The spawn-agent arguments, checked before anything starts."""
-    keys.validate_id(agent_id, "agent id")
-    keys.validate_id(task_id, "task id")
-    keys.validate_id(mode, "mode")
-    keys.validate_id(provider, "provider")
+    validate_id(agent_id, "agent id")
+    validate_id(task_id, "task id")
+    validate_id(mode, "mode")
+    validate_id(provider, "provider")
 
 
 def agent_redis_url(settings: Settings) -> str:

@@ -2,8 +2,8 @@
 
 Each agent runs under ``cfn.agents.shim``, started in a new session so that
 neither survives nor dies with the orchestrator by accident: the supervisor
-applies the memory and CPU limits (cgroup v1 where writable, RLIMIT_AS
-otherwise), enforces AGENT_TIMEOUT, and writes the exit record. Waiting is on
+applies the memory and CPU limits (cgroups, v1 or v2, where writable,
+RLIMIT_AS otherwise), enforces AGENT_TIMEOUT, and writes the exit record. Waiting is on
 pidfds registered with the event loop: nothing polls.
 
 Besides the files every runtime keeps (``cfn.agents.spawn.base``), the agent's
