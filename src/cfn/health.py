@@ -37,11 +37,22 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from cfn.agents.spawn import spawner_for
 from cfn.coordination.connection import RedisManager, mask_url
+from cfn.coordination.embedded import EmbeddedRedis
 from cfn.errors import CfnError, ConfigError, InvalidInputError
+from cfn.mcp.launcher import Launcher
+from cfn.mcp.routing import SERVERS
+from cfn.mcp.serve import GATEWAY
 from cfn.settings import Settings
+from cfn.store import migrate
+from cfn.store.engine import database_url, describe, make_engine, ping
 from cfn.store.records import AgentRecord
+from cfn.store.repository import Store
+from cfn.system.instances import instance_file, parse_instance
 from cfn.system.proc import proc_alive
+from cfn.troubleshoot import find_agents
+from cfn.worktree.project import compose_project
 
 Status = Literal["ok", "warn", "error"]
 STATUSES: tuple[Status, ...] = ("ok", "warn", "error")
@@ -164,8 +175,6 @@ async def check_redis(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> C
     if settings.redis_url:
         url = settings.redis_url
     else:
-        from cfn.coordination.embedded import EmbeddedRedis
-
         status = await asyncio.to_thread(EmbeddedRedis(settings).status)
         if not status.running or not status.url:
             return Check(
@@ -192,9 +201,6 @@ async def check_redis_fallback(settings: Settings, timeout: float = DEFAULT_TIME
 
 
 def _database_check(settings: Settings) -> Check:
-    from cfn.store import migrate
-    from cfn.store.engine import database_url, describe, make_engine, ping
-
     url = database_url(settings)
     label = describe(url)
     if _sqlite_missing(settings):
@@ -257,10 +263,6 @@ async def _http_health(
 
 async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
     """``/health`` of each MCP server and the gateway."""
-    from cfn.mcp.launcher import Launcher
-    from cfn.mcp.routing import SERVERS
-    from cfn.mcp.serve import GATEWAY
-
     launcher = Launcher(settings)
     try:
         recorded = await asyncio.to_thread(launcher.read_state)
@@ -306,8 +308,6 @@ async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> lis
 
 async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> Check:
     """This checkout's detached portal (``cfn portal``) answers ``/api/ping``."""
-    from cfn.system.instances import instance_file, parse_instance
-
     path = instance_file(settings)
     try:
         instance = parse_instance(json.loads(path.read_text()))
@@ -336,8 +336,6 @@ async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> 
 
 def _sqlite_missing(settings: Settings) -> bool:
     """A SQLite database whose file does not exist (opening it would create it)."""
-    from cfn.store.engine import database_url
-
     url = database_url(settings)
     return (
         url.get_backend_name() == "sqlite"
@@ -347,8 +345,6 @@ def _sqlite_missing(settings: Settings) -> bool:
 
 
 def _running_rows(settings: Settings) -> list[AgentRecord]:
-    from cfn.store.repository import Store
-
     if _sqlite_missing(settings):
         raise ConfigError("the database file does not exist")
     with Store.open(settings, auto_migrate=False) as store:
@@ -357,8 +353,6 @@ def _running_rows(settings: Settings) -> list[AgentRecord]:
 
 def _live_processes(settings: Settings) -> set[tuple[str, str]]:
     """Agents of this machine whose process runs (state.json, no exit.json, alive)."""
-    from cfn.troubleshoot import find_agents
-
     return {(a.task_id, a.agent_id) for a in find_agents(settings) if a.running}
 
 
@@ -401,8 +395,6 @@ async def check_agents(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> 
         if settings.redis_url or settings.cfn_redis_sentinels:
             beats = await _heartbeats(settings, timeout)
         else:
-            from cfn.coordination.embedded import EmbeddedRedis
-
             status = await asyncio.to_thread(EmbeddedRedis(settings).status)
             beats = await _heartbeats(settings, timeout) if status.running else None
             if beats is None:
@@ -466,15 +458,11 @@ def container_endpoint(settings: Settings) -> str | None:
     service in docker mode); None when agents are local processes."""
     if settings.docker_host:
         return settings.docker_host
-    from cfn.agents.spawn import spawner_for
-
     return spawner_for(settings).engine
 
 
 async def check_containers(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
     """The compose project's orchestrator, redis and postgres containers (seed: docker ps)."""
-    from cfn.worktree.project import compose_project
-
     endpoint = container_endpoint(settings)
     if endpoint is None:
         return [
@@ -580,26 +568,6 @@ async def _bounded(
     return result if isinstance(result, list) else [result]
 
 
-def _preload() -> None:
-    """Import what the checks need before any of them starts its clock.
-
-    The imports are lazy so that every other ``cfn`` command (and each agent) starts
-    fast; done inside a running check, they would block the event loop for seconds
-    and time out the others' connections.
-    """
-    import cfn.coordination.embedded
-    import cfn.deploy
-    import cfn.mcp.launcher
-    import cfn.mcp.routing
-    import cfn.mcp.serve
-    import cfn.store.engine
-    import cfn.store.migrate
-    import cfn.store.models
-    import cfn.store.repository
-    import cfn.system.instances
-    import cfn.worktree.project  # noqa: F401
-
-
 async def check_system(
     settings: Settings,
     *,
@@ -608,7 +576,6 @@ async def check_system(
 ) -> HealthReport:
     """Every check at once; ``portal`` replaces the portal check (the portal asking itself)."""
     began = time.perf_counter()
-    await asyncio.to_thread(_preload)
     limit = timeout * 2 + 1  # a check may make a couple of round trips
     jobs: list[tuple[str, Callable[[], Awaitable[Check | list[Check]]]]] = [
         ("redis", lambda: check_redis(settings, timeout)),

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 
 from cfn import keys
 from cfn.agents.context import AgentContext, generate_cli_context
-from cfn.profiles import load_profile_file, parse_profile
 from cfn.coordination import completion
 from cfn.errors import AgentContextError, AuthError, CfnError, InvalidIdError, McpAuthError
 from cfn.mcp.routing import parse_skill_mapping
 from cfn.mcp.tokens import TokenAuthority
 from cfn.portal.auth import AUDIENCE, ISSUER, verify_token
+from cfn.profiles import load_profile_file, parse_profile
 from cfn.settings import Settings, load_settings
 
 EXAMPLES = 100

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
 from cfn.agents.heartbeat import Heartbeater
-from cfn.profiles import AgentProfile
 from cfn.agents.tools import TOOL_SPECS, Workspace, execute
 from cfn.coordination import acl, completion, locks
 from cfn.coordination.connection import RedisManager
 from cfn.errors import CfnError, WaitTimeoutError
+from cfn.profiles import AgentProfile
 from cfn.providers import (
     ChatRequest,
     ChatResponse,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from cfn.cli.common import out, print_json, settings
-from cfn.health import HealthReport, check_system, validate_timeout
+
+if TYPE_CHECKING:
+    from cfn.health import HealthReport
 
 STYLE = {"ok": "green", "warn": "yellow", "error": "red"}
 
@@ -39,6 +41,9 @@ def health_cmd(
 
     Exit code: the number of failed checks (0 = healthy), at most 125.
     """
+    # Imported here: cfn.health loads every part it checks, which no other command needs.
+    from cfn.health import check_system, validate_timeout
+
     limit = validate_timeout(timeout)
     report = asyncio.run(check_system(settings(), timeout=limit))
     if as_json:

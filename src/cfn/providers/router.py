@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cfn.profiles import AgentProfile, ProfileSet
 from cfn.errors import InvalidInputError, MissingCredentialsError
+from cfn.profiles import AgentProfile, ProfileSet
 from cfn.providers.routes import Route, RouteTable, validate_provider_name
 from cfn.providers.types import COMPLEXITIES, OFFLINE, TaskTraits
 from cfn.settings import Settings

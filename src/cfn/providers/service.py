@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from cfn.profiles import AgentProfile, ProfileSet, load_profiles
 from cfn.errors import (
     BudgetExceededError,
     ProviderError,
@@ -28,6 +27,7 @@ from cfn.errors import (
     ProviderUnavailableError,
 )
 from cfn.keys import validate_id
+from cfn.profiles import AgentProfile, ProfileSet, load_profiles
 from cfn.providers.clients.base import (
     ClientEvent,
     ClientResult,
