@@ -97,6 +97,17 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> Iterator[Import
             for alias in node.names:
                 full = f"{module}.{alias.name}"
                 wanted.append(full if full in known else module)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute | ast.Name)
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id)
+            == "import_module"
+            and node.args
+        ):
+            # importlib.import_module("cfn.x") is an import too (computed names: below).
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                wanted = [arg.value]
         for target in wanted:
             if target != "cfn" and not target.startswith("cfn."):
                 continue
@@ -174,9 +185,10 @@ def test_the_walk_sees_imports_inside_functions_and_type_checking_blocks(
         "if TYPE_CHECKING:\n    from cfn.c import Thing\n"
         "def f():\n    from cfn.a import b\n    import cfn.a.b.zzz\n"
         "    from . import c\n    import os\n"
+        "    importlib.import_module('cfn.a.b')\n    importlib.import_module(name)\n"
     )
     got = sorted((i.target, i.line) for i in imports_of("cfn.x", sample, known))
-    assert got == [("cfn.a.b", 5), ("cfn.a.b", 6), ("cfn.c", 3), ("cfn.c", 7)]
+    assert got == [("cfn.a.b", 5), ("cfn.a.b", 6), ("cfn.a.b", 9), ("cfn.c", 3), ("cfn.c", 7)]
     assert cycles(["a", "b", "c"], {"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     # And on the real tree it finds the imports a reader sees.
     assert Import("cfn.loop.app", "cfn.settings", 0).target in {
@@ -260,3 +272,28 @@ def test_no_sql_outside_store() -> None:
         for use in _sql_uses(path)
     ]
     assert found == []
+
+
+# import_module with a computed name cannot be followed by the walk above; each one
+# must load only modules of its own package or third-party SDKs.
+COMPUTED_IMPORTS = {
+    "cfn.store": "its own submodules, on first use of a name (store/__init__.py __getattr__)",
+    "cfn.mcp.serve": "the four servers' modules, cfn.mcp.servers.* (routing.SERVERS)",
+    "cfn.agents.runtime": "the provider SDK (openai / anthropic) before the event loop needs it",
+    "cfn.providers.clients.base": "httpx or httpx2, whichever the SDK uses",
+}
+
+
+def test_computed_imports_are_the_known_ones() -> None:
+    found = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "import_module"
+                and node.args
+                and not isinstance(node.args[0], ast.Constant)
+            ):
+                found.add(name)
+    assert found == set(COMPUTED_IMPORTS)

@@ -10,9 +10,8 @@ Agents call LLMs only through ``LLMService``::
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cfn.providers.pricing import Price, PriceTable
 from cfn.providers.router import Decision, select_provider
@@ -46,18 +45,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def store_sink() -> UsageSink | None:
-    """The SQL store's ``record_llm_call`` (``llm_calls`` table) as a sink, when present.
+def store_sink() -> UsageSink:
+    """The SQL store's ``record_llm_call`` (``llm_calls`` table) as a sink.
 
     That function is synchronous (it writes SQL), so it runs in a worker thread.
     """
-    try:
-        module: Any = importlib.import_module("cfn.store.repository")
-    except ImportError:
-        return None
-    record_llm_call = getattr(module, "record_llm_call", None)
-    if not callable(record_llm_call):
-        return None
+    from cfn.store.repository import record_llm_call
 
     async def record(call: CallRecord) -> None:
         await asyncio.to_thread(
@@ -81,9 +74,7 @@ def build_service(
     ledger = RedisLedger(manager) if manager is not None else MemoryLedger()
     sinks: list[UsageSink] = []
     if with_store:
-        sink = store_sink()
-        if sink is not None:
-            sinks.append(sink)
+        sinks.append(store_sink())
     return LLMService(settings, ledger=ledger, sinks=sinks)
 
 
