@@ -188,7 +188,9 @@ async def test_a_good_team_proceeds_in_one_iteration(cleanup: list[InMemoryLoop]
         DecisionRecord("t1", 1, "PROCEED", "policy", POLICY_REASON)
     ]
     assert loop.journal.load_task("t1")[2] == "succeeded"
-    assert loop.journal.iterations["t1"] == {1: {"gate_mean": 0.9, "consensus_mean": 0.95}}
+    assert loop.journal.iterations["t1"] == {
+        1: {"gate_mean": 0.9, "consensus_mean": 0.95, "finished": True}
+    }
     # Rows carry what the launcher said about each agent.
     row = loop.journal.agents("t1")[0]
     assert (row.role, row.loop, row.iteration, row.profile, row.provider, row.model) == (
@@ -269,11 +271,11 @@ async def test_a_failed_gate_starts_the_next_iteration_at_loop3_with_its_feedbac
     ]
     assert briefs(loop, "impl-1-1")["feedback"] == []
     assert statuses(loop)["impl-2-1"] == ("done", 0.4)  # reported: done, just not enough
-    # The failed gate's figure is in its event, not in the iteration row: the checkpoint
-    # moves on to iteration 2 (gate cleared) before it is saved. As the SQL journal does.
+    # The failed gate keeps its figure on iteration 1's row (written with the save that
+    # moves the checkpoint on to iteration 2), and iteration 1 is finished.
     assert loop.journal.iterations["t1"] == {
-        1: {},
-        2: {"gate_mean": 0.9, "consensus_mean": 0.95},
+        1: {"gate_mean": 0.65, "finished": True},
+        2: {"gate_mean": 0.9, "consensus_mean": 0.95, "finished": True},
     }
     assert [(d.iteration, d.decision) for d in loop.journal.decisions("t1")] == [(2, "PROCEED")]
     assert ("t1", "loop3:complete") in loop.board.signals
@@ -367,7 +369,11 @@ async def test_failed_consensus_starts_over_at_loop3_with_the_validators_feedbac
     ]
     assert timeline(loop)[timeline(loop).index("consensus failed 0.75") + 1] == "loop3"
     assert [(d.iteration, d.decision) for d in loop.journal.decisions("t1")] == [(2, "PROCEED")]
-    assert loop.journal.iterations["t1"][1] == {"gate_mean": 0.9}  # as with the gate above
+    assert loop.journal.iterations["t1"][1] == {
+        "gate_mean": 0.9,
+        "consensus_mean": 0.75,
+        "finished": True,
+    }
 
 
 async def test_a_crashed_validator_fails_consensus(cleanup: list[InMemoryLoop]) -> None:
@@ -497,6 +503,10 @@ async def test_running_out_of_iterations_fails_the_task(cleanup: list[InMemoryLo
     assert len(loop.launcher.launched) == 6 and loop.journal.load_task("t1")[2] == "failed"
     cp = loop.journal.load_task("t1")[1]
     assert (cp.phase, cp.iteration, cp.outcome) == (Phase.DONE, 3, "MAX_ITERATIONS")
+    # Every iteration keeps its failed gate's figure and is finished with the task.
+    assert loop.journal.iterations["t1"] == {
+        n: {"gate_mean": 0.5, "finished": True} for n in (1, 2, 3)
+    }
 
 
 # --- PROCEED without a change ---------------------------------------------------------------

@@ -42,12 +42,15 @@ def test_task_round_trip(store: Store, tmp_path: Path) -> None:
     gate = {"score": 0.8, "passed": True}
     journal.save_checkpoint("t1", Checkpoint(iteration=1, phase=Phase.LOOP2, gate=gate), "running")
     consensus = {"score": 0.95, "passed": True}
-    later = Checkpoint(iteration=2, phase=Phase.DECISION, consensus=consensus)
+    # Iteration 1's consensus failed at 0.7: the checkpoint moved on and carries it.
+    ended = {"iteration": 1, "gate": 0.8, "consensus": 0.7}
+    later = Checkpoint(iteration=2, phase=Phase.DECISION, consensus=consensus, ended=ended)
     journal.save_checkpoint("t1", later, "running")
     assert journal.load_task("t1") == (options, later, "running")
     first, second = store.iterations("t1")
-    assert (first.number, first.gate_mean, first.consensus_mean) == (1, 0.8, None)
+    assert (first.number, first.gate_mean, first.consensus_mean) == (1, 0.8, 0.7)
     assert (second.number, second.gate_mean, second.consensus_mean) == (2, None, 0.95)
+    assert first.finished_at is not None and second.finished_at is None
     with pytest.raises(NotFoundError):
         journal.save_checkpoint("t2", later, "running")
 

@@ -128,6 +128,7 @@ def test_task_life_cycle(store: Store) -> None:
     assert [a.agent_id for a in store.list_agents("task-1")] == ["impl-1-1", "val-1-1"]
     [iteration] = store.iterations("task-1")
     assert (iteration.gate_mean, iteration.consensus_mean) == (0.8, 0.92)
+    assert iteration.finished_at is not None  # the task finished, so did its iteration
     assert store.decisions("task-1") == [decision]
     assert store.decision("task-1", 1) == decision and decision.id is not None
     # The iteration's decision is unique: a second one gets the first back.
@@ -140,6 +141,27 @@ def test_task_life_cycle(store: Store) -> None:
                 insert(T_ITERATIONS).values(task_id="task-1", number=1, started_at=utcnow())
             )
         )
+
+
+def test_an_iteration_left_keeps_its_figures_and_is_finished_once(store: Store) -> None:
+    store.create_task("t1", "mvp", "epic")
+    store.save_checkpoint("t1", "{}", "running", iteration=1, gate_mean=0.9)
+    [first] = store.iterations("t1")
+    assert first.finished_at is None
+    # Consensus failed in iteration 1: the checkpoint moves on to iteration 2 and
+    # carries iteration 1's figures with it.
+    store.save_checkpoint("t1", "{}", "running", iteration=2, ended=(1, 0.9, 0.75))
+    one, two = store.iterations("t1")
+    assert (one.number, one.gate_mean, one.consensus_mean) == (1, 0.9, 0.75)
+    assert one.finished_at is not None and two.finished_at is None
+    finished = one.finished_at
+    store.save_checkpoint("t1", "{}", "running", iteration=2, ended=(1, 0.9, 0.75))
+    assert store.iterations("t1") == [one, two]  # the same save again changes nothing
+    assert (two.number, two.gate_mean, two.consensus_mean) == (2, None, None)
+    store.save_checkpoint("t1", "{}", "failed", iteration=2, gate_mean=0.5, ended=(1, 0.9, 0.75))
+    one, two = store.iterations("t1")
+    assert two.finished_at is not None and two.gate_mean == 0.5
+    assert one.finished_at == finished
 
 
 def test_agents_across_tasks(store: Store) -> None:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from cfn.errors import InvalidInputError
-from cfn.loop.state import Checkpoint, TaskOptions
+from cfn.loop.state import Checkpoint, TaskOptions, ended_figures
 from cfn.store.records import AgentRecord, DecisionRecord
 from cfn.store.repository import Store
 
@@ -54,6 +54,7 @@ class SqlJournal:
             iteration=checkpoint.iteration,
             gate_mean=checkpoint.gate.get("score") if checkpoint.gate else None,
             consensus_mean=checkpoint.consensus.get("score") if checkpoint.consensus else None,
+            ended=ended_figures(checkpoint),
         )
 
     # --- agents -----------------------------------------------------------------------

@@ -52,7 +52,7 @@ from cfn.loop.ports import (
     ProductOwner,
     RunningAgent,
 )
-from cfn.loop.state import Checkpoint, TaskOptions
+from cfn.loop.state import Checkpoint, TaskOptions, ended_figures
 from cfn.store.records import AgentRecord, DecisionRecord
 
 # --- journal ----------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class InMemoryJournal:
         self._lock = threading.Lock()
         self.tasks: dict[str, tuple[TaskOptions, Checkpoint, str]] = {}
         #: Per task, per iteration: the figures the SQL ``iterations`` table keeps.
-        self.iterations: dict[str, dict[int, dict[str, float | None]]] = {}
+        self.iterations: dict[str, dict[int, dict[str, float | bool | None]]] = {}
         self.statuses: list[tuple[str, str]] = []
         self._agents: dict[str, dict[str, AgentRecord]] = {}
         self._decisions: dict[tuple[str, int], DecisionRecord] = {}
@@ -103,6 +103,17 @@ class InMemoryJournal:
                 figures["gate_mean"] = checkpoint.gate.get("score")
             if checkpoint.consensus:
                 figures["consensus_mean"] = checkpoint.consensus.get("score")
+            ended = ended_figures(checkpoint)
+            if ended is not None:
+                number, gate, consensus = ended
+                left = self.iterations[task_id].setdefault(number, {})
+                if gate is not None:
+                    left["gate_mean"] = gate
+                if consensus is not None:
+                    left["consensus_mean"] = consensus
+                left["finished"] = True
+            if status in ("succeeded", "failed", "aborted"):
+                figures["finished"] = True
 
     def save_agent(self, row: AgentRecord) -> None:
         with self._lock:

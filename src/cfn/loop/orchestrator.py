@@ -331,6 +331,11 @@ class Orchestrator:
             cp.outcome = "MAX_ITERATIONS"
             cp.reason = f"{max_iterations} iterations used up; last: {why}"
             return
+        cp.ended = {
+            "iteration": cp.iteration,
+            "gate": (cp.gate or {}).get("score"),
+            "consensus": (cp.consensus or {}).get("score"),
+        }
         cp.iteration += 1
         cp.phase = Phase.LOOP3
         cp.gate = cp.consensus = None

@@ -101,6 +101,10 @@ class Checkpoint:
     consensus: dict[str, Any] | None = None
     outcome: str | None = None
     reason: str | None = None
+    #: The iteration the loop just left: its number and its gate and consensus scores
+    #: (None where it did not get that far). The journal writes them on that
+    #: iteration's row with the same save that moves the checkpoint on.
+    ended: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -112,3 +116,16 @@ class Checkpoint:
         data = json.loads(text)
         data["phase"] = Phase(data["phase"])
         return cls(**data)
+
+
+def ended_figures(checkpoint: Checkpoint) -> tuple[int, float | None, float | None] | None:
+    """``checkpoint.ended`` as (iteration, gate mean, consensus mean), or None."""
+    ended = checkpoint.ended
+    if not isinstance(ended, dict) or not isinstance(ended.get("iteration"), int):
+        return None
+
+    def score(name: str) -> float | None:
+        value = ended.get(name)
+        return float(value) if isinstance(value, int | float) else None
+
+    return ended["iteration"], score("gate"), score("consensus")

@@ -52,6 +52,7 @@ DECISIONS = ("APPROVE", "REJECT", "DEFER")
 #: The product owner's decisions (DESIGN.md, step 5).
 LOOP_DECISIONS = ("PROCEED", "ITERATE", "ABORT")
 TASK_STATUSES = ("pending", "running", "succeeded", "failed", "aborted")
+FINISHED_TASK_STATUSES = ("succeeded", "failed", "aborted")
 AGENT_STATUSES = ("pending", "running", "done", "failed", "killed")
 MODES = ("mvp", "standard", "enterprise")
 

@@ -43,6 +43,7 @@ from cfn.store import validation as check
 from cfn.store.engine import WRITE_OPTION, database_url, describe, make_engine, sqlite_busy
 from cfn.store.models import (
     AGENT_STATUSES,
+    FINISHED_TASK_STATUSES,
     LOOP_DECISIONS,
     MCP_OUTCOMES,
     MODES,
@@ -621,11 +622,16 @@ class Store:
         iteration: int,
         gate_mean: float | None = None,
         consensus_mean: float | None = None,
+        ended: tuple[int, float | None, float | None] | None = None,
     ) -> None:
-        """The task's checkpoint and status, and its iteration row, in one transaction.
+        """The task's checkpoint and status, and its iteration rows, in one transaction.
 
         The iteration row is made when the checkpoint first names its number; a
         gate or consensus mean given is written on it (None leaves the column as is).
+        ``ended`` is the iteration the loop just left (number, gate mean, consensus
+        mean): its figures land on its row and it gets its ``finished_at``, so a
+        failed gate or consensus keeps its score. A finished task finishes its
+        current iteration too. Saving the same checkpoint again changes nothing.
         """
         task_id = keys.validate_id(task_id, "task id")
         status = _choice(status, TASK_STATUSES, "task status")
@@ -653,6 +659,26 @@ class Store:
                 )
             if scores:
                 conn.execute(update(T_ITERATIONS).where(*where).values(**scores))
+            done: list[tuple[int, dict[str, float]]] = []
+            if ended is not None:
+                number, gate, consensus = ended
+                figures = {
+                    name: value
+                    for name, value in (("gate_mean", gate), ("consensus_mean", consensus))
+                    if value is not None
+                }
+                done.append((number, figures))
+            if status in FINISHED_TASK_STATUSES:
+                done.append((iteration, {}))
+            for number, figures in done:
+                row = (T_ITERATIONS.c.task_id == task_id, T_ITERATIONS.c.number == number)
+                if figures:
+                    conn.execute(update(T_ITERATIONS).where(*row).values(**figures))
+                conn.execute(
+                    update(T_ITERATIONS)
+                    .where(*row, T_ITERATIONS.c.finished_at.is_(None))
+                    .values(finished_at=now)
+                )
 
         self.transaction(work, idempotent=True)
 
