@@ -9,9 +9,17 @@ import pytest
 
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
+from tests.support.cgroups import private_cgroups
 from tests.support.servers import RedisServer
 
 CFN = [sys.executable, "-m", "cfn"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cgroups() -> Iterator[None]:
+    """Agents' cgroups are private to this pytest process (see tests/support/cgroups.py)."""
+    with private_cgroups(f"cfn-tests-{os.getpid()}"):
+        yield
 
 
 @pytest.fixture(autouse=True)
