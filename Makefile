@@ -24,8 +24,17 @@ lint: bootstrap
 	$(VENV)/ruff check src tests bench
 	$(VENV)/mypy --strict src/
 
-test: lint
-	$(VENV)/pytest -q
+# Most of the suite waits on real processes and servers, so pytest runs on more xdist
+# workers than this 2-core machine has cores; --dist loadgroup keeps the tests of one
+# expensive fixture on one worker (tests/conftest.py). mypy checks src/ beside pytest
+# instead of before it; `make test` fails when either fails.
+XDIST ?= -n 4 --dist loadgroup
+
+test: bootstrap
+	$(VENV)/ruff check src tests bench
+	@out=$$(mktemp); $(VENV)/mypy --strict src/ >$$out 2>&1 & mypy=$$!; \
+	$(VENV)/pytest -q $(XDIST); status=$$?; \
+	wait $$mypy || status=1; echo "mypy --strict src/:"; cat $$out; rm -f $$out; exit $$status
 
 test-long: bootstrap
 	$(VENV)/pytest -q -m long

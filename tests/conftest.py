@@ -9,9 +9,47 @@ import pytest
 
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
+from tests.support.cgroups import private_cgroups
 from tests.support.servers import RedisServer
 
 CFN = [sys.executable, "-m", "cfn"]
+
+#: Session fixtures too costly to start once per pytest-xdist worker: the tests using
+#: them share one worker (`make test` runs ``--dist loadgroup``).
+SHARED_SESSION_FIXTURES = {"stack": "mcp-stack"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests of one expensive fixture on one xdist worker, so it is built once.
+
+    A module-scoped fixture (the security corpora run every case in their setup) would
+    otherwise be set up again on each worker that gets one of the module's tests.
+    """
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        group = None
+        for name in info.names_closure:
+            defs = info.name2fixturedefs.get(name)
+            if not defs:
+                continue
+            if defs[-1].scope == "module":
+                group = item.nodeid.split("::", 1)[0]
+                break
+            if defs[-1].scope == "session" and name in SHARED_SESSION_FIXTURES:
+                group = SHARED_SESSION_FIXTURES[name]
+                break
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cgroups() -> Iterator[None]:
+    """Agents' cgroups are private to this pytest process (see tests/support/cgroups.py)."""
+    with private_cgroups(f"cfn-tests-{os.getpid()}"):
+        yield
 
 
 @pytest.fixture(autouse=True)

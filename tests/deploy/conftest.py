@@ -7,6 +7,7 @@ only the first run on a machine pays for debootstrap and pip.
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ def engine() -> Iterator[Engine]:
 
     settings = Settings(cfn_state_dir=find_project_root() / ".cfn")
     client = connect(settings)
-    ImageBuilder(settings, client).build()
+    # One build at a time: pytest-xdist workers share the checkout's .cfn (the build
+    # context) and the engine's image tags; the second worker finds the images up to date.
+    lock = settings.state_dir / "images" / "build.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        ImageBuilder(settings, client).build()
     host, _managed = docker_host(settings)
     try:
         yield Engine(settings, client, host)

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import free_port
+from tests.support.servers import PORT_TRIES, free_port
 
 SUPERUSER = "cfn"
 SERVICE_USER = "postgres"
@@ -107,6 +107,16 @@ class PostgresServer:
             stderr=subprocess.PIPE,
             cwd="/",
         )
+        log = self.workdir / "postgres.log"
+        for _attempt in range(PORT_TRIES):
+            if self._pg_ctl_start(data, log):
+                return self
+            # The port was taken between free_port() and the bind: another one.
+            self.port = free_port()
+        raise RuntimeError(f"PostgreSQL found no free port in {PORT_TRIES} tries; see {log}")
+
+    def _pg_ctl_start(self, data: Path, log: Path) -> bool:
+        """Start the server; False when it could not bind its port (anything else raises)."""
         options = " ".join(
             [
                 f"-p {self.port}",
@@ -118,7 +128,8 @@ class PostgresServer:
                 "-c max_connections=200",
             ]
         )
-        subprocess.run(
+        seen = log.stat().st_size if log.exists() else 0
+        result = subprocess.run(
             self._cmd(
                 "pg_ctl",
                 "start",
@@ -128,15 +139,23 @@ class PostgresServer:
                 "-D",
                 str(data),
                 "-l",
-                str(self.workdir / "postgres.log"),
+                str(log),
                 "-o",
                 options,
             ),
-            check=True,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             cwd="/",
         )
-        return self
+        if result.returncode == 0:
+            return True
+        with contextlib.suppress(OSError), open(log, "rb") as handle:
+            handle.seek(seen)
+            if b"could not bind" in handle.read():
+                return False
+        raise subprocess.CalledProcessError(
+            result.returncode, result.args, stderr=result.stderr
+        )
 
     def database(self, prefix: str = "t") -> str:
         """A new, empty database; returns its URL."""
