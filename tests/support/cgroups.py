@@ -65,6 +65,16 @@ def private_cgroups(label: str) -> Iterator[list[Path]]:
         yield [mine for _previous, mine in joined]
     finally:
         for previous, mine in reversed(joined):
-            with contextlib.suppress(OSError):
-                (previous / "cgroup.procs").write_text(pid)
+            # Ourselves, and daemons started here that outlive the run by design (cfn's
+            # podman service), go back to where we came from, so the group can go.
+            for member in [pid, *_members(mine)]:
+                with contextlib.suppress(OSError):
+                    (previous / "cgroup.procs").write_text(member)
             _remove_tree(mine)
+
+
+def _members(group: Path) -> list[str]:
+    try:
+        return (group / "cgroup.procs").read_text().split()
+    except OSError:
+        return []
