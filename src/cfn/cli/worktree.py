@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cfn.cli.common import err, out, print_plain, settings
+from cfn.worktree.ports import PortRegistry, calculate_ports, default_ports
 
 worktree_app = typer.Typer(
     help="Git worktrees with their own Redis, database and ports.", no_args_is_help=True
@@ -120,3 +121,27 @@ def validate_config_cmd(
     if verbose or count:
         out.print(f"{count} problem(s)", markup=False)
     raise typer.Exit(report.exit_code)
+
+
+def ports_cmd(
+    branch: Annotated[str | None, typer.Argument(help="Branch; default: this checkout.")] = None,
+) -> None:
+    """Print Redis, PostgreSQL and orchestrator ports (the seed's calculate_ports)."""
+    if branch is not None:
+        ports = calculate_ports(branch)
+        for port in (ports.redis, ports.postgres, ports.orchestrator):
+            print_plain(str(port))
+        return
+    cfg = settings()
+    defaults = default_ports(cfg.worktree_branch)
+    recorded = PortRegistry(cfg.state_dir).read()
+    table = Table(title=f"Ports of {cfg.project_root}")
+    table.add_column("service")
+    table.add_column("default", justify="right")
+    table.add_column("in use", justify="right")
+    for service in ("redis", "postgres", "orchestrator"):
+        entry = recorded.get(service)
+        # CFN_*_PORT (a worktree's .cfn/worktree.env) is what this checkout asks for.
+        wanted = getattr(cfg, f"cfn_{service}_port", None) or defaults.get(service)
+        table.add_row(service, str(wanted), str(entry["port"]) if entry else "-")
+    out.print(table)
