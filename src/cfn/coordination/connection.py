@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ConstantBackoff
 from redis.exceptions import (
     BusyLoadingError,
@@ -205,8 +205,31 @@ def _client_from_url(url: str, settings: ConnectionSettings) -> tuple[aioredis.R
     return client, db
 
 
+class _SentinelMasterConnection(SentinelManagedConnection):
+    """A connection to the Sentinel-named master that re-opens only through the sentinels.
+
+    redis-py asks the sentinels when the pool hands out a closed connection, but
+    its retry of a command whose connection was closed under it (as
+    ``RedisManager`` closes every connection to a replaced master) re-opens the
+    same connection at the address it last had: the replaced master, which may
+    still answer for seconds. That connection then went back to the pool and
+    served later reads from the old master with ``generation`` already bumped,
+    so nothing told the reader (a collector judged an agent on a failure record
+    only the old master held). Here every re-open asks the sentinels.
+    (redis-py issue #3874, open as of redis-py 8.2.0; ``test_stale_master.py``
+    ``test_a_command_retried_after_the_move_runs_on_the_new_master`` pins it.)
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            # SentinelManagedConnection.connect: asks the sentinels for the master.
+            await self.connect()  # type: ignore[no-untyped-call,unused-ignore]
+        await super().send_packed_command(command, check_health)
+
+
 def _client_from_sentinel(target: SentinelTarget, settings: ConnectionSettings) -> aioredis.Redis:
     options = _client_options(settings)
+    options["connection_class"] = _SentinelMasterConnection
     username = target.username or settings.redis_username or None
     password = target.password or settings.redis_password or None
     sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
