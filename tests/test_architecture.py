@@ -277,6 +277,7 @@ def test_no_sql_outside_store() -> None:
 # import_module with a computed name cannot be followed by the walk above; each one
 # must load only modules of its own package or third-party SDKs.
 COMPUTED_IMPORTS = {
+    "cfn.cli.main": "the command modules, cfn.cli.* (the lazy command table COMMANDS)",
     "cfn.store": "its own submodules, on first use of a name (store/__init__.py __getattr__)",
     "cfn.mcp.serve": "the four servers' modules, cfn.mcp.servers.* (routing.SERVERS)",
     "cfn.agents.runtime": "the provider SDK (openai / anthropic) before the event loop needs it",

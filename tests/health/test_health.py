@@ -341,7 +341,11 @@ def test_running_compose_containers_are_ok(
     for service in ("orchestrator", "redis", "postgres"):
         engine.client.containers.run(
             "cfn-agent:latest",
-            ["sleep", "300"],
+            ["300"],
+            # The image's entrypoint is `cfn agent run`: without this the container ran
+            # `cfn agent run sleep 300`, a usage error (exit 2), and the check passed only
+            # while that error was still starting up.
+            entrypoint=["sleep"],
             detach=True,
             name=f"{project}-{service}-1",
             network_mode="none",
