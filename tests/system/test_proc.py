@@ -24,10 +24,19 @@ from cfn.system.proc import (
 
 
 def _sleeper(*extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", *extra],
+    """A sleeping child, returned once it runs its own code.
+
+    Right after fork, and while the kernel swaps in the new image during exec,
+    /proc/<pid>/environ and cmdline read empty; the child says "ready" on its
+    stdout so the test never looks in that window (CI saw it once).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; print('ready', flush=True); time.sleep(60)", *extra],
         env={**os.environ, "CFN_TEST_MARK": "sleeper"},
+        stdout=subprocess.PIPE,
     )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
 
 
 def test_a_live_process_and_then_its_zombie() -> None:
@@ -56,6 +65,8 @@ def test_a_live_process_and_then_its_zombie() -> None:
     finally:
         proc.kill()
         proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_what_a_state_file_may_hold_is_never_alive() -> None:
