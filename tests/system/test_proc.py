@@ -31,7 +31,7 @@ def _sleeper(*extra: str) -> subprocess.Popen[bytes]:
     stdout so the test never looks in that window (CI saw it once).
     """
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; print('ready', flush=True); time.sleep(60)", *extra],
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)", *extra],
         env={**os.environ, "CFN_TEST_MARK": "sleeper"},
         stdout=subprocess.PIPE,
     )
