@@ -51,6 +51,7 @@ class Sampler:
 
     root: int
     redis: Any
+    workdir: Path | None = None
     peak_rss: int = 0
     peak_agents: int = 0
     peak_ops: int = 0
@@ -70,7 +71,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            rss, agents = tree_usage(self.root)
+            rss, agents = tree_usage(self.root, self.workdir)
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_agents = max(self.peak_agents, agents)
             try:
@@ -81,8 +82,29 @@ class Sampler:
             self.samples += 1
 
 
-def tree_usage(root: int) -> tuple[int, int]:
-    """(sum of RSS, agent processes) of ``root``'s descendants (not ``root`` itself)."""
+def _forked_agents_under(workdir: str, skip: set[int]) -> list[int]:
+    """Agents forked by the agent server (children of that server, not of ``root``)
+    working under ``workdir``: their comm is their tag ("cfn" + hash), their cwd the
+    task's workspace."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm", "rb") as handle:
+                if not handle.read().startswith(b"cfn"):
+                    continue
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if cwd == workdir or cwd.startswith(workdir + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+def tree_usage(root: int, workdir: Path | None = None) -> tuple[int, int]:
+    """(sum of RSS, agent processes) of ``root``'s descendants (not ``root`` itself),
+    and of the agents the agent server forked for tasks working under ``workdir``."""
     parents: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -98,15 +120,19 @@ def tree_usage(root: int) -> tuple[int, int]:
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
     rss = agents = 0
+    tree: list[int] = []
     stack = list(children.get(root, []))
     while stack:
         pid = stack.pop()
+        tree.append(pid)
         stack.extend(children.get(pid, []))
+    forked = _forked_agents_under(str(workdir), set(tree)) if workdir is not None else []
+    for pid in [*tree, *forked]:
         try:
             with open(f"/proc/{pid}/statm", "rb") as handle:
                 rss += int(handle.read().split()[1]) * PAGE
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"\0agent\0run\0--context\0" in handle.read():
+                if pid in forked or b"\0agent\0run\0--context\0" in handle.read():
                     agents += 1
         except (OSError, IndexError, ValueError):
             continue
@@ -147,7 +173,7 @@ def run_tasks(
 ) -> Run:
     """Start one ``cfn orchestrate`` per task name at once; wait for all; count results."""
     before = int(redis.info("stats")["total_commands_processed"])
-    sampler = Sampler(os.getpid(), redis).start()
+    sampler = Sampler(os.getpid(), redis, workdir.resolve()).start()
     began = time.monotonic()
     procs = {
         name: subprocess.Popen(

@@ -45,3 +45,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+# Machines of this kind set PYTHONDONTWRITEBYTECODE=1, so Python never caches cfn's
+# own modules (pip compiles site-packages, not an editable install): every cfn
+# process (CLI command, agent, orchestrator, MCP server) would compile ~140 modules
+# from source again, 0.1-0.6 CPU-s each. compileall writes the caches regardless of
+# that variable and skips what is up to date.
+.venv/bin/python -m compileall -q -j 0 src >/dev/null

@@ -150,6 +150,14 @@ class Settings(BaseSettings):
         description="Limits through cgroups (v1 or v2): auto (where writable, else RLIMIT_AS), on "
         "(required), off (RLIMIT_AS only).",
     )
+    cfn_agent_server: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: builtin process agents are forked from a preloaded agent server "
+        "(started on demand, one per checkout); off: each agent starts its own Python.",
+    )
+    cfn_agent_server_idle: float = Field(
+        default=600.0, gt=0, le=86400, description="Seconds the agent server stays without agents."
+    )
 
     # --- Providers (seed: "Provider Routing") -------------------------------
     cfn_custom_routing: bool = Field(

@@ -34,12 +34,6 @@ def rig(tmp_path: Path, redis_server: RedisServer, fallback: RedisServer) -> Ite
         yield rig
 
 
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    pairs = (item.decode(errors="replace").partition("=") for item in raw if item)
-    return {name: value for name, _, value in pairs}
-
-
 def test_primary_killed_mid_loop_the_loop_finishes_on_the_fallback(
     rig: Rig, redis_server: RedisServer, fallback: RedisServer
 ) -> None:
@@ -49,8 +43,8 @@ def test_primary_killed_mid_loop_the_loop_finishes_on_the_fallback(
     events.wait("task:created")
     rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
     implementers = {agent: rig.pid_of("T", agent) for agent in TEAM[:2]}
-    for agent, pid in implementers.items():
-        env = environ(pid)
+    for agent in implementers:
+        env = rig.env_of("T", agent)
         # The agent's own URLs (they may carry its ACL user): the two servers.
         assert urlsplit(env.get("REDIS_URL", "")).port == redis_server.port, agent
         assert urlsplit(env.get("REDIS_FALLBACK_1", "")).port == fallback.port, (

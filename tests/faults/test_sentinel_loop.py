@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_redis_fallback import environ
 from tests.faults.test_sentinel_failover import cluster  # noqa: F401  (fixture)
 from tests.loop.test_resume import Rig, running_rig
 from tests.support.replication import SentinelCluster, assert_each_reported_once
@@ -39,7 +38,7 @@ def _loop_across_failover(rig: Rig, sentinel: SentinelCluster, task: str) -> Non
     rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
     before = sentinel.master_port()
     for agent in TEAM[:2]:
-        env = environ(rig.pid_of(task, agent))
+        env = rig.env_of(task, agent)
         assert env.get("REDIS_URL", "").startswith("redis+sentinel://"), agent
         context = json.loads((rig.agent_dir(task, agent) / "context.json").read_text())
         assert context["coordination"]["redis"]["port"] == before, context

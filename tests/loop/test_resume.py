@@ -32,6 +32,7 @@ import redis
 
 from cfn.settings import Settings
 from cfn.store.repository import Store
+from cfn.system.proc import proc_environ
 from tests.support.llm_servers import LLMServer, Recorded, Reply, openai_json
 from tests.support.servers import RedisServer, cfn_env
 
@@ -256,6 +257,12 @@ class Rig:
         """The pid its supervisor started the agent as (state.json)."""
         state = json.loads((self.agent_dir(task_id, agent_id) / "state.json").read_text())
         return int(state["pid"])
+
+    def env_of(self, task_id: str, agent_id: str) -> dict[str, str]:
+        """The environment the agent was started with: its supervisor's (an agent forked
+        by the agent server shows that server's in /proc/<pid>/environ, see docs/agents.md)."""
+        state = json.loads((self.agent_dir(task_id, agent_id) / "state.json").read_text())
+        return proc_environ(int(state["shim_pid"])) or {}
 
     def runs(self, task_id: str, agent_id: str) -> int:
         """How many times the agent's supervisor started it (one line per start in its log)."""

@@ -391,3 +391,19 @@ async def run_from_file(path: Path, settings: Settings) -> RunResult:
     finally:
         await service.aclose()
         await redis.close()
+
+
+def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
+    """One agent process's whole work: ``(exit code, error line or None)``.
+
+    What ``cfn agent run`` and an agent forked by the agent server both do: 0 when
+    the agent reported success, 1 when it reported failure, a CfnError's code when
+    it could not run at all.
+    """
+    try:
+        result = asyncio.run(run_from_file(path, settings))
+    except CfnError as exc:
+        return exc.exit_code, f"[ERROR] {exc}"
+    if result.result == "failed":
+        return 1, f"[ERROR] agent reported failure: {result.payload.get('error', '')}"
+    return 0, None

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 EXIT_FILE = "exit.json"
 LOG_TAIL_BYTES = 8192
+#: The agent server's socket (cfn.agents.forkserver), and the largest request it reads.
+SERVER_SOCKET = "agents.sock"
+SERVER_REQUEST_MAX = 4 * 1024 * 1024
+SERVER_TIMEOUT = 10.0
 
 if __name__ == "__main__":  # pragma: no branch
     # Run as a script with ``-I -S``: neither cfn nor its dependencies are on sys.path.
@@ -79,6 +83,58 @@ def _write_json_private(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def comm_tag(name: str) -> str:
+    """What a forked agent sets as ``/proc/<pid>/comm`` (15 bytes at most): its name's hash.
+
+    A forked agent's ``/proc/<pid>/environ`` is the agent server's, so this tag is
+    how re-attaching recognises it (cfn.agents.spawn.process).
+    """
+    import hashlib
+
+    return "cfn" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+def _read_line(sock: Any, limit: int = 65536) -> bytes:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> tuple[int, Any]:
+    """Ask the agent server to fork the agent; ``(pid, connection)``. The connection
+    later carries the agent's exit status (cfn.agents.forkserver has the wire format).
+    OSError or ValueError when the server is not there or refuses."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(SERVER_TIMEOUT)
+        sock.connect(socket_path)
+        socket.send_fds(sock, [b"F"], [log_fd])
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(_read_line(sock) or b"null")
+        if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):
+            why = reply.get("error") if isinstance(reply, dict) else None
+            raise ValueError(why or "the agent server closed the connection")
+    except BaseException:
+        sock.close()
+        raise
+    return reply["pid"], sock
+
+
+class _Usage:
+    """What the agent server reports in place of wait4's rusage."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.ru_utime = float(report.get("utime") or 0.0)
+        self.ru_stime = float(report.get("stime") or 0.0)
+        self.ru_maxrss = int(report.get("maxrss_kb") or 0)
+
+
 def _kill_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
@@ -108,6 +164,8 @@ class Supervisor:
         self.timed_out = False
         self.killed = False
         self.stop_requested = False
+        #: The agent server's connection when the agent was forked by it (None: our child).
+        self.server: Any = None
 
     def _setup_limits(self) -> Callable[[], None] | None:
         mode = self.spec.get("cgroups", "auto")
@@ -145,6 +203,13 @@ class Supervisor:
         import subprocess
 
         preexec = self._setup_limits()
+        server = self.spec.get("server")
+        if isinstance(server, dict) and self.limits != "rlimit":
+            # RLIMIT_AS would count the server's whole address space: a plain start then.
+            try:
+                return self._start_forked(server)
+            except (OSError, ValueError) as exc:
+                _log(f"agent server not used ({exc}); starting the agent directly")
         try:
             proc = subprocess.Popen(
                 self.spec["command"],
@@ -164,6 +229,32 @@ class Supervisor:
         self.started_at = time.time()
         return self.pid
 
+    def _start_forked(self, server: dict[str, Any]) -> int:
+        request = {
+            "context": server["context"],
+            "cwd": self.spec["cwd"],
+            "env": dict(os.environ),
+            "cgroups": self.groups.paths if self.groups else {},
+            "comm": comm_tag(self.spec["name"]),
+        }
+        pid, self.server = fork_via_server(str(server["socket"]), request, 1)
+        self.pid = pid
+        self.started_at = time.time()
+        return pid
+
+    def _server_report(self) -> tuple[int | None, Any]:
+        """The forked agent's wait status and usage, from the server (None: lost)."""
+        try:
+            self.server.settimeout(SERVER_TIMEOUT)
+            report = json.loads(_read_line(self.server) or b"null")
+        except (OSError, ValueError):
+            report = None
+        finally:
+            self.server.close()
+        if not isinstance(report, dict) or not isinstance(report.get("status"), int):
+            return None, _Usage({})
+        return report["status"], _Usage(report)
+
     def write_state(self) -> None:
         _write_json_private(
             os.path.join(self.dir, STATE_FILE),
@@ -179,6 +270,7 @@ class Supervisor:
                 "limits": self.limits,
                 "cgroups": self.groups.paths if self.groups else {},
                 "timeout": self.spec["timeout"],
+                "forked": self.server is not None,
             },
         )
 
@@ -221,8 +313,12 @@ class Supervisor:
             elif kill_at is not None and now >= kill_at:
                 kill_at = self._stop(False, now)
         os.close(pidfd)
-        _, status, usage = os.wait4(self.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        status: int | None
+        if self.server is not None:
+            status, usage = self._server_report()
+        else:
+            _, status, usage = os.wait4(self.pid, 0)
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
         ended = time.time()
         # Anything the agent left behind in its group goes with it (as in a container).
         _kill_group(self.pid, signal.SIGKILL)
@@ -234,11 +330,11 @@ class Supervisor:
         return self._record(status, usage, ended, stats)
 
     def _record(
-        self, status: int, usage: Any, ended: float, stats: dict[str, Any]
+        self, status: int | None, usage: Any, ended: float, stats: dict[str, Any]
     ) -> dict[str, Any]:
-        code = os.waitstatus_to_exitcode(status)
-        exit_code = code if code >= 0 else None
-        signum = -code if code < 0 else None
+        code = os.waitstatus_to_exitcode(status) if status is not None else None
+        exit_code = code if code is not None and code >= 0 else None
+        signum = -code if code is not None and code < 0 else None
         oom = bool(stats.get("oom_kills"))
         memory_error = (
             self.limits == "rlimit"
@@ -266,6 +362,8 @@ class Supervisor:
             "cpu_user": round(usage.ru_utime, 6),
             "cpu_system": round(usage.ru_stime, 6),
             "max_rss_bytes": usage.ru_maxrss * 1024,
+            "forked": self.server is not None,
+            "status_lost": status is None,
             **stats,
         }
         record["reason"] = describe(record)
@@ -293,6 +391,8 @@ def describe(record: dict[str, Any]) -> str:
         return "stopped on request" + (f" ({sig_text})" if sig_text else "")
     if sig_text:
         return f"killed by {sig_text}"
+    if record.get("status_lost"):
+        return "exit status unknown: the agent server that forked it went away"
     if record.get("exit_code") == 0:
         return "exited normally"
     return f"exited with code {record.get('exit_code')}"

@@ -7,7 +7,7 @@ import shlex
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,7 +17,15 @@ from cfn.cli.common import err, out, print_json, print_plain, settings
 from cfn.errors import InvalidInputError
 from cfn.troubleshoot import find_agents, kill_agent
 
+if TYPE_CHECKING:
+    from cfn.agents.forkserver import AgentServer
+
 agents_app = typer.Typer(help="Agents spawned here: list them, kill one.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The agent server builtin agents are forked from (CFN_AGENT_SERVER).",
+    no_args_is_help=True,
+)
+agents_app.add_typer(server_app, name="server")
 STATUS_STYLE = {"running": "yellow", "exited": "green", "starting": "cyan"}
 
 
@@ -118,3 +126,49 @@ def kill_cmd(
     """Stop a running agent (SIGKILL to it and everything it started) and wait for its end."""
     info = asyncio.run(kill_agent(settings(), agent_id, task_id, graceful=graceful))
     err.print(f"{info.name} stopped: {info.status} ({info.reason})", markup=False)
+
+
+def _server() -> AgentServer:
+    from cfn.agents.forkserver import AgentServer
+
+    return AgentServer(idle=settings().cfn_agent_server_idle)
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Show the agent server of this checkout (exit 1 when none runs)."""
+    from cfn.agents.forkserver import code_stamp
+
+    server = _server()
+    info = server.running()
+    table = Table(show_header=False)
+    table.add_row("mode", settings().cfn_agent_server)
+    table.add_row("running", "[green]yes[/]" if info else "[red]no[/]")
+    table.add_row("directory", str(server.dir))
+    if info is not None:
+        current = info.stamp == code_stamp()
+        table.add_row("pid", str(info.pid))
+        table.add_row("socket", str(info.socket))
+        table.add_row("up", _age(info.started_at))
+        table.add_row("agents now", str(len(server.agents(info.pid))))
+        table.add_row("code", "current" if current else "[yellow]changed (retiring)[/]")
+        table.add_row("idle exit", f"{server.idle:g} s without agents")
+    out.print(table)
+    if info is None:
+        raise typer.Exit(1)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the agent server now (agents start it on demand otherwise)."""
+    info = _server().start()
+    out.print(f"agent server pid {info.pid} on {info.socket}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the agent server (running agents keep running; a new one starts on demand)."""
+    if _server().stop():
+        out.print("agent server stopped")
+    else:
+        out.print("agent server was not running")

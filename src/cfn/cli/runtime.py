@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -22,11 +21,10 @@ def agent_run(
     ],
 ) -> None:
     """Run one agent from its context file; exit 0 when it reported success."""
-    from cfn.agents.runtime import run_from_file
+    from cfn.agents.runtime import run_agent
 
-    result = asyncio.run(run_from_file(context, settings()))
-    if result.result == "failed":
-        err.print(
-            f"[ERROR] agent reported failure: {result.payload.get('error', '')}", markup=False
-        )
-        raise typer.Exit(1)
+    code, message = run_agent(context, settings())
+    if message:
+        err.print(message, markup=False)
+    if code:
+        raise typer.Exit(code)

@@ -100,6 +100,15 @@ def proc_environ(pid: int) -> dict[str, str] | None:
     return env
 
 
+def proc_comm(pid: int) -> str | None:
+    """The process's name (``/proc/<pid>/comm``, 15 bytes at most); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as handle:
+            return handle.read().decode(errors="replace").rstrip("\n")
+    except OSError:
+        return None
+
+
 def proc_cmdline(pid: int) -> list[str]:
     """The argv of a process ([] when it is gone, or a zombie, whose argv is empty)."""
     try:

@@ -60,9 +60,7 @@ def check_spawn_request(
     workspace = Path(context.workspace)
     if not workspace.is_dir():
         raise InvalidInputError(f"workspace {workspace} is not a directory")
-    if command is not None and (
-        not command or not all(isinstance(a, str) and a for a in command)
-    ):
+    if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
         raise InvalidInputError("the agent command must be a non-empty list of arguments")
     for name in env or {}:
         if not name or "=" in name or "\0" in name:

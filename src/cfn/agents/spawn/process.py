@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from cfn.agents.context import (
     agent_name,
     write_private,
 )
+from cfn.agents.forkserver import AgentServer
 from cfn.agents.spawn.base import (
     EXIT_FILE,
     LOG_FILE,
@@ -52,10 +54,12 @@ from cfn.agents.spawn.base import (
     read_json_file,
 )
 from cfn.coordination import acl
-from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
+from cfn.errors import AgentLookupError, AgentSpawnError, CfnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.system.cgroups import Cgroups
-from cfn.system.proc import proc_alive, proc_environ, proc_start_ticks
+from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_start_ticks
+
+log = logging.getLogger(__name__)
 
 SPEC_FILE = "shim.json"
 STATE_FILE = shim.STATE_FILE
@@ -96,8 +100,12 @@ async def wait_pid_exit(pid: int, start_ticks: int | None = None) -> None:
 
 
 def _is_agent_process(pid: int, name: str) -> bool:
+    """Whether ``pid`` is agent ``name``: its environment says so, or (an agent forked by
+    the agent server, whose environ block is the server's) its comm is the agent's tag."""
     env = proc_environ(pid)
-    return env is not None and env.get("CFN_AGENT_NAME") == name
+    if env is not None and env.get("CFN_AGENT_NAME") == name:
+        return True
+    return proc_comm(pid) == shim.comm_tag(name)
 
 
 # --- the process handle ------------------------------------------------------------------------
@@ -277,9 +285,7 @@ class ProcessSpawner:
         inherited = {**os.environ, **extra}
         access = context.cfn.redis
         if not (access.username and access.password):
-            return {
-                k: v for k, v in inherited.items() if k not in acl.SIGNING_SECRETS
-            }
+            return {k: v for k, v in inherited.items() if k not in acl.SIGNING_SECRETS}
         # The agent has its own Redis ACL user: no admin secret reaches it.
         admin = {
             acl.url_password(self.redis_url),
@@ -295,6 +301,17 @@ class ProcessSpawner:
             admin_secrets={s for s in admin if s},
         )
 
+    def agent_server(self) -> str | None:
+        """The agent server's socket, the server started when needed; None when it is off
+        or cannot start (agents then start their own Python, as without it)."""
+        if self.settings.cfn_agent_server == "off":
+            return None
+        try:
+            return str(AgentServer(idle=self.settings.cfn_agent_server_idle).ensure().socket)
+        except (CfnError, OSError) as exc:
+            log.warning("agent server unavailable (%s); agents start without it", exc)
+            return None
+
     async def spawn(
         self,
         context: AgentContext,
@@ -302,7 +319,8 @@ class ProcessSpawner:
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProcessHandle:
-        popen, ready_r, context = self._start(context, command, env)
+        server = await asyncio.to_thread(self.agent_server) if command is None else None
+        popen, ready_r, context = self._start(context, command, env, server)
         directory = self.agent_dir(context.task_id, context.agent_id)
         try:
             raw = await _read_ready(ready_r, self.ready_timeout)
@@ -348,6 +366,7 @@ class ProcessSpawner:
         context: AgentContext,
         command: Sequence[str] | None,
         env: Mapping[str, str] | None,
+        server: str | None = None,
     ) -> tuple[subprocess.Popen[bytes], int, AgentContext]:
         """Validate, write the agent's files and start its supervisor (fork + exec, fast)."""
         limits, workspace = check_spawn_request(context, command, env)
@@ -379,6 +398,8 @@ class ProcessSpawner:
                 "kill_grace": self.settings.cfn_agent_kill_grace,
                 "cgroups": self.settings.cfn_agent_cgroups,
             }
+            if server is not None and command is None:
+                spec["server"] = {"socket": server, "context": str(context_file)}
             spec_file = directory / SPEC_FILE
             write_private(spec_file, json.dumps(spec, indent=2))
             environment = {**self.environment(context, context_file), **(env or {})}

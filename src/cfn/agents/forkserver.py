@@ -1,0 +1,457 @@
+"""The agent server: one preloaded Python process that forks builtin agents.
+
+Starting ``python -m cfn agent run`` costs over a second of CPU, nearly all of
+it importing the runtime, the provider SDKs and the MCP client. The agent
+server imports them once; each builtin agent is then a ``fork()`` of it, which
+takes milliseconds and shares the imported code copy-on-write.
+
+One server per host and cfn checkout (its directory is keyed by the code's
+location and the interpreter), started on demand by the process spawner through
+:class:`cfn.system.daemon.Daemon`, reused by every task and state directory,
+and gone after ``CFN_AGENT_SERVER_IDLE`` seconds without an agent. A server
+whose code changed on disk (a ``git pull``, an edit) refuses further forks and
+exits once its children are done; the next spawn starts a fresh one.
+
+Wire format, one connection per agent, from the agent's supervisor
+(:mod:`cfn.agents.shim`, the only client)::
+
+    client -> server   1 byte b"F", with SCM_RIGHTS: [log fd]
+    client -> server   the request: JSON + b"\\n" (read by the forked child only)
+    server -> client   {"pid": N}\\n                           once forked
+    server -> client   {"status": S, "utime": u, "stime": s,
+                        "maxrss_kb": m}\\n                      when the agent exits
+    server -> client   {"error": "..."}\\n                     instead, on refusal
+
+The request is ``{"context": path, "cwd": dir, "env": {...}, "cgroups": {...},
+"comm": tag}``. The parent never reads it: the agent's environment carries its
+credentials, and whatever the parent's heap held would be copied into every
+later agent's address space. For the same reason the server starts with a
+scrubbed environment (:func:`server_environment`) and never reads cfn's
+settings.
+
+The child, before any agent code runs: its own process group, the agent's
+cgroups joined, the log as stdout and stderr, the workspace as cwd, the agent's
+environment, default signal handlers, and ``/proc/self/comm`` set to the
+agent's tag (its ``/proc/<pid>/environ`` is the server's, so re-attaching
+recognises a forked agent by that tag). Then it runs ``cfn agent run
+--context FILE`` in-process and ``_exit``s with its status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cfn.agents import shim
+from cfn.errors import CfnError
+from cfn.system.cgroups import Cgroups
+from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
+
+SOCKET = shim.SERVER_SOCKET
+RECORD = "instance.json"
+LOG = "server.log"
+START_TIMEOUT = 60.0
+#: Environment the server keeps (its own environ block is what every forked agent
+#: can read in its memory and in /proc/<pid>/environ: nothing else goes in).
+KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+# --- where and which -------------------------------------------------------------------------
+
+
+def package_dir() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def server_dir() -> Path:
+    """``$XDG_RUNTIME_DIR`` (or /tmp) ``/cfn-<uid>/agents-<hash of code and interpreter>``.
+
+    Short on purpose (a unix socket path holds at most 107 bytes) and the same for
+    every task and state directory of one checkout.
+    """
+    key = f"{package_dir()}\0{sys.executable}".encode()
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"cfn-{os.getuid()}"  # noqa: S108
+    return base / f"agents-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def code_stamp(root: Path | None = None) -> str:
+    """Changes whenever a module of cfn changes on disk (mtimes and sizes of its .py files)."""
+    digest = hashlib.sha256()
+    top = root or package_dir()
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    digest.update(f"{path}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and its parent) 0700 and refuse one someone else owns or can enter."""
+    for part in (path.parent, path):
+        part.mkdir(mode=0o700, exist_ok=True)
+        st = part.lstat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not part.is_dir():
+            raise CfnError(f"{part} is not a private directory of this user; not using it")
+
+
+def server_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: locale and paths only, never a secret."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in KEPT_ENV or k.startswith("PYTHON")}
+
+
+# --- the spawner's side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    socket: Path
+    stamp: str
+    started_at: float
+
+
+class AgentServer:
+    """Start, find and stop the agent server of this checkout."""
+
+    def __init__(self, directory: Path | None = None, *, idle: float = 600.0) -> None:
+        self.dir = directory or server_dir()
+        self.daemon = Daemon(self.dir, record=RECORD, log=LOG)
+        self.idle = idle
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / SOCKET
+
+    def running(self, stamp: str | None = None) -> ServerInfo | None:
+        """The live server of this checkout (of this code, when ``stamp`` is given)."""
+        data = self.daemon.read_record()
+        pid, start = data.get("pid"), data.get("pid_start")
+        if not is_ours(pid, start, lambda argv: "cfn.agents.forkserver" in argv):
+            return None
+        if stamp is not None and data.get("stamp") != stamp:
+            return None
+        assert isinstance(pid, int)
+        return ServerInfo(pid, self.socket, str(data.get("stamp")), float(data.get("at") or 0))
+
+    def ensure(self) -> ServerInfo:
+        """The running server, started first when there is none (or only a stale one)."""
+        stamp = code_stamp()
+        info = self.running(stamp)
+        if info is not None:
+            return info
+        _private_dir(self.dir)
+        with self.daemon.locked():
+            info = self.running(stamp)
+            if info is not None:
+                return info
+            stale = self.running()
+            if stale is not None:
+                # Old code: it exits by itself once its agents are done; no new ones.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stale.pid, signal.SIGUSR1)
+            self.socket.unlink(missing_ok=True)
+            proc = self.daemon.spawn(
+                [sys.executable, "-m", "cfn.agents.forkserver", str(self.dir), repr(self.idle)],
+                env=server_environment(),
+                cwd="/",
+            )
+            ready = wait_until(
+                lambda: _connectable(self.socket),
+                START_TIMEOUT,
+                exited=lambda: proc.poll() is not None,
+            )
+            if not ready:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+                why = self.daemon.log_tail() or f"see {self.daemon.log_file}"
+                raise CfnError(f"the agent server did not start: {why}")
+            self.daemon.write_record(record_of(proc.pid, stamp=stamp, at=time.time()))
+            # Detached and recorded: its exit is reaped by init, not by this process.
+            proc.returncode = 0
+            return ServerInfo(proc.pid, self.socket, stamp, time.time())
+
+    def agents(self, pid: int) -> list[int]:
+        """The agents the server ``pid`` forked that still run."""
+        try:
+            raw = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in raw.split()]
+
+    def start(self) -> ServerInfo:
+        """Start the server ahead of the first agent (``ensure`` does it on demand)."""
+        return self.ensure()
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """Stop the server (running agents keep running; their exit status is then lost)."""
+        stopped = self.daemon.stop_recorded(grace)
+        self.socket.unlink(missing_ok=True)
+        self.daemon.clear_record()
+        return stopped
+
+
+def _connectable(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, directory: Path, idle: float) -> None:
+        self.dir = directory
+        self.idle = idle
+        self.stamp = code_stamp()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, socket.socket | None] = {}
+        self.accepting = True
+        self.inode = -1
+        self.last_active = time.monotonic()
+        wake_r, self.wake_w = os.pipe()
+        self.wake_r = wake_r
+        os.set_blocking(wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def open(self) -> None:
+        path = self.dir / SOCKET
+        path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(str(path))
+        finally:
+            os.umask(old)
+        self.inode = path.stat().st_ino
+        self.listener.listen(64)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "signal")
+
+    def serve(self) -> None:
+        while self.accepting or self.children:
+            timeout = None
+            if self.accepting and not self.children:
+                timeout = max(0.0, self.last_active + self.idle - time.monotonic())
+            events = self.selector.select(timeout)
+            if not events and self.accepting and not self.children:
+                self.close_listener()  # idle for long enough
+                continue
+            for key, _mask in events:
+                if key.data == "accept":
+                    self.accept()
+                elif key.data == "signal":
+                    self.on_signals()
+        self.close_listener()
+
+    def close_listener(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener)
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                # Only if it is still ours (a newer server may have bound the path).
+                if (self.dir / SOCKET).stat().st_ino == self.inode:
+                    (self.dir / SOCKET).unlink()
+
+    def on_signals(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            received = os.read(self.wake_r, 512)
+            if signal.SIGTERM in received or signal.SIGINT in received:
+                raise SystemExit(0)
+            if signal.SIGUSR1 in received:
+                self.close_listener()  # replaced by a newer server: finish and go
+        self.reap()
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            self.last_active = time.monotonic()
+            if conn is not None:
+                report = {
+                    "status": status,
+                    "utime": usage.ru_utime,
+                    "stime": usage.ru_stime,
+                    "maxrss_kb": usage.ru_maxrss,
+                }
+                with contextlib.suppress(OSError):
+                    conn.sendall(json.dumps(report).encode() + b"\n")
+                conn.close()
+
+    def accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.last_active = time.monotonic()
+        conn.settimeout(5.0)
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 4)
+        except OSError:
+            conn.close()
+            return
+        try:
+            if len(fds) != 1:
+                self.refuse(conn, "expected exactly one file descriptor (the log)")
+            elif code_stamp() != self.stamp:
+                self.refuse(conn, "stale: cfn's code changed since this server started")
+                self.close_listener()
+            else:
+                self.fork(conn, fds[0])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def refuse(self, conn: socket.socket, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"error": reason}).encode() + b"\n")
+        conn.close()
+
+    def fork(self, conn: socket.socket, log_fd: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns (coverage cannot see it)
+            code = 127
+            try:
+                code = _child(conn, log_fd, keep=self)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(2, f"[cfn] the agent was not started: {exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        self.children[pid] = conn
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def _child(conn: socket.socket, log_fd: int, *, keep: _Server) -> int:
+    """In the forked child: become the agent (see the module docstring), run it."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+    os.setpgid(0, 0)
+    keep.selector.close()
+    keep.listener.close()
+    for fd in (keep.wake_r, keep.wake_w):
+        os.close(fd)
+    for other in keep.children.values():
+        if other is not None:
+            other.close()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        request = _read_request(conn)
+    finally:
+        conn.close()
+    cgroups = request.get("cgroups") or {}
+    if cgroups:
+        Cgroups(dict(cgroups)).join(os.getpid())
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(str(request.get("comm", "cfn-agent"))[:15])
+    os.chdir(str(request["cwd"]))
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+    context = Path(str(request["context"]))
+    sys.argv = ["cfn", "agent", "run", "--context", str(context)]
+    gc.unfreeze()
+    # As ``cfn agent run`` would: warnings and errors on stderr (the agent's log).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    from cfn.agents.runtime import run_agent
+    from cfn.settings import load_settings
+
+    try:
+        code, message = run_agent(context, load_settings())
+    except CfnError as exc:  # the settings themselves
+        code, message = exc.exit_code, f"[ERROR] {exc}"
+    if message:
+        os.write(2, message.encode(errors="replace") + b"\n")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    conn.settimeout(10.0)
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > shim.SERVER_REQUEST_MAX:
+            raise ValueError("agent request too large")
+    request = json.loads(data)
+    if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
+        raise ValueError("malformed agent request")
+    return request
+
+
+def preload() -> None:
+    """What forked agents use, imported once by the server."""
+    import mcp.client.session
+    import mcp.client.streamable_http  # noqa: F401
+
+    import cfn.agents.mcp_tools
+    import cfn.agents.runtime
+    import cfn.providers.clients.anthropic_messages
+    import cfn.providers.clients.offline
+    import cfn.providers.clients.openai_compat
+    import cfn.store.repository  # noqa: F401  (agents record their LLM calls)
+
+
+def main(argv: list[str]) -> int:
+    directory, idle = Path(argv[1]), float(argv[2])
+    preload()
+    # The imported code is shared by every fork: keep the collector from touching
+    # (and so copying) those objects' pages in each agent.
+    gc.collect()
+    gc.freeze()
+    server = _Server(directory, idle)
+    server.open()
+    print(f"agent server {os.getpid()} ready on {directory / SOCKET}", flush=True)
+    try:
+        server.serve()
+    finally:
+        server.close_listener()
+    print(f"agent server {os.getpid()} done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,209 @@
+"""The agent server on real processes: builtin agents forked from one preloaded Python,
+with the same contract as a plain start (pid, cgroups, stop, re-attach, exit record),
+a fallback when it is not there, no secret in its memory, and its own lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfn.agents import shim
+from cfn.agents.forkserver import AgentServer, server_environment
+from cfn.agents.spawn.process import ProcessSpawner
+from cfn.coordination.completion import collect_results
+from cfn.coordination.connection import RedisManager
+from cfn.settings import Settings
+from cfn.system.cgroups import cgroups_writable
+from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_stat_fields
+from tests.support.llm_servers import LLMServer, Reply
+from tests.support.servers import RedisServer
+
+CGROUPS = cgroups_writable()
+
+
+def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while proc_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not proc_alive(pid)
+
+
+def _server_pid() -> int:
+    info = AgentServer().running()
+    assert info is not None, "no agent server is running"
+    return info.pid
+
+
+async def test_a_builtin_agent_is_forked_and_reports(
+    spawner: ProcessSpawner, make_context: Any, redis_server: RedisServer
+) -> None:
+    ctx = make_context("impl-1-1", provider="offline", epic="hello. offline-confidence: 0.9")
+    handle = await spawner.spawn(ctx)
+    info = await handle.wait()
+    assert info.exit_code == 0, handle.log_path.read_text()
+    state = json.loads((handle.directory / "state.json").read_text())
+    record = json.loads((handle.directory / "exit.json").read_text())
+    assert state["forked"] is True and record["forked"] is True
+    assert record["status_lost"] is False
+    assert record["cpu_user"] + record["cpu_system"] > 0
+    manager = RedisManager.from_url(redis_server.url)
+    try:
+        report = await collect_results(manager, ctx.task_id, 1, 0.5, 5.0)
+    finally:
+        await manager.close()
+    assert report.results[0].agent_id == "impl-1-1" and report.results[0].ok
+
+
+async def test_a_forked_agent_keeps_the_process_contract(
+    make_context: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    secret = "sk-moonshot-forkserver-test-key"
+    with LLMServer() as llm:
+        # The model never answers in time: the agent waits in its first call.
+        llm.push(Reply(body={"error": "too late"}, delay=30.0))
+        spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+        ctx = make_context("impl-1-2", provider="kimi")
+        env = {"KIMI_BASE_URL": llm.openai_url, "MOONSHOT_API_KEY": secret}
+        handle = await spawner.spawn(ctx, env=env)
+        try:
+            deadline = time.monotonic() + 20
+            while not llm.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert llm.requests, handle.log_path.read_text()
+            server = _server_pid()
+            # Its own process, a child of the server, in its own group, named by its tag.
+            assert proc_stat_fields(handle.pid, 4) == [server]  # ppid
+            assert proc_stat_fields(handle.pid, 5) == [handle.pid]  # its own process group
+            assert proc_comm(handle.pid) == shim.comm_tag(handle.name)
+            if CGROUPS:
+                groups = Path(f"/proc/{handle.pid}/cgroup").read_text()
+                assert f"cfn/{handle.name}" in groups
+            # The key went to the agent (it called the stand-in with it) and nowhere else.
+            assert llm.requests[0].headers.get("authorization") == f"Bearer {secret}"
+            assert secret not in json.dumps(proc_environ(server))
+            assert secret not in Path(f"/proc/{server}/cmdline").read_text()
+            # A restarted orchestrator re-attaches by pid, and the tag vouches for it.
+            again = await ProcessSpawner(settings).attach(ctx.task_id, "impl-1-2", handle.pid)
+            assert again.running
+            await again.stop()
+            info = await handle.wait()
+        finally:
+            await handle.kill()
+    assert info.status == "killed" and info.signal == signal.SIGTERM, info
+    assert info.reason == "stopped on request (SIGTERM)"
+    assert not proc_alive(handle.pid)
+
+
+async def test_off_means_a_plain_start(
+    make_context: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    plain = settings.model_copy(update={"cfn_agent_server": "off"})
+    spawner = ProcessSpawner(plain, redis_url=redis_server.url)
+    ctx = make_context("impl-1-3", provider="offline", epic="hello. offline-confidence: 0.9")
+    handle = await spawner.spawn(ctx)
+    info = await handle.wait()
+    assert info.exit_code == 0, handle.log_path.read_text()
+    assert json.loads((handle.directory / "exit.json").read_text())["forked"] is False
+
+
+def test_the_supervisor_starts_the_agent_itself_when_the_server_is_gone(tmp_path: Path) -> None:
+    """The shim's own contract: a spec naming a server that does not answer still runs."""
+    out = tmp_path / "ran"
+    spec = {
+        "name": "cfn-agent-impl-1-1-tfallback",
+        "task_id": "tfallback",
+        "agent_id": "impl-1-1",
+        "dir": str(tmp_path),
+        "command": [sys.executable, "-c", f"open({str(out)!r}, 'w').write('yes')"],
+        "cwd": str(tmp_path),
+        "log": str(tmp_path / "agent.log"),
+        "memory": None,
+        "memory_bytes": None,
+        "cpus": None,
+        "timeout": 30,
+        "kill_grace": 1,
+        "cgroups": "off",
+        "server": {"socket": str(tmp_path / "nobody.sock"), "context": "unused"},
+    }
+    (tmp_path / "shim.json").write_text(json.dumps(spec))
+    ready_r, ready_w = os.pipe()
+    with open(tmp_path / "agent.log", "ab") as log:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", shim.__file__, str(tmp_path / "shim.json"), str(ready_w)],
+            pass_fds=(ready_w,),
+            stdout=log,
+            stderr=log,
+            timeout=60,
+            check=False,
+        )
+    os.close(ready_w)
+    os.close(ready_r)
+    assert proc.returncode == 0
+    assert out.read_text() == "yes"
+    record = json.loads((tmp_path / "exit.json").read_text())
+    assert record["forked"] is False and record["exit_code"] == 0
+    assert "agent server not used" in (tmp_path / "agent.log").read_text()
+
+
+def test_a_stale_server_is_replaced_and_an_idle_one_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CFN_TEST_SECRET", "do-not-copy-me")
+    servers = AgentServer(tmp_path / "srv", idle=1.5)
+    first = servers.ensure()
+    try:
+        assert servers.ensure().pid == first.pid  # reused
+        environ = proc_environ(first.pid) or {}
+        assert "CFN_TEST_SECRET" not in environ
+        assert set(environ) <= set(server_environment(environ))
+        assert (tmp_path / "srv" / "agents.sock").stat().st_mode & 0o077 == 0
+        # A record from other code: the old server is told to go, a new one starts.
+        record = json.loads((tmp_path / "srv" / "instance.json").read_text())
+        record["stamp"] = "older-code"
+        (tmp_path / "srv" / "instance.json").write_text(json.dumps(record))
+        second = servers.ensure()
+        assert second.pid != first.pid
+        assert _wait_gone(first.pid)
+        # Idle for longer than its idle time: it exits and takes its socket with it.
+        assert _wait_gone(second.pid)
+        assert not (tmp_path / "srv" / "agents.sock").exists()
+    finally:
+        servers.stop(grace=1.0)
+
+
+def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
+    servers = AgentServer(tmp_path / "srv", idle=60)
+    info = servers.ensure()
+    try:
+        # No file descriptor with the header: refused with a reason.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(info.socket))
+            sock.sendall(b"F")
+            assert "file descriptor" in json.loads(sock.recv(4096))["error"]
+        # A malformed request reaches only the forked child: it exits 127 with one line.
+        log = tmp_path / "child.log"
+        with open(log, "ab") as handle:
+            pid, conn = shim.fork_via_server(
+                str(info.socket), {"env": "not a dict"}, handle.fileno()
+            )
+        with conn:
+            conn.settimeout(20)
+            report = json.loads(shim._read_line(conn))
+        assert os.waitstatus_to_exitcode(report["status"]) == 127
+        assert not proc_alive(pid)
+        assert "the agent was not started" in log.read_text()
+        assert proc_alive(info.pid)
+        assert servers.running() is not None
+    finally:
+        assert servers.stop(grace=1.0)
+    assert not proc_alive(info.pid)
