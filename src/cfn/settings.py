@@ -9,6 +9,7 @@ seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 from __future__ import annotations
 
 import math
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -158,6 +159,12 @@ class Settings(BaseSettings):
     cfn_agent_server_idle: float = Field(
         default=600.0, gt=0, le=86400, description="Seconds the agent server stays without agents."
     )
+    cfn_agent_server_dir: Path | None = Field(
+        default=None,
+        description="Where the agent servers live (default $XDG_RUNTIME_DIR or /tmp, "
+        "then cfn-<uid>); each checkout's is a directory in it.",
+    )
+    xdg_runtime_dir: Path | None = None
 
     # --- Providers (seed: "Provider Routing") -------------------------------
     cfn_custom_routing: bool = Field(
@@ -403,6 +410,13 @@ class Settings(BaseSettings):
         if self.cfn_spawn_mode is not None:
             return self.cfn_spawn_mode
         return "docker" if (self.mode or "").strip().lower() == "docker" else "process"
+
+    @property
+    def agent_server_base(self) -> Path:
+        """The directory the agent servers of this user live in (cfn.agents.forkserver)."""
+        if self.cfn_agent_server_dir is not None:
+            return self.cfn_agent_server_dir
+        return (self.xdg_runtime_dir or Path("/tmp")) / f"cfn-{os.getuid()}"  # noqa: S108
 
     @property
     def state_dir(self) -> Path:

@@ -24,8 +24,9 @@ from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
 from cfn.system.cgroups import cgroups_writable
 from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_stat_fields
+from tests.conftest import CFN
 from tests.support.llm_servers import LLMServer, Reply
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, cfn_env
 
 CGROUPS = cgroups_writable()
 
@@ -37,8 +38,8 @@ def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
     return not proc_alive(pid)
 
 
-def _server_pid() -> int:
-    info = AgentServer().running()
+def _server_pid(settings: Settings) -> int:
+    info = AgentServer.from_settings(settings).running()
     assert info is not None, "no agent server is running"
     return info.pid
 
@@ -79,7 +80,7 @@ async def test_a_forked_agent_keeps_the_process_contract(
             while not llm.requests and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert llm.requests, handle.log_path.read_text()
-            server = _server_pid()
+            server = _server_pid(settings)
             # Its own process, a child of the server, in its own group, named by its tag.
             assert proc_stat_fields(handle.pid, 4) == [server]  # ppid
             assert proc_stat_fields(handle.pid, 5) == [handle.pid]  # its own process group
@@ -207,3 +208,32 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
     finally:
         assert servers.stop(grace=1.0)
     assert not proc_alive(info.pid)
+
+
+def test_the_cli_shows_starts_and_stops_the_server(tmp_path: Path) -> None:
+    env = cfn_env(tmp_path, CFN_AGENT_SERVER_DIR=str(tmp_path / "servers"))
+
+    def cfn(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CFN, "agents", "server", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert cfn("status").returncode == 1
+    started = cfn("start")
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.split("pid ")[1].split()[0])
+    assert proc_alive(pid)
+    status = cfn("status")
+    assert status.returncode == 0 and str(pid) in status.stdout and "current" in status.stdout
+    assert "agent server stopped" in cfn("stop").stdout
+    assert _wait_gone(pid)
+    assert cfn("status").returncode == 1
+    assert "was not running" in cfn("stop").stdout
+    bad = cfn("status", CFN_AGENT_SERVER="sometimes")
+    assert bad.returncode != 0 and "CFN_AGENT_SERVER" in bad.stderr.upper()
+    assert "Traceback" not in bad.stderr

@@ -57,6 +57,7 @@ from typing import Any
 
 from cfn.agents import shim
 from cfn.errors import CfnError
+from cfn.settings import Settings
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
 
@@ -76,14 +77,15 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def server_dir() -> Path:
-    """``$XDG_RUNTIME_DIR`` (or /tmp) ``/cfn-<uid>/agents-<hash of code and interpreter>``.
+def server_dir(base: Path) -> Path:
+    """``base/agents-<hash of code and interpreter>``; base is ``$XDG_RUNTIME_DIR`` (or
+    /tmp) ``/cfn-<uid>`` unless ``CFN_AGENT_SERVER_DIR`` says otherwise
+    (``Settings.agent_server_base``).
 
     Short on purpose (a unix socket path holds at most 107 bytes) and the same for
     every task and state directory of one checkout.
     """
     key = f"{package_dir()}\0{sys.executable}".encode()
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"cfn-{os.getuid()}"  # noqa: S108
     return base / f"agents-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
@@ -131,10 +133,14 @@ class ServerInfo:
 class AgentServer:
     """Start, find and stop the agent server of this checkout."""
 
-    def __init__(self, directory: Path | None = None, *, idle: float = 600.0) -> None:
-        self.dir = directory or server_dir()
+    def __init__(self, directory: Path, *, idle: float = 600.0) -> None:
+        self.dir = directory
         self.daemon = Daemon(self.dir, record=RECORD, log=LOG)
         self.idle = idle
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AgentServer:
+        return cls(server_dir(settings.agent_server_base), idle=settings.cfn_agent_server_idle)
 
     @property
     def socket(self) -> Path:

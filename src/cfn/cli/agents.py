@@ -131,7 +131,7 @@ def kill_cmd(
 def _server() -> AgentServer:
     from cfn.agents.forkserver import AgentServer
 
-    return AgentServer(idle=settings().cfn_agent_server_idle)
+    return AgentServer.from_settings(settings())
 
 
 @server_app.command("status")

@@ -307,7 +307,7 @@ class ProcessSpawner:
         if self.settings.cfn_agent_server == "off":
             return None
         try:
-            return str(AgentServer(idle=self.settings.cfn_agent_server_idle).ensure().socket)
+            return str(AgentServer.from_settings(self.settings).ensure().socket)
         except (CfnError, OSError) as exc:
             log.warning("agent server unavailable (%s); agents start without it", exc)
             return None
