@@ -57,11 +57,11 @@ from typing import Any
 
 from cfn.agents import shim
 from cfn.errors import CfnError
-from cfn.settings import Settings
+from cfn.settings import Settings, early
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
 
-SOCKET = shim.SERVER_SOCKET
+SOCKET = early.SERVER_SOCKET
 RECORD = "instance.json"
 LOG = "server.log"
 START_TIMEOUT = 60.0
@@ -73,26 +73,10 @@ KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # --- where and which -------------------------------------------------------------------------
 
 
-def package_dir() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def server_dir(base: Path) -> Path:
-    """``base/agents-<hash of code and interpreter>``; base is ``$XDG_RUNTIME_DIR`` (or
-    /tmp) ``/cfn-<uid>`` unless ``CFN_AGENT_SERVER_DIR`` says otherwise
-    (``Settings.agent_server_base``).
-
-    Short on purpose (a unix socket path holds at most 107 bytes) and the same for
-    every task and state directory of one checkout.
-    """
-    key = f"{package_dir()}\0{sys.executable}".encode()
-    return base / f"agents-{hashlib.sha256(key).hexdigest()[:12]}"
-
-
 def code_stamp(root: Path | None = None) -> str:
     """Changes whenever a module of cfn changes on disk (mtimes and sizes of its .py files)."""
     digest = hashlib.sha256()
-    top = root or package_dir()
+    top = root or Path(early.package_dir())
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
@@ -140,7 +124,7 @@ class AgentServer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentServer:
-        return cls(server_dir(settings.agent_server_base), idle=settings.cfn_agent_server_idle)
+        return cls(settings.agent_server_dir, idle=settings.cfn_agent_server_idle)
 
     @property
     def socket(self) -> Path:

@@ -48,8 +48,7 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 EXIT_FILE = "exit.json"
 LOG_TAIL_BYTES = 8192
-#: The agent server's socket (cfn.agents.forkserver), and the largest request it reads.
-SERVER_SOCKET = "agents.sock"
+#: The largest request the agent server (cfn.agents.forkserver) reads.
 SERVER_REQUEST_MAX = 4 * 1024 * 1024
 SERVER_TIMEOUT = 10.0
 

@@ -1,6 +1,6 @@
 """Every setting cfn reads, in one pydantic-settings model.
 
-This is the only module that reads the environment. Names are the seed's
+With :mod:`cfn.settings.early`, the only code that reads the environment. Names are the seed's
 environment variables (REDIS_URL, REDIS_FALLBACK_1, ...); defaults are the
 seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 3 retries per request, 100 ms retry delay on failover).
@@ -9,7 +9,6 @@ seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 from __future__ import annotations
 
 import math
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic_settings import (
 )
 
 from cfn.errors import ConfigError
+from cfn.settings import early
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -412,11 +412,14 @@ class Settings(BaseSettings):
         return "docker" if (self.mode or "").strip().lower() == "docker" else "process"
 
     @property
-    def agent_server_base(self) -> Path:
-        """The directory the agent servers of this user live in (cfn.agents.forkserver)."""
-        if self.cfn_agent_server_dir is not None:
-            return self.cfn_agent_server_dir
-        return (self.xdg_runtime_dir or Path("/tmp")) / f"cfn-{os.getuid()}"  # noqa: S108
+    def agent_server_dir(self) -> Path:
+        """This checkout's agent server directory (cfn.agents.forkserver), found as the
+        launcher finds it (cfn.settings.early)."""
+        base = early.agent_server_base(
+            str(self.cfn_agent_server_dir) if self.cfn_agent_server_dir else None,
+            str(self.xdg_runtime_dir) if self.xdg_runtime_dir else None,
+        )
+        return Path(early.agent_server_dir(base))
 
     @property
     def state_dir(self) -> Path:
