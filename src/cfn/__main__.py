@@ -1,3 +1,3 @@
-from cfn.cli.main import main
+from cfn.cli.launch import main
 
 main()

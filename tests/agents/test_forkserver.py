@@ -202,7 +202,7 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
             report = json.loads(shim._read_line(conn))
         assert os.waitstatus_to_exitcode(report["status"]) == 127
         assert not proc_alive(pid)
-        assert "the agent was not started" in log.read_text()
+        assert "[cfn] not started: ValueError" in log.read_text()
         assert proc_alive(info.pid)
         assert servers.running() is not None
     finally:

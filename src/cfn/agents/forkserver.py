@@ -50,7 +50,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,15 @@ from cfn.errors import CfnError
 from cfn.settings import Settings, early
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
+from cfn.system.unix import unix_address
+
+log = logging.getLogger(__name__)
 
 SOCKET = early.SERVER_SOCKET
+#: How the server is started: the CLI runs it, with the CLI's own kind of request.
+SERVE_COMMAND = [sys.executable, "-m", "cfn", "agents", "server", "serve"]
+#: What a forked child runs: (the client's connection, the descriptors it passed) -> exit code.
+Child = Callable[[socket.socket, list[int]], int]
 RECORD = "instance.json"
 LOG = "server.log"
 START_TIMEOUT = 60.0
@@ -134,50 +141,55 @@ class AgentServer:
         """The live server of this checkout (of this code, when ``stamp`` is given)."""
         data = self.daemon.read_record()
         pid, start = data.get("pid"), data.get("pid_start")
-        if not is_ours(pid, start, lambda argv: "cfn.agents.forkserver" in argv):
+        if not is_ours(pid, start, _is_server_argv):
             return None
         if stamp is not None and data.get("stamp") != stamp:
             return None
         assert isinstance(pid, int)
         return ServerInfo(pid, self.socket, str(data.get("stamp")), float(data.get("at") or 0))
 
-    def ensure(self) -> ServerInfo:
-        """The running server, started first when there is none (or only a stale one)."""
+    def ensure(self, *, wait: bool = True) -> ServerInfo:
+        """The server of this code, started first when there is none (or only a stale
+        one); with ``wait``, once it takes requests (CfnError when it does not start)."""
         stamp = code_stamp()
         info = self.running(stamp)
-        if info is not None:
-            return info
-        _private_dir(self.dir)
-        with self.daemon.locked():
-            info = self.running(stamp)
-            if info is not None:
-                return info
-            stale = self.running()
-            if stale is not None:
-                # Old code: it exits by itself once its agents are done; no new ones.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(stale.pid, signal.SIGUSR1)
-            self.socket.unlink(missing_ok=True)
-            proc = self.daemon.spawn(
-                [sys.executable, "-m", "cfn.agents.forkserver", str(self.dir), repr(self.idle)],
-                env=server_environment(),
-                cwd="/",
-            )
+        if info is None:
+            _private_dir(self.dir)
+            with self.daemon.locked():
+                info = self.running(stamp) or self._launch(stamp)
+        if wait and not _connectable(self.socket):
+            pid = info.pid
             ready = wait_until(
                 lambda: _connectable(self.socket),
                 START_TIMEOUT,
-                exited=lambda: proc.poll() is not None,
+                exited=lambda: self.running(stamp) is None,
             )
             if not ready:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+                    if self.running(stamp) is not None:
+                        os.kill(pid, signal.SIGKILL)
                 why = self.daemon.log_tail() or f"see {self.daemon.log_file}"
                 raise CfnError(f"the agent server did not start: {why}")
-            self.daemon.write_record(record_of(proc.pid, stamp=stamp, at=time.time()))
-            # Detached and recorded: its exit is reaped by init, not by this process.
-            proc.returncode = 0
-            return ServerInfo(proc.pid, self.socket, stamp, time.time())
+        return info
+
+    def _launch(self, stamp: str) -> ServerInfo:
+        """Start a server (the lock held); it is recorded at once and ready moments later."""
+        stale = self.running()
+        if stale is not None:
+            # Old code: it exits by itself once its children are done; no new ones.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stale.pid, signal.SIGUSR1)
+        self.socket.unlink(missing_ok=True)
+        proc = self.daemon.spawn(
+            [*SERVE_COMMAND, str(self.dir), repr(self.idle)],
+            env=server_environment(),
+            cwd="/",
+        )
+        now = time.time()
+        self.daemon.write_record(record_of(proc.pid, stamp=stamp, at=now))
+        # Detached and recorded: its exit is reaped by init, not by this process.
+        proc.returncode = 0
+        return ServerInfo(proc.pid, self.socket, stamp, now)
 
     def agents(self, pid: int) -> list[int]:
         """The agents the server ``pid`` forked that still run."""
@@ -191,6 +203,12 @@ class AgentServer:
         """Start the server ahead of the first agent (``ensure`` does it on demand)."""
         return self.ensure()
 
+    def start_background(self) -> None:
+        """Start the server if it is not running, without waiting for it (what a plain
+        ``cfn`` command does so that the next one is forked); never raises."""
+        with contextlib.suppress(CfnError, OSError):
+            self.ensure(wait=False)
+
     def stop(self, grace: float = 5.0) -> bool:
         """Stop the server (running agents keep running; their exit status is then lost)."""
         stopped = self.daemon.stop_recorded(grace)
@@ -199,10 +217,15 @@ class AgentServer:
         return stopped
 
 
+def _is_server_argv(argv: list[str]) -> bool:
+    return argv[1 : len(SERVE_COMMAND)] == SERVE_COMMAND[1:]
+
+
 def _connectable(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            probe.connect(str(path))
+            with unix_address(str(path)) as address:
+                probe.connect(address)
         except OSError:
             return False
     return True
@@ -211,10 +234,11 @@ def _connectable(path: Path) -> bool:
 # --- the server ------------------------------------------------------------------------------
 
 
-class _Server:
-    def __init__(self, directory: Path, idle: float) -> None:
+class Server:
+    def __init__(self, directory: Path, idle: float, kinds: Mapping[bytes, Kind]) -> None:
         self.dir = directory
         self.idle = idle
+        self.kinds = dict(kinds)
         self.stamp = code_stamp()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.selector = selectors.DefaultSelector()
@@ -232,7 +256,8 @@ class _Server:
         path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            self.listener.bind(str(path))
+            with unix_address(str(path)) as address:
+                self.listener.bind(address)
         finally:
             os.umask(old)
         self.inode = path.stat().st_ino
@@ -309,18 +334,21 @@ class _Server:
         self.last_active = time.monotonic()
         conn.settimeout(5.0)
         try:
-            _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 4)
+            header, fds, _flags, _addr = socket.recv_fds(conn, 1, 4)
         except OSError:
             conn.close()
             return
         try:
-            if len(fds) != 1:
-                self.refuse(conn, "expected exactly one file descriptor (the log)")
+            kind = self.kinds.get(header)
+            if kind is None:
+                self.refuse(conn, f"unknown request {header!r}")
+            elif len(fds) != kind.fds:
+                self.refuse(conn, f"expected {kind.fds} file descriptor(s) with {header!r}")
             elif code_stamp() != self.stamp:
                 self.refuse(conn, "stale: cfn's code changed since this server started")
                 self.close_listener()
             else:
-                self.fork(conn, fds[0])
+                self.fork(conn, fds, kind.child)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -330,42 +358,51 @@ class _Server:
             conn.sendall(json.dumps({"error": reason}).encode() + b"\n")
         conn.close()
 
-    def fork(self, conn: socket.socket, log_fd: int) -> None:
+    def fork(self, conn: socket.socket, fds: list[int], child: Child) -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns (coverage cannot see it)
             code = 127
             try:
-                code = _child(conn, log_fd, keep=self)
+                self.leave()
+                code = child(conn, fds)
             except BaseException as exc:
                 with contextlib.suppress(OSError):
-                    os.write(2, f"[cfn] the agent was not started: {exc!r}\n".encode())
+                    os.write(2, f"[cfn] not started: {exc!r}\n".encode())
             finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
                 os._exit(code)
         self.children[pid] = conn
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
+    def leave(self) -> None:
+        """In a forked child: drop everything of the server's (signals, sockets, pipes)."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.selector.close()
+        self.listener.close()
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        for other in self.children.values():
+            if other is not None:
+                other.close()
+        gc.unfreeze()
 
-def _child(conn: socket.socket, log_fd: int, *, keep: _Server) -> int:
+
+def agent_child(conn: socket.socket, fds: list[int]) -> int:
     """In the forked child: become the agent (see the module docstring), run it."""
-    signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(signum, signal.SIG_DFL)
     os.setpgid(0, 0)
-    keep.selector.close()
-    keep.listener.close()
-    for fd in (keep.wake_r, keep.wake_w):
-        os.close(fd)
-    for other in keep.children.values():
-        if other is not None:
-            other.close()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[0], 2)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     try:
-        request = _read_request(conn)
+        request = read_request(conn)
     finally:
         conn.close()
     cgroups = request.get("cgroups") or {}
@@ -378,7 +415,6 @@ def _child(conn: socket.socket, log_fd: int, *, keep: _Server) -> int:
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
     context = Path(str(request["context"]))
     sys.argv = ["cfn", "agent", "run", "--context", str(context)]
-    gc.unfreeze()
     # As ``cfn agent run`` would: warnings and errors on stderr (the agent's log).
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     from cfn.agents.runtime import run_agent
@@ -390,13 +426,10 @@ def _child(conn: socket.socket, log_fd: int, *, keep: _Server) -> int:
         code, message = exc.exit_code, f"[ERROR] {exc}"
     if message:
         os.write(2, message.encode(errors="replace") + b"\n")
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
     return code
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def read_request(conn: socket.socket) -> dict[str, Any]:
     conn.settimeout(10.0)
     data = bytearray()
     while not data.endswith(b"\n"):
@@ -425,23 +458,30 @@ def preload() -> None:
     import cfn.store.repository  # noqa: F401  (agents record their LLM calls)
 
 
-def main(argv: list[str]) -> int:
-    directory, idle = Path(argv[1]), float(argv[2])
-    preload()
+@dataclass(frozen=True)
+class Kind:
+    """One kind of request: how many file descriptors come with it, what the child runs."""
+
+    fds: int
+    child: Child
+
+
+#: The agents' kind; the CLI adds its own (cfn.cli.served).
+AGENT = {b"F": Kind(1, agent_child)}
+
+
+def serve(directory: Path, idle: float, kinds: Mapping[bytes, Kind]) -> int:
+    """Run the server (what ``cfn agents server serve`` does), preloaded by the caller."""
     # The imported code is shared by every fork: keep the collector from touching
-    # (and so copying) those objects' pages in each agent.
+    # (and so copying) those objects' pages in each child.
     gc.collect()
     gc.freeze()
-    server = _Server(directory, idle)
+    server = Server(directory, idle, kinds)
     server.open()
-    print(f"agent server {os.getpid()} ready on {directory / SOCKET}", flush=True)
+    log.warning("agent server %s ready on %s", os.getpid(), directory / SOCKET)
     try:
         server.serve()
     finally:
         server.close_listener()
-    print(f"agent server {os.getpid()} done", flush=True)
+    log.warning("agent server %s done", os.getpid())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -64,6 +64,7 @@ if __name__ == "__main__":  # pragma: no branch
 
 from cfn.system.cgroups import Cgroups  # noqa: E402 (after the script's path set-up)
 from cfn.system.proc import proc_start_ticks  # noqa: E402
+from cfn.system.unix import unix_address  # noqa: E402
 
 # --- the supervisor ---------------------------------------------------------------------
 
@@ -112,7 +113,8 @@ def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> t
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(SERVER_TIMEOUT)
-        sock.connect(socket_path)
+        with unix_address(socket_path) as address:
+            sock.connect(address)
         socket.send_fds(sock, [b"F"], [log_fd])
         sock.sendall(json.dumps(request).encode() + b"\n")
         reply = json.loads(_read_line(sock) or b"null")

@@ -158,6 +158,17 @@ def server_status() -> None:
         raise typer.Exit(1)
 
 
+@server_app.command("serve", hidden=True)
+def server_serve(
+    directory: Annotated[Path, typer.Argument(help="The server's directory.")],
+    idle: Annotated[float, typer.Argument(min=0.001, max=86400, help="Idle seconds.")],
+) -> None:
+    """Run the agent server in the foreground (what agents and commands start on demand)."""
+    from cfn.cli.served import serve
+
+    raise typer.Exit(serve(directory, idle))
+
+
 @server_app.command("start")
 def server_start() -> None:
     """Start the agent server now (agents start it on demand otherwise)."""

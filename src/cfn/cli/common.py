@@ -20,6 +20,13 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def reset_consoles() -> None:
+    """Set both consoles up again from the current environment and streams (a command
+    forked from the agent server has the caller's, not the server's; cfn.cli.served)."""
+    out.__init__(highlight=False, soft_wrap=True)  # type: ignore[misc]
+    err.__init__(stderr=True, highlight=False, soft_wrap=True)  # type: ignore[misc]
+
+
 def setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
     logging.basicConfig(

@@ -114,10 +114,14 @@ def _root(
     setup_logging(verbose)
 
 
-def main() -> None:
-    """Entry point: run the app; CfnError becomes one ``[ERROR]`` line and an exit code."""
+def main(prog_name: str | None = None) -> None:
+    """Run the app; CfnError becomes one ``[ERROR]`` line and an exit code.
+
+    ``prog_name`` is what usage lines call the program (``cfn`` or ``python -m cfn``,
+    cfn.cli.launch.prog_name); click guesses it from the process otherwise.
+    """
     try:
-        app()
+        app(prog_name=prog_name)
     except CfnError as exc:
         err.print(f"[ERROR] {exc}", markup=False)
         sys.exit(exc.exit_code)

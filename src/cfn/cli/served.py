@@ -1,0 +1,130 @@
+"""``cfn`` commands forked from the agent server: the server's CLI side.
+
+The agent server (:mod:`cfn.agents.forkserver`) runs as ``cfn agents server
+serve``; besides builtin agents it forks the short commands the launcher
+(:mod:`cfn.cli.launch`) hands it, with everything a ``cfn`` process would have
+imported already loaded. Wire format of a command (b"C")::
+
+    client -> server   1 byte b"C", with SCM_RIGHTS: [stdin, stdout, stderr]
+    client -> server   {"argv": [...], "prog": "cfn", "env": {...}, "cwd": dir}\\n
+                       (read by the child only)
+    server -> client   {"pid": N}\\n, later {"status": S, ...}\\n   (as for agents)
+
+The child takes the three descriptors as its own 0, 1 and 2, the caller's
+directory, environment and arguments, fresh ``sys.std*`` streams and consoles
+(so NO_COLOR, COLUMNS and a terminal are the caller's), empty settings caches,
+and runs the command as ``cfn`` would. It watches the connection: when the
+caller goes away (even SIGKILLed), the command is interrupted as Ctrl-C would.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from cfn.agents import forkserver
+
+
+def preload() -> None:
+    """What agents and the forkable commands (cfn.cli.launch.FORKABLE) use."""
+    forkserver.preload()
+    import cfn.cli.coordination
+    import cfn.cli.debug
+    import cfn.cli.main
+    import cfn.cli.providers
+    import cfn.cli.store
+    import cfn.cli.worktree  # noqa: F401
+
+
+def start_in_background() -> None:
+    """Start the agent server for the next command, without waiting (never fails the
+    command that asks: a settings error is that command's to report)."""
+    from cfn.errors import CfnError
+    from cfn.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except CfnError:
+        return
+    if settings.cfn_agent_server == "auto":
+        forkserver.AgentServer.from_settings(settings).start_background()
+
+
+def serve(directory: Path, idle: float) -> int:
+    preload()
+    kinds = {**forkserver.AGENT, b"C": forkserver.Kind(3, command_child)}
+    return forkserver.serve(directory, idle, kinds)
+
+
+def _stream(fd: int, mode: str, unbuffered: bool) -> io.TextIOWrapper:
+    errors = "backslashreplace" if fd == 2 else "strict"
+    if mode == "r":
+        return io.TextIOWrapper(io.FileIO(fd, "r", closefd=False), encoding="utf-8")
+    tty = os.isatty(fd)
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors=errors,
+        line_buffering=tty or fd == 2,
+        write_through=unbuffered,
+    )
+
+
+def _watch_caller(conn: socket.socket) -> None:
+    """Interrupt the command once the caller's end of the connection closes."""
+
+    def watch() -> None:
+        try:
+            conn.settimeout(None)
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="cfn-caller-watch", daemon=True).start()
+
+
+def command_child(conn: socket.socket, fds: list[int]) -> int:
+    """In the forked child: become the caller's ``cfn`` command and run it."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    request = forkserver.read_request(conn)
+    argv = request.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("malformed command request")
+    os.chdir(str(request["cwd"]))
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    sys.stdin = _stream(0, "r", unbuffered)
+    sys.stdout = _stream(1, "w", unbuffered)
+    sys.stderr = _stream(2, "w", unbuffered)
+    sys.argv = ["cfn", *argv]
+    _watch_caller(conn)
+
+    from cfn.cli.common import reset_consoles
+    from cfn.cli.main import main
+    from cfn.settings import get_settings
+
+    get_settings.cache_clear()
+    reset_consoles()
+    prog = request.get("prog")
+    try:
+        main(prog if isinstance(prog, str) else "cfn")
+    except SystemExit as done:
+        code = done.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
