@@ -1,0 +1,141 @@
+"""The ``cfn`` launcher on real processes: short commands forked from the agent server
+answer exactly as a plain run does, signals reach them, a caller that dies takes its
+command with it, and without a server the command runs here and starts one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cfn.cli.launch import forkable
+from cfn.system.proc import proc_alive
+from tests.support.servers import RedisServer, cfn_env
+
+CFN = [sys.executable, "-m", "cfn"]
+#: The launcher run in-process, reporting whether it imported the CLI (typer) itself.
+PROBE = (
+    "import atexit, sys, runpy; "
+    "atexit.register(lambda: print('TYPER', 'typer' in sys.modules, file=sys.stderr)); "
+    "sys.argv = ['cfn', *sys.argv[1:]]; "
+    "runpy.run_module('cfn', run_name='__main__', alter_sys=True)"
+)
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CFN, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def probe(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    marker = [line for line in done.stderr.splitlines() if line.startswith("TYPER ")]
+    assert marker, done.stderr
+    return done, marker[-1] == "TYPER True"
+
+
+def wait_for(check: object, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str]]:
+    """A private agent server directory (the checkout's own one is shared by other tests)."""
+    values = cfn_env(
+        tmp_path, REDIS_URL=redis_server.url, CFN_AGENT_SERVER_DIR=str(tmp_path / "srv")
+    )
+    try:
+        yield values
+    finally:
+        run(values, "agents", "server", "stop")
+
+
+def test_which_commands_may_be_forked() -> None:
+    assert forkable(["signal", "send"]) and forkable(["-v", "context", "get"])
+    assert forkable([]) and forkable(["--help"])
+    for name in ("run", "orchestrate", "portal", "agents", "spawn-agent", "redis", "health"):
+        assert not forkable([name])
+
+
+def test_a_plain_run_starts_the_server_and_the_next_command_is_forked(
+    env: dict[str, str],
+) -> None:
+    first, here = probe(env, "ports")
+    assert first.returncode == 0 and here  # no server yet: the CLI ran in this process
+    assert wait_for(lambda: run(env, "agents", "server", "status").returncode == 0)
+    assert wait_for(lambda: probe(env, "ports")[1] is False, timeout=30)
+    second, here = probe(env, "ports")
+    assert not here and second.returncode == 0
+    assert second.stdout == first.stdout
+
+
+def test_forked_commands_answer_as_plain_ones(env: dict[str, str]) -> None:
+    assert run(env, "agents", "server", "start").returncode == 0
+    plain = {**env, "CFN_AGENT_SERVER": "off"}
+    value = json.dumps({"files": ["x.py"]})
+    cases = [
+        ("context", "store", "--task-id", "T1", "--key", "k", "--value", value),
+        ("context", "get", "--task-id", "T1", "--key", "k"),
+        ("context", "get", "--task-id", "T1", "--key", "missing"),
+        ("signal", "send", "--task-id", "a b", "--channel", "x"),
+        ("signal", "send", "--task-id", "T1", "--channel", "go", "--payload", "{bad"),
+        ("keys", "--pattern", "context:*"),
+        ("context",),
+        ("--help",),
+        ("context", "store", "--no-such-option"),
+    ]
+    for args in cases:
+        forked, here = probe(env, *args)
+        assert not here, args
+        alone = run(plain, *args)
+        assert (forked.returncode, forked.stdout) == (alone.returncode, alone.stdout), args
+        strip = [line for line in forked.stderr.splitlines() if not line.startswith("TYPER ")]
+        assert strip == alone.stderr.splitlines(), args
+        assert "Traceback" not in forked.stderr
+
+
+def test_signals_reach_the_command_and_a_dead_caller_takes_it_along(
+    env: dict[str, str],
+) -> None:
+    assert run(env, "agents", "server", "start").returncode == 0
+    wait = ["signal", "wait", "--task-id", "T1", "--channel", "never", "--timeout", "60"]
+
+    (record,) = Path(env["CFN_AGENT_SERVER_DIR"]).glob("agents-*/instance.json")
+    pid = json.loads(record.read_text())["pid"]
+
+    def children() -> list[int]:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    # Ctrl-C at the caller: the command is interrupted as it would be here.
+    caller = subprocess.Popen([*CFN, *wait], env=env, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(children()) == 1)
+    caller.send_signal(signal.SIGINT)
+    _out, err = caller.communicate(timeout=30)
+    assert caller.returncode == 130 and "Traceback" not in err  # as a plain run ends
+    assert wait_for(lambda: children() == [])
+    # The caller SIGKILLed: its command notices the closed connection and ends too.
+    caller = subprocess.Popen([*CFN, *wait], env=env, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: len(children()) == 1)
+    (command,) = children()
+    caller.kill()
+    caller.wait()
+    assert wait_for(lambda: not proc_alive(command), timeout=30)
