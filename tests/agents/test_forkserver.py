@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cfn.agents import shim
+from cfn.agents import shim, wire
 from cfn.agents.forkserver import AgentServer, server_environment
 from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination.completion import collect_results
@@ -189,8 +189,16 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(info.socket))
-            sock.sendall(b"F")
-            assert "file descriptor" in json.loads(sock.recv(4096))["error"]
+            sock.sendall(wire.AGENT)
+            reply = wire.read_line(sock.recv)
+            assert reply.startswith(b"error ") and b"file descriptor" in reply
+        # An unknown kind of request: refused too.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(info.socket))
+            sock.sendall(b"Z")
+            with pytest.raises(ValueError, match="unknown request"):
+                wire.parse_pid(wire.read_line(sock.recv))
         # A malformed request reaches only the forked child: it exits 127 with one line.
         log = tmp_path / "child.log"
         with open(log, "ab") as handle:
@@ -199,8 +207,8 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
             )
         with conn:
             conn.settimeout(20)
-            report = json.loads(shim._read_line(conn))
-        assert os.waitstatus_to_exitcode(report["status"]) == 127
+            report = wire.parse_exit(wire.read_line(conn.recv))
+        assert report is not None and os.waitstatus_to_exitcode(report[0]) == 127
         assert not proc_alive(pid)
         assert "[cfn] not started: ValueError" in log.read_text()
         assert proc_alive(info.pid)

@@ -1,4 +1,5 @@
-"""The agent server: one preloaded Python process that forks builtin agents.
+"""The agent server: one preloaded Python process that forks builtin agents (and,
+through the CLI's request kind, short ``cfn`` commands: cfn.cli.served).
 
 Starting ``python -m cfn agent run`` costs over a second of CPU, nearly all of
 it importing the runtime, the provider SDKs and the MCP client. The agent
@@ -12,18 +13,10 @@ and gone after ``CFN_AGENT_SERVER_IDLE`` seconds without an agent. A server
 whose code changed on disk (a ``git pull``, an edit) refuses further forks and
 exits once its children are done; the next spawn starts a fresh one.
 
-Wire format, one connection per agent, from the agent's supervisor
-(:mod:`cfn.agents.shim`, the only client)::
+Wire format: :mod:`cfn.agents.wire`, one connection per agent or command.
 
-    client -> server   1 byte b"F", with SCM_RIGHTS: [log fd]
-    client -> server   the request: JSON + b"\\n" (read by the forked child only)
-    server -> client   {"pid": N}\\n                           once forked
-    server -> client   {"status": S, "utime": u, "stime": s,
-                        "maxrss_kb": m}\\n                      when the agent exits
-    server -> client   {"error": "..."}\\n                     instead, on refusal
-
-The request is ``{"context": path, "cwd": dir, "env": {...}, "cgroups": {...},
-"comm": tag}``. The parent never reads it: the agent's environment carries its
+An agent's request is ``{"context": path, "cwd": dir, "env": {...}, "cgroups":
+{...}, "comm": tag}``. The parent never reads a request: the agent's environment carries its
 credentials, and whatever the parent's heap held would be copied into every
 later agent's address space. For the same reason the server starts with a
 scrubbed environment (:func:`server_environment`) and never reads cfn's
@@ -33,8 +26,9 @@ The child, before any agent code runs: its own process group, the agent's
 cgroups joined, the log as stdout and stderr, the workspace as cwd, the agent's
 environment, default signal handlers, and ``/proc/self/comm`` set to the
 agent's tag (its ``/proc/<pid>/environ`` is the server's, so re-attaching
-recognises a forked agent by that tag). Then it runs ``cfn agent run
---context FILE`` in-process and ``_exit``s with its status.
+recognises a forked agent by that tag). Then it does in-process what ``cfn agent
+run --context FILE`` does (``cfn.agents.runtime.run_agent``) and ``_exit``s with
+its status.
 """
 
 from __future__ import annotations
@@ -55,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cfn.agents import shim
+from cfn.agents import wire
 from cfn.errors import CfnError
 from cfn.settings import Settings, early
 from cfn.system.cgroups import Cgroups
@@ -316,14 +310,9 @@ class Server:
             conn = self.children.pop(pid, None)
             self.last_active = time.monotonic()
             if conn is not None:
-                report = {
-                    "status": status,
-                    "utime": usage.ru_utime,
-                    "stime": usage.ru_stime,
-                    "maxrss_kb": usage.ru_maxrss,
-                }
+                line = wire.exit_line(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
                 with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps(report).encode() + b"\n")
+                    conn.sendall(line)
                 conn.close()
 
     def accept(self) -> None:
@@ -355,7 +344,7 @@ class Server:
 
     def refuse(self, conn: socket.socket, reason: str) -> None:
         with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"error": reason}).encode() + b"\n")
+            conn.sendall(wire.error_line(reason))
         conn.close()
 
     def fork(self, conn: socket.socket, fds: list[int], child: Child) -> None:
@@ -375,7 +364,7 @@ class Server:
                 os._exit(code)
         self.children[pid] = conn
         with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            conn.sendall(wire.pid_line(pid))
 
     def leave(self) -> None:
         """In a forked child: drop everything of the server's (signals, sockets, pipes)."""
@@ -390,7 +379,8 @@ class Server:
         for other in self.children.values():
             if other is not None:
                 other.close()
-        gc.unfreeze()
+        # The server's objects stay frozen: collecting them would cost ~0.2 s and copy
+        # every page they sit on into this child.
 
 
 def agent_child(conn: socket.socket, fds: list[int]) -> int:
@@ -437,7 +427,7 @@ def read_request(conn: socket.socket) -> dict[str, Any]:
         if not chunk:
             break
         data += chunk
-        if len(data) > shim.SERVER_REQUEST_MAX:
+        if len(data) > wire.REQUEST_MAX:
             raise ValueError("agent request too large")
     request = json.loads(data)
     if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
@@ -467,7 +457,7 @@ class Kind:
 
 
 #: The agents' kind; the CLI adds its own (cfn.cli.served).
-AGENT = {b"F": Kind(1, agent_child)}
+AGENT = {wire.AGENT: Kind(1, agent_child)}
 
 
 def serve(directory: Path, idle: float, kinds: Mapping[bytes, Kind]) -> int:

@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 EXIT_FILE = "exit.json"
 LOG_TAIL_BYTES = 8192
-#: The largest request the agent server (cfn.agents.forkserver) reads.
-SERVER_REQUEST_MAX = 4 * 1024 * 1024
 SERVER_TIMEOUT = 10.0
 
 if __name__ == "__main__":  # pragma: no branch
@@ -62,7 +60,8 @@ if __name__ == "__main__":  # pragma: no branch
         _package = os.path.dirname(_package)
     sys.path.insert(0, os.path.dirname(_package))
 
-from cfn.system.cgroups import Cgroups  # noqa: E402 (after the script's path set-up)
+from cfn.agents import wire  # noqa: E402 (after the script's path set-up)
+from cfn.system.cgroups import Cgroups  # noqa: E402
 from cfn.system.proc import proc_start_ticks  # noqa: E402
 from cfn.system.unix import unix_address  # noqa: E402
 
@@ -94,16 +93,6 @@ def comm_tag(name: str) -> str:
     return "cfn" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def _read_line(sock: Any, limit: int = 65536) -> bytes:
-    data = b""
-    while not data.endswith(b"\n") and len(data) < limit:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> tuple[int, Any]:
     """Ask the agent server to fork the agent; ``(pid, connection)``. The connection
     later carries the agent's exit status (cfn.agents.forkserver has the wire format).
@@ -115,25 +104,22 @@ def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> t
         sock.settimeout(SERVER_TIMEOUT)
         with unix_address(socket_path) as address:
             sock.connect(address)
-        socket.send_fds(sock, [b"F"], [log_fd])
+        socket.send_fds(sock, [wire.AGENT], [log_fd])
         sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_read_line(sock) or b"null")
-        if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):
-            why = reply.get("error") if isinstance(reply, dict) else None
-            raise ValueError(why or "the agent server closed the connection")
+        pid = wire.parse_pid(wire.read_line(sock.recv))
     except BaseException:
         sock.close()
         raise
-    return reply["pid"], sock
+    return pid, sock
 
 
 class _Usage:
     """What the agent server reports in place of wait4's rusage."""
 
-    def __init__(self, report: dict[str, Any]) -> None:
-        self.ru_utime = float(report.get("utime") or 0.0)
-        self.ru_stime = float(report.get("stime") or 0.0)
-        self.ru_maxrss = int(report.get("maxrss_kb") or 0)
+    def __init__(self, utime: float = 0.0, stime: float = 0.0, maxrss_kb: int = 0) -> None:
+        self.ru_utime = utime
+        self.ru_stime = stime
+        self.ru_maxrss = maxrss_kb
 
 
 def _kill_group(pgid: int, signum: int) -> None:
@@ -247,14 +233,15 @@ class Supervisor:
         """The forked agent's wait status and usage, from the server (None: lost)."""
         try:
             self.server.settimeout(SERVER_TIMEOUT)
-            report = json.loads(_read_line(self.server) or b"null")
-        except (OSError, ValueError):
+            report = wire.parse_exit(wire.read_line(self.server.recv))
+        except OSError:
             report = None
         finally:
             self.server.close()
-        if not isinstance(report, dict) or not isinstance(report.get("status"), int):
-            return None, _Usage({})
-        return report["status"], _Usage(report)
+        if report is None:
+            return None, _Usage()
+        status, utime, stime, maxrss = report
+        return status, _Usage(utime, stime, maxrss)
 
     def write_state(self) -> None:
         _write_json_private(

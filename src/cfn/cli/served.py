@@ -6,9 +6,9 @@ serve``; besides builtin agents it forks the short commands the launcher
 imported already loaded. Wire format of a command (b"C")::
 
     client -> server   1 byte b"C", with SCM_RIGHTS: [stdin, stdout, stderr]
-    client -> server   {"argv": [...], "prog": "cfn", "env": {...}, "cwd": dir}\\n
-                       (read by the child only)
-    server -> client   {"pid": N}\\n, later {"status": S, ...}\\n   (as for agents)
+    client -> server   prog, cwd, argv and environment (cfn.agents.wire.encode_command),
+                       read by the child only
+    server -> client   b"pid N\\n", later b"exit ...\\n" (as for agents)
 
 The child takes the three descriptors as its own 0, 1 and 2, the caller's
 directory, environment and arguments, fresh ``sys.std*`` streams and consoles
@@ -27,7 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cfn.agents import forkserver
+from cfn.agents import forkserver, wire
 
 
 def preload() -> None:
@@ -57,7 +57,7 @@ def start_in_background() -> None:
 
 def serve(directory: Path, idle: float) -> int:
     preload()
-    kinds = {**forkserver.AGENT, b"C": forkserver.Kind(3, command_child)}
+    kinds = {**forkserver.AGENT, wire.COMMAND: forkserver.Kind(3, command_child)}
     return forkserver.serve(directory, idle, kinds)
 
 
@@ -73,6 +73,21 @@ def _stream(fd: int, mode: str, unbuffered: bool) -> io.TextIOWrapper:
         line_buffering=tty or fd == 2,
         write_through=unbuffered,
     )
+
+
+def _read_payload(conn: socket.socket) -> bytes:
+    conn.settimeout(10.0)
+    header = wire.read_line(conn.recv)
+    if not header.strip().isdigit() or int(header) > wire.REQUEST_MAX:
+        raise ValueError("malformed command request")
+    size = int(header)
+    payload = bytearray()
+    while len(payload) < size:
+        chunk = conn.recv(min(65536, size - len(payload)))
+        if not chunk:
+            raise ValueError("the command request ended early")
+        payload += chunk
+    return bytes(payload)
 
 
 def _watch_caller(conn: socket.socket) -> None:
@@ -94,13 +109,10 @@ def command_child(conn: socket.socket, fds: list[int]) -> int:
     """In the forked child: become the caller's ``cfn`` command and run it."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
-    request = forkserver.read_request(conn)
-    argv = request.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise ValueError("malformed command request")
-    os.chdir(str(request["cwd"]))
+    prog, cwd, argv, env = wire.decode_command(_read_payload(conn))
+    os.chdir(cwd)
     os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+    os.environ.update(env)
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
     sys.stdin = _stream(0, "r", unbuffered)
     sys.stdout = _stream(1, "w", unbuffered)
@@ -114,9 +126,8 @@ def command_child(conn: socket.socket, fds: list[int]) -> int:
 
     get_settings.cache_clear()
     reset_consoles()
-    prog = request.get("prog")
     try:
-        main(prog if isinstance(prog, str) else "cfn")
+        main(prog or "cfn")
     except SystemExit as done:
         code = done.code
         if code is None:

@@ -1,4 +1,4 @@
-"""Every setting cfn reads, in one pydantic-settings model.
+"""Every setting cfn reads, in one pydantic model.
 
 With :mod:`cfn.settings.early`, the only code that reads the environment. Names are the seed's
 environment variables (REDIS_URL, REDIS_FALLBACK_1, ...); defaults are the
@@ -9,19 +9,14 @@ seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from cfn.errors import ConfigError
 from cfn.settings import early
@@ -48,15 +43,41 @@ def worktree_env_file(root: Path | None = None) -> Path:
     return (root or find_project_root()) / WORKTREE_ENV
 
 
-class Settings(BaseSettings):
-    """cfn's configuration, from the environment, then the checkout's ``.cfn/worktree.env``."""
+def _environment_values(names: Iterable[str]) -> dict[str, str]:
+    """The raw values of the fields ``names`` (lower case): the checkout's
+    ``.cfn/worktree.env`` first, then the environment, whose variables win; variable
+    names match case-insensitively, and every value is the text as given (pydantic
+    parses it; list fields split it in their own validators, never as JSON).
 
-    model_config = SettingsConfigDict(
-        env_file=None,
-        extra="ignore",
-        case_sensitive=False,
-        populate_by_name=True,
-    )
+    This is what pydantic-settings did for this model, without its import (~0.2 s of
+    CPU on every cfn process, for the environment and one dotenv file).
+    """
+    wanted = set(names)
+    found: dict[str, str] = {}
+    file = worktree_env_file()
+    if file.is_file():
+        from dotenv import dotenv_values  # only where a worktree file exists
+
+        for key, value in dotenv_values(file).items():
+            if value is not None and key.lower() in wanted:
+                found[key.lower()] = value
+    for key, value in os.environ.items():
+        if key.lower() in wanted:
+            found[key.lower()] = value
+    return found
+
+
+class Settings(BaseModel):
+    """cfn's configuration, from the environment, then the checkout's ``.cfn/worktree.env``.
+
+    ``Settings(**values)`` reads both and lets ``values`` win (what tests use);
+    ``model_copy(update=...)`` changes a copy without reading anything.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment_values(type(self).model_fields), **values})
 
     # --- Redis (seed: "Redis Infrastructure") -------------------------------
     redis_url: str | None = Field(
@@ -72,7 +93,7 @@ class Settings(BaseSettings):
     redis_retry_delay_on_failover: float = Field(
         default=0.1, ge=0, le=60, description="Seconds between retries (seed: 100 ms)."
     )
-    cfn_redis_sentinels: Annotated[list[str], NoDecode] = Field(
+    cfn_redis_sentinels: list[str] = Field(
         default_factory=list,
         description="Comma-separated host:port list of Redis Sentinels.",
     )
@@ -172,7 +193,7 @@ class Settings(BaseSettings):
         description="true: route per agent profile and task (the seed's selectProvider); "
         "otherwise every call goes to DEFAULT_PROVIDER.",
     )
-    provider_routes: Annotated[list[str], NoDecode] = Field(
+    provider_routes: list[str] = Field(
         default_factory=list,
         description="provider:model routes (comma/space separated) over the config file's.",
     )
@@ -287,7 +308,7 @@ class Settings(BaseSettings):
         default=None,
         description="The only tree the security scanner may scan; default: the checkout.",
     )
-    mcp_playwright_allowed_urls: Annotated[list[str], NoDecode] = Field(
+    mcp_playwright_allowed_urls: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:*", "http://localhost:*"],
         description="URL patterns (fnmatch, comma separated) the browser may load.",
     )
@@ -333,19 +354,6 @@ class Settings(BaseSettings):
         description="Seconds without its worker's keep-alive before another worker takes a "
         "task over.",
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The worktree's file comes after the environment, so an exported variable wins.
-        worktree = DotEnvSettingsSource(settings_cls, env_file=worktree_env_file())
-        return init_settings, env_settings, worktree, dotenv_settings, file_secret_settings
 
     @field_validator("cfn_redis_sentinels", mode="before")
     @classmethod

@@ -1,0 +1,101 @@
+"""The agent server's wire format (standard library only, nothing imported but ``os``).
+
+Its clients are the agent supervisor (:mod:`cfn.agents.shim`) and the ``cfn``
+launcher (:mod:`cfn.cli.launch`), which runs before every short command and so
+must not pay for ``json``, ``socket`` or ``re``; hence plain lines.
+
+One connection per request::
+
+    client -> server   1 byte, the kind (b"F" an agent, b"C" a command),
+                       with SCM_RIGHTS: the descriptors the kind takes
+    client -> server   the request, read by the forked child only:
+                         F: JSON + b"\\n"  (cfn.agents.forkserver)
+                         C: b"<length>\\n" + <length> bytes of NUL-separated fields:
+                            prog, cwd, number of arguments, the arguments,
+                            then the environment as NAME=VALUE
+    server -> client   b"pid <pid>\\n"                               once forked
+                       b"exit <wait status> <utime> <stime> <maxrss KiB>\\n"  when it ends
+    server -> client   b"error <reason>\\n"                          instead, on refusal
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+AGENT = b"F"
+COMMAND = b"C"
+LINE_MAX = 65536
+#: The largest request a child reads (an agent's environment is the biggest part).
+REQUEST_MAX = 4 * 1024 * 1024
+
+
+def pid_line(pid: int) -> bytes:
+    return b"pid %d\n" % pid
+
+
+def exit_line(status: int, utime: float, stime: float, maxrss_kb: int) -> bytes:
+    return b"exit %d %.6f %.6f %d\n" % (status, utime, stime, maxrss_kb)
+
+
+def error_line(reason: str) -> bytes:
+    return b"error " + " ".join(reason.split()).encode(errors="replace") + b"\n"
+
+
+def read_line(recv: Callable[[int], bytes]) -> bytes:
+    """Bytes up to and including the next newline (fewer when the peer closes)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < LINE_MAX:
+        chunk = recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def parse_pid(line: bytes) -> int:
+    """The pid of a ``pid`` line; ValueError with the server's reason otherwise."""
+    word, _, rest = line.strip().partition(b" ")
+    if word == b"pid" and rest.isdigit():
+        return int(rest)
+    if word == b"error":
+        raise ValueError(rest.decode(errors="replace"))
+    raise ValueError("the agent server closed the connection" if not line else "bad reply")
+
+
+def parse_exit(line: bytes) -> tuple[int, float, float, int] | None:
+    """``(wait status, utime, stime, maxrss KiB)`` of an ``exit`` line; None otherwise."""
+    parts = line.split()
+    if len(parts) != 5 or parts[0] != b"exit":
+        return None
+    try:
+        return int(parts[1]), float(parts[2]), float(parts[3]), int(parts[4])
+    except ValueError:
+        return None
+
+
+def encode_command(prog: str, cwd: str, argv: list[str], env: Mapping[str, str]) -> bytes:
+    fields = [prog, cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())]
+    payload = b"\0".join(os.fsencode(f) for f in fields)
+    return b"%d\n" % len(payload) + payload
+
+
+def decode_command(payload: bytes) -> tuple[str, str, list[str], dict[str, str]]:
+    """``(prog, cwd, argv, env)``; ValueError when the payload is not one."""
+    fields = [os.fsdecode(f) for f in payload.split(b"\0")]
+    if len(fields) < 3 or not fields[2].isdigit():
+        raise ValueError("malformed command request")
+    count = int(fields[2])
+    argv, rest = fields[3 : 3 + count], fields[3 + count :]
+    if len(argv) != count:
+        raise ValueError("malformed command request")
+    env: dict[str, str] = {}
+    for item in rest:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError("malformed command request")
+        env[name] = value
+    return fields[0], fields[1], argv, env
