@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
-from typer.main import get_command_from_info, get_group
+from typer.main import get_command, get_command_from_info, get_group
 from typer.models import CommandInfo
 
 from cfn._version import __version__
@@ -63,7 +65,8 @@ class LazyGroup(TyperGroup):
     """The root group: builds a command from :data:`COMMANDS` the first time it is asked for."""
 
     def list_commands(self, ctx: Context) -> list[str]:
-        return [*super().list_commands(ctx), *(n for n in COMMANDS if n not in self.commands)]
+        # COMMANDS' order whether or not a command was built already (cfn.cli.main.warm).
+        return [*(n for n in super().list_commands(ctx) if n not in COMMANDS), *COMMANDS]
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
@@ -114,6 +117,23 @@ def _root(
     setup_logging(verbose)
 
 
+@lru_cache(maxsize=1)
+def root_command() -> Command:
+    """The click command behind ``app``, built once per process (Typer builds it anew
+    on every call; the agent server builds it before forking commands)."""
+    command: Command = get_command(app)
+    return command
+
+
+def warm(names: Iterable[str]) -> None:
+    """Build the named commands now (the agent server does, so forked ones start ready)."""
+    group = root_command()
+    assert isinstance(group, LazyGroup)
+    for name in names:
+        if name in COMMANDS and name not in group.commands:
+            group.add_command(_load(name), name)
+
+
 def main(prog_name: str | None = None) -> None:
     """Run the app; CfnError becomes one ``[ERROR]`` line and an exit code.
 
@@ -121,7 +141,7 @@ def main(prog_name: str | None = None) -> None:
     cfn.cli.launch.prog_name); click guesses it from the process otherwise.
     """
     try:
-        app(prog_name=prog_name)
+        root_command()(prog_name=prog_name)
     except CfnError as exc:
         err.print(f"[ERROR] {exc}", markup=False)
         sys.exit(exc.exit_code)

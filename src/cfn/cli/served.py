@@ -39,6 +39,10 @@ def preload() -> None:
     import cfn.cli.providers
     import cfn.cli.store
     import cfn.cli.worktree  # noqa: F401
+    from cfn.cli.launch import FORKABLE
+    from cfn.cli.main import warm
+
+    warm(FORKABLE)
 
 
 def start_in_background() -> None:
