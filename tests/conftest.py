@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +18,51 @@ CFN = [sys.executable, "-m", "cfn"]
 #: Session fixtures too costly to start once per pytest-xdist worker: the tests using
 #: them share one worker (`make test` runs ``--dist loadgroup``).
 SHARED_SESSION_FIXTURES = {"stack": "mcp-stack"}
+
+
+#: Test paths whose tests need cfn's container images (tests/deploy/conftest.py engine).
+IMAGE_PATHS = ("tests/deploy", "tests/health")
+_image_build: threading.Thread | None = None
+
+
+def _build_images_early() -> None:
+    """The image build, off the critical path: see pytest_configure."""
+    from cfn.system.podman import connect
+    from tests.deploy.conftest import build_images, image_settings
+
+    settings = image_settings()
+    try:
+        client = connect(settings)
+        try:
+            build_images(settings, client)
+        finally:
+            client.close()
+    except Exception:  # the engine fixture builds again and reports the error
+        return
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the controller builds cfn's images in the background at once.
+
+    The build (debootstrap, wheels, three images: minutes on a fresh machine) used to
+    happen in the first worker that needed an image, while every other worker needing
+    one waited on its lock. Started here, it overlaps the rest of the suite; the
+    workers' ``engine`` fixture then waits on the same lock only if it is not done.
+    """
+    global _image_build
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    root = Path(__file__).resolve().parent.parent
+    paths = [Path(a.split("::")[0]).resolve() for a in config.args] or [root / "tests"]
+    wanted = [root / p for p in IMAGE_PATHS]
+    if any(p in w.parents or p == w or w in p.parents for p in paths for w in wanted):
+        _image_build = threading.Thread(target=_build_images_early, daemon=True)
+        _image_build.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _image_build is not None:
+        _image_build.join()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks

@@ -28,20 +28,33 @@ class Engine:
     docker_host: str
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[Engine]:
-    from cfn.deploy.images import ImageBuilder
-    from cfn.system.podman import connect, docker_host
+def build_images(settings: Settings, client: docker.DockerClient) -> None:
+    """Build cfn's images, or find them up to date, one build at a time on this machine.
 
-    settings = Settings(cfn_state_dir=find_project_root() / ".cfn")
-    client = connect(settings)
-    # One build at a time: pytest-xdist workers share the checkout's .cfn (the build
-    # context) and the engine's image tags; the second worker finds the images up to date.
+    pytest-xdist workers (and tests/conftest.py's early build in the controller) share
+    the checkout's .cfn (the build context) and the engine's image tags; whoever comes
+    second waits on the lock and finds the images up to date.
+    """
+    from cfn.deploy.images import ImageBuilder
+
     lock = settings.state_dir / "images" / "build.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         ImageBuilder(settings, client).build()
+
+
+def image_settings() -> Settings:
+    return Settings(cfn_state_dir=find_project_root() / ".cfn")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    from cfn.system.podman import connect, docker_host
+
+    settings = image_settings()
+    client = connect(settings)
+    build_images(settings, client)
     host, _managed = docker_host(settings)
     try:
         yield Engine(settings, client, host)

@@ -125,6 +125,21 @@ def run_on_server(argv: list[str], path: str) -> int | None:
     return code if code >= 0 else 128 - code
 
 
+def start_in_background() -> None:
+    """Start the agent server for the next command, without waiting (never fails the
+    command that asks: a settings error is that command's to report)."""
+    from cfn.agents.forkserver import AgentServer
+    from cfn.errors import CfnError
+    from cfn.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except CfnError:
+        return
+    if settings.cfn_agent_server == "auto":
+        AgentServer.from_settings(settings).start_background()
+
+
 def main() -> None:
     """Entry point of the ``cfn`` executable and ``python -m cfn``."""
     argv = sys.argv[1:]
@@ -137,7 +152,5 @@ def main() -> None:
     from cfn.cli.main import main as run_here
 
     if path is not None:
-        from cfn.cli.served import start_in_background
-
         start_in_background()
     run_here(prog_name(sys.argv[0]))

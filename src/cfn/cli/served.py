@@ -45,20 +45,6 @@ def preload() -> None:
     warm(FORKABLE)
 
 
-def start_in_background() -> None:
-    """Start the agent server for the next command, without waiting (never fails the
-    command that asks: a settings error is that command's to report)."""
-    from cfn.errors import CfnError
-    from cfn.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except CfnError:
-        return
-    if settings.cfn_agent_server == "auto":
-        forkserver.AgentServer.from_settings(settings).start_background()
-
-
 def serve(directory: Path, idle: float) -> int:
     preload()
     kinds = {**forkserver.AGENT, wire.COMMAND: forkserver.Kind(3, command_child)}
