@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from cfn.agents import shim, wire
+from cfn.agents import shim
 from cfn.agents.forkserver import AgentServer, server_environment
 from cfn.agents.spawn.process import ProcessSpawner
 from cfn.coordination.completion import collect_results
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
+from cfn.system import forkwire as wire
 from cfn.system.cgroups import cgroups_writable
 from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_stat_fields
 from tests.conftest import CFN

@@ -13,7 +13,7 @@ and gone after ``CFN_AGENT_SERVER_IDLE`` seconds without an agent. A server
 whose code changed on disk (a ``git pull``, an edit) refuses further forks and
 exits once its children are done; the next spawn starts a fresh one.
 
-Wire format: :mod:`cfn.agents.wire`, one connection per agent or command.
+Wire format: :mod:`cfn.system.forkwire`, one connection per agent or command.
 
 An agent's request is ``{"context": path, "cwd": dir, "env": {...}, "cgroups":
 {...}, "comm": tag}``. The parent never reads a request: the agent's environment carries its
@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cfn.agents import wire
 from cfn.errors import CfnError
 from cfn.settings import Settings, early
+from cfn.system import forkwire as wire
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
 from cfn.system.unix import unix_address

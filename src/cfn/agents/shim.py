@@ -60,10 +60,9 @@ if __name__ == "__main__":  # pragma: no branch
         _package = os.path.dirname(_package)
     sys.path.insert(0, os.path.dirname(_package))
 
-from cfn.agents import wire  # noqa: E402 (after the script's path set-up)
+from cfn.system import forkwire as wire  # noqa: E402 (after the script's path set-up)
 from cfn.system.cgroups import Cgroups  # noqa: E402
 from cfn.system.proc import proc_start_ticks  # noqa: E402
-from cfn.system.unix import unix_address  # noqa: E402
 
 # --- the supervisor ---------------------------------------------------------------------
 
@@ -95,22 +94,10 @@ def comm_tag(name: str) -> str:
 
 def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> tuple[int, Any]:
     """Ask the agent server to fork the agent; ``(pid, connection)``. The connection
-    later carries the agent's exit status (cfn.agents.forkserver has the wire format).
+    later carries the agent's exit status (cfn.system.forkwire has the wire format).
     OSError or ValueError when the server is not there or refuses."""
-    import socket
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(SERVER_TIMEOUT)
-        with unix_address(socket_path) as address:
-            sock.connect(address)
-        socket.send_fds(sock, [wire.AGENT], [log_fd])
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        pid = wire.parse_pid(wire.read_line(sock.recv))
-    except BaseException:
-        sock.close()
-        raise
-    return pid, sock
+    payload = json.dumps(request).encode() + b"\n"
+    return wire.request_fork(socket_path, wire.AGENT, [log_fd], payload, SERVER_TIMEOUT)
 
 
 class _Usage:

@@ -24,8 +24,8 @@ import _socket
 import os
 import sys
 
-from cfn.agents import wire
 from cfn.settings import early
+from cfn.system import forkwire as wire
 
 #: Commands that may run forked from the agent server: short, spawning nothing.
 FORKABLE = frozenset(

@@ -6,7 +6,7 @@ serve``; besides builtin agents it forks the short commands the launcher
 imported already loaded. Wire format of a command (b"C")::
 
     client -> server   1 byte b"C", with SCM_RIGHTS: [stdin, stdout, stderr]
-    client -> server   prog, cwd, argv and environment (cfn.agents.wire.encode_command),
+    client -> server   prog, cwd, argv and environment (cfn.system.forkwire.encode_command),
                        read by the child only
     server -> client   b"pid N\\n", later b"exit ...\\n" (as for agents)
 
@@ -27,18 +27,19 @@ import sys
 import threading
 from pathlib import Path
 
-from cfn.agents import forkserver, wire
+from cfn.agents import forkserver
+from cfn.mcp import forked
+from cfn.system import forkwire as wire
 
 
 def preload() -> None:
-    """What agents and the forkable commands (cfn.cli.launch.FORKABLE) use."""
+    """What agents, the forkable commands (cfn.cli.launch.FORKABLE) and the MCP servers
+    (cfn.mcp.forked) use."""
     forkserver.preload()
-    import cfn.cli.coordination
-    import cfn.cli.debug
-    import cfn.cli.main
-    import cfn.cli.providers
-    import cfn.cli.store
-    import cfn.cli.worktree  # noqa: F401
+    import uvicorn.lifespan.on
+    import uvicorn.protocols.http.auto
+    import uvicorn.protocols.websockets.auto  # noqa: F401
+
     from cfn.cli.launch import FORKABLE
     from cfn.cli.main import warm
 
@@ -47,7 +48,11 @@ def preload() -> None:
 
 def serve(directory: Path, idle: float) -> int:
     preload()
-    kinds = {**forkserver.AGENT, wire.COMMAND: forkserver.Kind(3, command_child)}
+    kinds = {
+        **forkserver.AGENT,
+        wire.COMMAND: forkserver.Kind(3, command_child),
+        wire.MCP_SERVER: forkserver.Kind(1, forked.mcp_child),
+    }
     return forkserver.serve(directory, idle, kinds)
 
 

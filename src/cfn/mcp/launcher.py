@@ -33,9 +33,11 @@ from typing import Any
 import httpx
 
 from cfn.errors import McpServerError
+from cfn.mcp import forked
 from cfn.mcp.routing import SERVERS
 from cfn.mcp.serve import GATEWAY, port_of
-from cfn.settings import Settings
+from cfn.settings import Settings, early
+from cfn.system import forkwire
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, stop_process, wait_until
 from cfn.system.limits import parse_cpu_limit, parse_memory_limit
@@ -207,22 +209,25 @@ class Launcher:
             "CFN_STATE_DIR": str(self.settings.state_dir),
             "CFN_MCP_SERVER": name,
         }
-        try:
-            proc = self.daemon.spawn(
-                [self.python, "-m", "cfn.mcp.serve", name, "--port", str(port)],
-                env=environment,
-                cwd=self.settings.project_root,
-                log=log_path,
-                preexec=preexec if join is not None else None,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            if groups is not None:
-                groups.remove()
-            raise McpServerError(f"could not start the {name} MCP server: {exc}") from None
+        pid = self._fork(name, port, environment, groups, log_path)
+        if pid is None:
+            try:
+                proc = self.daemon.spawn(
+                    [self.python, "-m", "cfn.mcp.serve", name, "--port", str(port)],
+                    env=environment,
+                    cwd=self.settings.project_root,
+                    log=log_path,
+                    preexec=preexec if join is not None else None,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                if groups is not None:
+                    groups.remove()
+                raise McpServerError(f"could not start the {name} MCP server: {exc}") from None
+            pid = proc.pid
         return ServerProcess(
             name=name,
-            pid=proc.pid,
-            pid_start=proc_start_ticks(proc.pid),
+            pid=pid,
+            pid_start=proc_start_ticks(pid),
             port=port,
             url=self.url(name),
             log=str(log_path),
@@ -234,6 +239,33 @@ class Launcher:
             cgroups=groups.paths if groups is not None else {},
             started_at=time.time(),
         )
+
+    def _fork(
+        self,
+        name: str,
+        port: int,
+        env: dict[str, str],
+        groups: Cgroups | None,
+        log_path: Path,
+    ) -> int | None:
+        """Fork the server from this checkout's agent server when it runs (cfn.mcp.forked);
+        None when it does not or refuses: then the server starts as its own Python."""
+        if self.settings.cfn_agent_server != "auto" or self.python != sys.executable:
+            return None
+        socket_path = str(self.settings.agent_server_dir / early.SERVER_SOCKET)
+        request = forked.request(
+            name, port, str(self.settings.project_root), env, groups.paths if groups else {}
+        )
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            pid, conn = forkwire.request_fork(socket_path, forkwire.MCP_SERVER, [log_fd], request)
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(log_fd)
+        conn.close()  # the server reaps it; its exit status is nobody's business here
+        return int(pid)
 
     def _wait_healthy(self, item: ServerProcess, deadline: float) -> None:
         def healthy() -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cfn.agents import wire
+from cfn.system import forkwire as wire
 
 
 def test_replies_round_trip_and_refusals_carry_their_reason() -> None:

@@ -6,10 +6,10 @@ must not pay for ``json``, ``socket`` or ``re``; hence plain lines.
 
 One connection per request::
 
-    client -> server   1 byte, the kind (b"F" an agent, b"C" a command),
-                       with SCM_RIGHTS: the descriptors the kind takes
+    client -> server   1 byte, the kind (b"F" an agent, b"C" a command, b"M" an MCP
+                       server), with SCM_RIGHTS: the descriptors the kind takes
     client -> server   the request, read by the forked child only:
-                         F: JSON + b"\\n"  (cfn.agents.forkserver)
+                         F, M: JSON + b"\\n"  (cfn.agents.forkserver, cfn.mcp.forked)
                          C: b"<length>\\n" + <length> bytes of NUL-separated fields:
                             prog, cwd, number of arguments, the arguments,
                             then the environment as NAME=VALUE
@@ -25,9 +25,11 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Any
 
 AGENT = b"F"
 COMMAND = b"C"
+MCP_SERVER = b"M"
 LINE_MAX = 65536
 #: The largest request a child reads (an agent's environment is the biggest part).
 REQUEST_MAX = 4 * 1024 * 1024
@@ -99,3 +101,27 @@ def decode_command(payload: bytes) -> tuple[str, str, list[str], dict[str, str]]
             raise ValueError("malformed command request")
         env[name] = value
     return fields[0], fields[1], argv, env
+
+
+def request_fork(
+    path: str, kind: bytes, fds: list[int], request: bytes, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """Ask the agent server at ``path`` to fork a child of ``kind``; ``(pid, connection)``.
+    The connection later carries the child's ``exit`` line. OSError or ValueError (with
+    the server's reason) when the server is not there or refuses."""
+    import socket
+
+    from cfn.system.unix import unix_address
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        with unix_address(path) as address:
+            sock.connect(address)
+        socket.send_fds(sock, [kind], fds)
+        sock.sendall(request)
+        pid = parse_pid(read_line(sock.recv))
+    except BaseException:
+        sock.close()
+        raise
+    return pid, sock
