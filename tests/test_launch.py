@@ -4,7 +4,9 @@ command with it, and without a server the command runs here and starts one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,7 +61,7 @@ def wait_for(check: object, timeout: float = 60.0) -> bool:
 
 @pytest.fixture
 def env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str]]:
-    """A private agent server directory (the checkout's own one is shared by other tests)."""
+    """A private agent server directory: this test starts and stops its own server."""
     values = cfn_env(
         tmp_path, REDIS_URL=redis_server.url, CFN_AGENT_SERVER_DIR=str(tmp_path / "srv")
     )
@@ -67,6 +69,14 @@ def env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str]]:
         yield values
     finally:
         run(values, "agents", "server", "stop")
+
+
+@pytest.fixture
+def shared(tmp_path: Path, redis_server: RedisServer) -> dict[str, str]:
+    """The checkout's own agent server (shared with other tests, so never stopped here)."""
+    values = cfn_env(tmp_path, REDIS_URL=redis_server.url)
+    assert run(values, "agents", "server", "start").returncode == 0
+    return values
 
 
 def test_which_commands_may_be_forked() -> None:
@@ -88,8 +98,8 @@ def test_a_plain_run_starts_the_server_and_the_next_command_is_forked(
     assert second.stdout == first.stdout
 
 
-def test_forked_commands_answer_as_plain_ones(env: dict[str, str]) -> None:
-    assert run(env, "agents", "server", "start").returncode == 0
+def test_forked_commands_answer_as_plain_ones(shared: dict[str, str]) -> None:
+    env = shared
     plain = {**env, "CFN_AGENT_SERVER": "off"}
     value = json.dumps({"files": ["x.py"]})
     cases = [
@@ -114,28 +124,35 @@ def test_forked_commands_answer_as_plain_ones(env: dict[str, str]) -> None:
 
 
 def test_signals_reach_the_command_and_a_dead_caller_takes_it_along(
-    env: dict[str, str],
+    shared: dict[str, str], tmp_path: Path
 ) -> None:
-    assert run(env, "agents", "server", "start").returncode == 0
+    env = shared
     wait = ["signal", "wait", "--task-id", "T1", "--channel", "never", "--timeout", "60"]
+    status = run(env, "agents", "server", "status").stdout
+    pid = int(status.split("pid")[1].split()[1])
 
-    (record,) = Path(env["CFN_AGENT_SERVER_DIR"]).glob("agents-*/instance.json")
-    pid = json.loads(record.read_text())["pid"]
-
-    def children() -> list[int]:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    def ours() -> list[int]:
+        """The server's children working in this test's directory (others share it)."""
+        found = []
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{child}/cwd") == str(tmp_path):
+                    found.append(int(child))
+        return found
 
     # Ctrl-C at the caller: the command is interrupted as it would be here.
-    caller = subprocess.Popen([*CFN, *wait], env=env, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: len(children()) == 1)
+    caller = subprocess.Popen(
+        [*CFN, *wait], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    assert wait_for(lambda: len(ours()) == 1)
     caller.send_signal(signal.SIGINT)
     _out, err = caller.communicate(timeout=30)
     assert caller.returncode == 130 and "Traceback" not in err  # as a plain run ends
-    assert wait_for(lambda: children() == [])
+    assert wait_for(lambda: ours() == [])
     # The caller SIGKILLed: its command notices the closed connection and ends too.
-    caller = subprocess.Popen([*CFN, *wait], env=env, stderr=subprocess.DEVNULL)
-    assert wait_for(lambda: len(children()) == 1)
-    (command,) = children()
+    caller = subprocess.Popen([*CFN, *wait], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: len(ours()) == 1)
+    (command,) = ours()
     caller.kill()
     caller.wait()
     assert wait_for(lambda: not proc_alive(command), timeout=30)

@@ -160,7 +160,7 @@ def test_a_stale_server_is_replaced_and_an_idle_one_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CFN_TEST_SECRET", "do-not-copy-me")
-    servers = AgentServer(tmp_path / "srv", idle=1.5)
+    servers = AgentServer(tmp_path / "srv", idle=1.5, preload=False)
     first = servers.ensure()
     try:
         assert servers.ensure().pid == first.pid  # reused
@@ -183,7 +183,7 @@ def test_a_stale_server_is_replaced_and_an_idle_one_goes(
 
 
 def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
-    servers = AgentServer(tmp_path / "srv", idle=60)
+    servers = AgentServer(tmp_path / "srv", idle=60, preload=False)
     info = servers.ensure()
     try:
         # No file descriptor with the header: refused with a reason.

@@ -118,10 +118,13 @@ class ServerInfo:
 class AgentServer:
     """Start, find and stop the agent server of this checkout."""
 
-    def __init__(self, directory: Path, *, idle: float = 600.0) -> None:
+    def __init__(self, directory: Path, *, idle: float = 600.0, preload: bool = True) -> None:
         self.dir = directory
         self.daemon = Daemon(self.dir, record=RECORD, log=LOG)
         self.idle = idle
+        #: False: a server that imports nothing ahead (its children import what they use;
+        #: for tests of the lifecycle, which has nothing to do with what is preloaded).
+        self.preload = preload
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentServer:
@@ -175,7 +178,12 @@ class AgentServer:
                 os.kill(stale.pid, signal.SIGUSR1)
         self.socket.unlink(missing_ok=True)
         proc = self.daemon.spawn(
-            [*SERVE_COMMAND, str(self.dir), repr(self.idle)],
+            [
+                *SERVE_COMMAND,
+                str(self.dir),
+                repr(self.idle),
+                *([] if self.preload else ["--no-preload"]),
+            ],
             env=server_environment(),
             cwd="/",
         )

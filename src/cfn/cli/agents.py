@@ -162,11 +162,14 @@ def server_status() -> None:
 def server_serve(
     directory: Annotated[Path, typer.Argument(help="The server's directory.")],
     idle: Annotated[float, typer.Argument(min=0.001, max=86400, help="Idle seconds.")],
+    preload: Annotated[
+        bool, typer.Option("--preload/--no-preload", help="Import what children use first.")
+    ] = True,
 ) -> None:
     """Run the agent server in the foreground (what agents and commands start on demand)."""
     from cfn.cli.served import serve
 
-    raise typer.Exit(serve(directory, idle))
+    raise typer.Exit(serve(directory, idle, preload=preload))
 
 
 @server_app.command("start")

@@ -32,7 +32,7 @@ from cfn.mcp import forked
 from cfn.system import forkwire as wire
 
 
-def preload() -> None:
+def _preload() -> None:
     """What agents, the forkable commands (cfn.cli.launch.FORKABLE) and the MCP servers
     (cfn.mcp.forked) use."""
     forkserver.preload()
@@ -46,8 +46,9 @@ def preload() -> None:
     warm(FORKABLE)
 
 
-def serve(directory: Path, idle: float) -> int:
-    preload()
+def serve(directory: Path, idle: float, *, preload: bool = True) -> int:
+    if preload:
+        _preload()
     kinds = {
         **forkserver.AGENT,
         wire.COMMAND: forkserver.Kind(3, command_child),
