@@ -29,7 +29,8 @@ def _settings(tmp_path: Path, **extra: object) -> Settings:
 
 def test_servers_are_forked_when_the_agent_server_runs(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    server = AgentServer.from_settings(settings)
+    # Without preloading (cheaper to start here): forking is the same either way.
+    server = AgentServer(settings.agent_server_dir, idle=60, preload=False)
     info = server.ensure()
     launcher = Launcher(settings)
     try:
