@@ -235,6 +235,18 @@ async def test_a_good_team_proceeds_in_one_iteration(cleanup: list[InMemoryLoop]
     assert board.errors == {}
 
 
+async def test_every_agent_is_released_even_one_that_reported_before_it_was_watched(
+    cleanup: list[InMemoryLoop],
+) -> None:
+    """What an agent holds (its Redis ACL user) is let go through ``release``, not only
+    through a watcher's cancellation: an agent quicker than its watcher's first step
+    (delay 0) would otherwise keep it."""
+    loop = make(cleanup, {"implementer": Script(0.9, delay=0.0, writes={"a.py": "a\n"})})
+    outcome = await loop.orchestrator().start(task())
+    assert outcome.status == "succeeded"
+    assert loop.launcher.agents and all(a.released for a in loop.launcher.agents.values())
+
+
 async def test_a_listener_sees_every_event_as_it_is_emitted(cleanup: list[InMemoryLoop]) -> None:
     loop = make(cleanup)
     orchestrator = loop.orchestrator()

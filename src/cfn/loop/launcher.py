@@ -76,15 +76,20 @@ class _Running:
         try:
             info = await self.handle.wait()
         except asyncio.CancelledError:
-            # The orchestrator stopped watching (it has the agent's report): the user
-            # goes once the process has ended, in the background.
-            if self.acl is not None:
-                task = asyncio.ensure_future(self._drop_user_after_exit())
-                _REAPERS.add(task)
-                task.add_done_callback(_REAPERS.discard)
+            self.release()
             raise
         await self._drop_user()
         return describe_exit(info)
+
+    def release(self) -> None:
+        """The user goes once the process has ended, in the background. Called when the
+        orchestrator stops watching: its watcher may have been cancelled before it ever
+        ran (an agent that reported before the collector looked), so ``wait``'s own
+        cancellation is not enough."""
+        if self.acl is not None:
+            task = asyncio.ensure_future(self._drop_user_after_exit())
+            _REAPERS.add(task)
+            task.add_done_callback(_REAPERS.discard)
 
     async def _drop_user(self) -> None:
         """The agent has ended: delete its Redis ACL user (and with it any connection)."""

@@ -487,6 +487,8 @@ class FakeAgent:
         self.launcher = launcher
         self.started = time.monotonic()
         self.killed = False
+        #: The orchestrator stopped watching it (RunningAgent.release).
+        self.released = False
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.task = asyncio.ensure_future(self._play())
 
@@ -519,6 +521,9 @@ class FakeAgent:
 
     async def wait(self) -> str:
         return await asyncio.shield(self.ended)
+
+    def release(self) -> None:
+        self.released = True
 
     async def kill(self) -> None:
         if self.running:

@@ -405,6 +405,8 @@ class Orchestrator:
             for watcher in watchers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            for handle in handles.values():
+                handle.release()
         # Agents that never reported by now are recorded as failed.
         reported = {r.agent_id for r in report.results}
         for agent_id in ids:

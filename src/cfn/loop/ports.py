@@ -99,6 +99,12 @@ class RunningAgent(Protocol):
         """CPU time used so far (None when unknown): a silent agent using CPU is starting."""
         ...
 
+    def release(self) -> None:
+        """The orchestrator stops watching the agent (it has its report, or gave up on it):
+        whatever the agent holds (its Redis ACL user) goes once its process has ended,
+        in the background, whether or not anyone ever awaited ``wait``."""
+        ...
+
 
 class AgentLauncher(Protocol):
     async def launch(self, plan: AgentPlan) -> RunningAgent: ...
