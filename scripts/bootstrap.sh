@@ -42,10 +42,7 @@ want="$(sha256sum pyproject.toml | cut -c1-64)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # pip byte-compiles every installed module one file at a time (~30 s here, most of
-  # the install); compileall below does the same on every core.
-  .venv/bin/python -m pip install -q --no-compile -e '.[dev]'
-  .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
+  .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
 
