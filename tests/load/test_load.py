@@ -21,7 +21,9 @@ def _check(
     assert load.iterations >= tasks
     assert load.results >= tasks * (agents + validators)
     assert load.results % (agents + validators) == 0
-    assert load.commands > 0 and load.peak_agents >= 1
+    # Every agent left an exit record. (The 0.2 s sampler of agents alive at once may
+    # miss them all: an agent forked from the agent server is done in well under that.)
+    assert load.commands > 0 and load.agents == load.results
 
 
 def test_three_tasks_of_three_agents_lose_nothing(tmp_path: Path) -> None:

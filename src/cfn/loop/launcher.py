@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def profile_for(role: str, agent_id: str) -> str:
 
 
 #: How long a user outlives the orchestrator's watch when its agent has not ended yet.
+log = logging.getLogger(__name__)
+
 REAP_WAIT = 30.0
 _REAPERS: set[asyncio.Future[None]] = set()
 
@@ -98,9 +101,14 @@ class _Running:
             await acl.delete(self.handle.task_id, self.handle.agent_id)
 
     async def _drop_user_after_exit(self) -> None:
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(self.handle.wait()), REAP_WAIT)
-        await self._drop_user()
+        except TimeoutError:
+            pass
+        except Exception as exc:  # the user goes whatever waiting for the process did
+            log.warning("waiting for %s failed (%s); its ACL user goes now", self.handle, exc)
+        finally:
+            await self._drop_user()
 
     async def kill(self) -> None:
         await self.handle.kill()
