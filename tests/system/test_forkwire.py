@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from cfn.system import forkwire as wire
@@ -50,3 +52,23 @@ def test_read_line_stops_at_the_newline_and_at_the_end() -> None:
     assert wire.read_line(recv) == b"pid 7\n"
     assert wire.read_line(recv) == b"exit 0 0 0 0\n"
     assert wire.read_line(recv) == b""
+
+
+def test_a_json_request_is_one_object_with_an_environment_and_bounded() -> None:
+    def feeder(data: bytes) -> Callable[[int], bytes]:
+        buffer = bytearray(data)
+
+        def recv(n: int) -> bytes:
+            chunk = bytes(buffer[:n])
+            del buffer[:n]
+            return chunk
+
+        return recv
+
+    good = b'{"env": {"A": "1"}, "cwd": "/"}\n'
+    assert wire.read_json_request(feeder(good)) == {"env": {"A": "1"}, "cwd": "/"}
+    for bad in (b"[1]\n", b'{"env": "x"}\n', b"{broken\n", b""):
+        with pytest.raises(ValueError):
+            wire.read_json_request(feeder(bad))
+    with pytest.raises(ValueError, match="too large"):
+        wire.read_json_request(feeder(b"x" * (wire.REQUEST_MAX + 70_000)))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import json
 import logging
 import os
 import selectors
@@ -429,18 +428,7 @@ def agent_child(conn: socket.socket, fds: list[int]) -> int:
 
 def read_request(conn: socket.socket) -> dict[str, Any]:
     conn.settimeout(10.0)
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > wire.REQUEST_MAX:
-            raise ValueError("agent request too large")
-    request = json.loads(data)
-    if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
-        raise ValueError("malformed agent request")
-    return request
+    return wire.read_json_request(conn.recv)
 
 
 def preload() -> None:

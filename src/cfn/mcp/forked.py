@@ -31,18 +31,7 @@ def request(
 
 def _read(conn: socket.socket) -> dict[str, object]:
     conn.settimeout(10.0)
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > forkwire.REQUEST_MAX:
-            raise ValueError("MCP server request too large")
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("malformed MCP server request")
-    return value
+    return forkwire.read_json_request(conn.recv)
 
 
 def mcp_child(conn: socket.socket, fds: list[int]) -> int:

@@ -355,16 +355,9 @@ class Settings(BaseModel):
         "task over.",
     )
 
-    @field_validator("cfn_redis_sentinels", mode="before")
+    @field_validator("cfn_redis_sentinels", "mcp_playwright_allowed_urls", mode="before")
     @classmethod
-    def _split_sentinels(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("mcp_playwright_allowed_urls", mode="before")
-    @classmethod
-    def _split_urls(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

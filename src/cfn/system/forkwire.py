@@ -79,6 +79,25 @@ def parse_exit(line: bytes) -> tuple[int, float, float, int] | None:
         return None
 
 
+def read_json_request(recv: Callable[[int], bytes]) -> dict[str, Any]:
+    """A JSON object on one line (kinds F and M), at most REQUEST_MAX bytes; ValueError
+    when it is too large, not JSON, or not an object with an ``env`` object."""
+    import json
+
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > REQUEST_MAX:
+            raise ValueError("request too large")
+    request = json.loads(data)
+    if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
+        raise ValueError("malformed request")
+    return request
+
+
 def encode_command(prog: str, cwd: str, argv: list[str], env: Mapping[str, str]) -> bytes:
     fields = [prog, cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())]
     payload = b"\0".join(os.fsencode(f) for f in fields)
