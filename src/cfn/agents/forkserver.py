@@ -46,7 +46,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cfn.errors import CfnError
 from cfn.settings import Settings, early
@@ -393,15 +392,7 @@ class Server:
 def agent_child(conn: socket.socket, fds: list[int]) -> int:
     """In the forked child: become the agent (see the module docstring), run it."""
     os.setpgid(0, 0)
-    os.dup2(fds[0], 1)
-    os.dup2(fds[0], 2)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    try:
-        request = read_request(conn)
-    finally:
-        conn.close()
+    request = wire.take_request(conn, fds[0])
     cgroups = request.get("cgroups") or {}
     if cgroups:
         Cgroups(dict(cgroups)).join(os.getpid())
@@ -424,11 +415,6 @@ def agent_child(conn: socket.socket, fds: list[int]) -> int:
     if message:
         os.write(2, message.encode(errors="replace") + b"\n")
     return code
-
-
-def read_request(conn: socket.socket) -> dict[str, Any]:
-    conn.settimeout(10.0)
-    return wire.read_json_request(conn.recv)
 
 
 def preload() -> None:

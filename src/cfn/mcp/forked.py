@@ -22,30 +22,15 @@ from cfn.system import forkwire
 from cfn.system.cgroups import Cgroups
 
 
-def request(
-    name: str, port: int, cwd: str, env: dict[str, str], cgroups: dict[str, str]
-) -> bytes:
+def request(name: str, port: int, cwd: str, env: dict[str, str], cgroups: dict[str, str]) -> bytes:
     payload = {"name": name, "port": port, "cwd": cwd, "env": env, "cgroups": cgroups}
     return json.dumps(payload).encode() + b"\n"
-
-
-def _read(conn: socket.socket) -> dict[str, object]:
-    conn.settimeout(10.0)
-    return forkwire.read_json_request(conn.recv)
 
 
 def mcp_child(conn: socket.socket, fds: list[int]) -> int:
     """In the forked child: become ``python -m cfn.mcp.serve NAME --port PORT``."""
     os.setsid()
-    os.dup2(fds[0], 1)
-    os.dup2(fds[0], 2)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    try:
-        req = _read(conn)
-    finally:
-        conn.close()
+    req = forkwire.take_request(conn, fds[0])
     name, port, env, groups = req["name"], req["port"], req["env"], req["cgroups"]
     if not isinstance(name, str) or not isinstance(port, int) or not isinstance(env, dict):
         raise ValueError("malformed MCP server request")

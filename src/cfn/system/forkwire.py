@@ -98,6 +98,21 @@ def read_json_request(recv: Callable[[int], bytes]) -> dict[str, Any]:
     return request
 
 
+def take_request(conn: Any, log_fd: int) -> dict[str, Any]:
+    """In a forked child of kind F or M: the log becomes stdout and stderr, /dev/null
+    stdin; then the request is read and the connection closed."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        conn.settimeout(10.0)
+        return read_json_request(conn.recv)
+    finally:
+        conn.close()
+
+
 def encode_command(prog: str, cwd: str, argv: list[str], env: Mapping[str, str]) -> bytes:
     fields = [prog, cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())]
     payload = b"\0".join(os.fsencode(f) for f in fields)
