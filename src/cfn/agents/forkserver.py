@@ -421,6 +421,7 @@ def preload() -> None:
     """What forked agents use, imported once by the server."""
     import mcp.client.session
     import mcp.client.streamable_http  # noqa: F401
+    from redis.utils import get_lib_version
 
     import cfn.agents.mcp_tools
     import cfn.agents.runtime
@@ -428,6 +429,10 @@ def preload() -> None:
     import cfn.providers.clients.offline
     import cfn.providers.clients.openai_compat
     import cfn.store.repository  # noqa: F401  (agents record their LLM calls)
+
+    # Cached once read (redis-py sends it on every connection): reading the package's
+    # metadata costs each forked child ~3 ms otherwise.
+    get_lib_version()
 
 
 @dataclass(frozen=True)
