@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,12 @@ async def test_limits_kill_timeout_and_reattach(
     stopped = await spawner.spawn(
         _context(docker_settings, secured_redis.url, workspace, "a4"), command=["sleep", "60"]
     )
+    # Once `timeout` (PID 1) has forked its command it has its handlers: a SIGTERM that
+    # reaches a PID 1 before that is dropped by the kernel, and the grace ends in SIGKILL.
+    children = Path(f"/proc/{stopped.pid}/task/{stopped.pid}/children")
+    deadline = time.monotonic() + 30
+    while not children.read_text().split() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     await stopped.stop()
     info = await asyncio.wait_for(stopped.wait(), 60)
     assert info.killed and info.signal == 15, info
