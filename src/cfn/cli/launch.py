@@ -19,7 +19,7 @@ from __future__ import annotations
 
 # The C modules behind socket and signal, and no json: socket.py, signal.py and json
 # cost ~12, ~5 and ~12 ms to import, and this module runs before every command.
-import _signal  # type: ignore[import-not-found]  # (no stub; the C half of signal)
+import _signal  # type: ignore[import-not-found]  # typeshed has no types for it
 import _socket
 import os
 import sys
