@@ -13,7 +13,11 @@ redis-server (a free port) with a temp state dir:
 * ``cfn-nocg``  ``ProcessSpawner`` with CFN_AGENT_CGROUPS=off (RLIMIT_AS): the
                 same script under the per-agent supervisor, without cgroups.
 * ``cfn``       ``ProcessSpawner`` as configured by default (cgroup v1 memory and
-                cpu groups where writable): what the orchestrator does.
+                cpu groups where writable) running the script: a command of its own.
+* ``cfn-builtin`` ``ProcessSpawner`` with no command: cfn's own agent runtime (the
+                offline provider, a whole conversation, its completion), forked
+                from the agent server (docs/agents.md); its CPU is the agents' own
+                (exit records), as a forked agent is not this process's child.
 
 The target compares ``cfn`` with ``baseline`` (at most 1.5x); ``direct`` and
 ``cfn-nocg`` say where the difference goes (interpreter start-up and imports,
@@ -55,7 +59,7 @@ from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
 
 TARGET_RATIO = 1.5
-MODES = ("baseline", "direct", "cfn-nocg", "cfn")
+MODES = ("baseline", "direct", "cfn-nocg", "cfn", "cfn-builtin")
 CONFIDENCE = 0.9
 
 #: The agent: cfn's coordination, one completion with a confidence and its own peak RSS.
@@ -176,6 +180,8 @@ async def run_once(
             redis_port=port,
             workspace=workspace,
             role="implementer",
+            provider="offline",
+            epic=f"Say hello. offline-confidence: {CONFIDENCE}",
         )
         for agent in agents
     ]
@@ -206,6 +212,9 @@ async def run_once(
             for agent in agents:
                 agent_env = {**env, "AGENT_ID": agent}
                 procs.append(subprocess.Popen([sys.executable, str(script)], env=agent_env))
+        elif mode == "cfn-builtin":
+            # cfn's own agent runtime (offline provider), forked from the agent server.
+            handles = list(await asyncio.gather(*(spawner.spawn(c) for c in contexts)))
         else:
             command = [sys.executable, str(script)]
             handles = list(
