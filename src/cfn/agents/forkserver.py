@@ -52,7 +52,7 @@ from cfn.settings import Settings, early
 from cfn.system import forkwire as wire
 from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
-from cfn.system.unix import unix_address
+from cfn.system.unix import bind_unix, connect_unix
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,7 @@ def _is_server_argv(argv: list[str]) -> bool:
 def _connectable(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            with unix_address(str(path)) as address:
-                probe.connect(address)
+            connect_unix(probe, str(path))
         except OSError:
             return False
     return True
@@ -256,8 +255,7 @@ class Server:
         path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            with unix_address(str(path)) as address:
-                self.listener.bind(address)
+            bind_unix(self.listener, str(path))
         finally:
             os.umask(old)
         self.inode = path.stat().st_ino

@@ -26,6 +26,7 @@ import sys
 
 from cfn.settings import early
 from cfn.system import forkwire as wire
+from cfn.system.unix import connect_unix
 
 #: Commands that may run forked from the agent server: short, spawning nothing.
 FORKABLE = frozenset(
@@ -50,8 +51,6 @@ FORKABLE = frozenset(
 OPTIONS = frozenset({"-v", "--verbose"})
 CONNECT_TIMEOUT = 2.0
 RELAYED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
-#: sun_path's size; a longer socket path is reached through its directory's descriptor.
-SUN_PATH_MAX = 107
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -74,25 +73,13 @@ def forkable(argv: list[str]) -> bool:
     return name is None or name in FORKABLE or name in ("--help", "--version")
 
 
-def _connect(sock: _socket.socket, path: str) -> None:
-    if len(os.fsencode(path)) <= SUN_PATH_MAX:
-        sock.connect(path)
-        return
-    directory, name = os.path.split(path)  # as cfn.system.unix does, without contextlib
-    fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{fd}/{name}")
-    finally:
-        os.close(fd)
-
-
 def run_on_server(argv: list[str], path: str) -> int | None:
     """Run the command on the server at ``path``; its exit code, or None when the server
     did not take it (then nothing ran, and the caller runs it itself)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
-        _connect(sock, path)
+        connect_unix(sock, path)
         fds = (0, 1, 2)
         rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
         sock.sendmsg([wire.COMMAND], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])

@@ -145,13 +145,12 @@ def request_fork(
     the server's reason) when the server is not there or refuses."""
     import socket
 
-    from cfn.system.unix import unix_address
+    from cfn.system.unix import connect_unix
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        with unix_address(path) as address:
-            sock.connect(address)
+        connect_unix(sock, path)
         socket.send_fds(sock, [kind], fds)
         sock.sendall(request)
         pid = parse_pid(read_line(sock.recv))
