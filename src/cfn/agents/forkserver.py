@@ -358,6 +358,8 @@ class Server:
             try:
                 self.leave()
                 code = child(conn, fds)
+            except KeyboardInterrupt:
+                code = 130  # Ctrl-C relayed before the child got to its own handling
             except BaseException as exc:
                 with contextlib.suppress(OSError):
                     os.write(2, f"[cfn] not started: {exc!r}\n".encode())
