@@ -70,7 +70,8 @@ async def test_agent_user_reaches_only_its_own_task(server: RedisServer) -> None
     agent.lpush("coord:t1:payload:impl-1-1", '{"confidence": 0.9}')
     agent.set("swarm:t1:heartbeat:impl-1-1", "{}", px=1000)
     assert agent.rpop("swarm:t1:signal:impl-1-1") is None
-    agent.hincrbyfloat("usage:t1", "cost_usd", 0.5)
+    admin.hset("usage:t1", "cost_usd", "0.25")
+    assert agent.hget("usage:t1", "cost_usd") == "0.25"  # its budget: read, never written
     assert agent.get("context:t1:metadata") == "{}"
     assert agent.lrange("coord:t1:complete", 0, -1) == ["impl-1-1:success"]
     assert agent.publish("coord:t1:loop3:complete", "hi") == 0
@@ -80,6 +81,9 @@ async def test_agent_user_reaches_only_its_own_task(server: RedisServer) -> None
         ("get", ("context:t2:metadata",)),
         ("set", ("swarm:t2:heartbeat:impl-1-1", "{}")),
         ("hincrbyfloat", ("usage:t2", "cost_usd", 1)),
+        ("hincrbyfloat", ("usage:t1", "cost_usd", -0.25)),  # its own task's budget too
+        ("hset", ("usage:t1:agent:impl-1-1", "cost_usd", "0")),
+        ("delete", ("usage:t1",)),
         ("lpush", ("coord:t1:payload:impl-2-1", "{}")),  # another agent's own key
         ("set", ("context:t1:metadata", "forged")),  # task context is read-only
         ("set", ("lock:anything", "1")),
@@ -128,9 +132,12 @@ async def test_python_agent_primitives_work_under_the_acl(server: RedisServer) -
         handle = await locks.acquire_lock(mine, resource, ttl=5.0, wait=1.0)
         await locks.extend_lock(mine, resource, handle.token, 5.0)
         await hb.beat(mine, "t1", "val-1-1", 0.5, pid=os.getpid())
-        ledger = RedisLedger(mine)
-        ok, _spent = await ledger.admit("t1", "val-1-1", Charge(0.01, 10, 5, 1), 1.0)
+        # The budget is the gateway's (admin credentials): the agent reads it, cannot charge it.
+        ok, _spent = await RedisLedger(admin).admit("t1", "val-1-1", Charge(0.01, 10, 5, 1), 1.0)
         assert ok
+        assert (await RedisLedger(mine).totals("t1")).calls == 1
+        with pytest.raises(Exception, match="(?i)permission|can.t access|noperm"):
+            await RedisLedger(mine).admit("t1", "val-1-1", Charge(0.01, 10, 5, 1), 1.0)
         await send_stop(admin, "t1", "val-1-1", "test")
         signal = await wait_agent_signal(mine, "t1", "val-1-1", 5.0)
         assert signal.type == "stop"

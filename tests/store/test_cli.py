@@ -145,14 +145,14 @@ def test_db_commands(cli: Cli) -> None:
     first use are covered in-process by test_schema.py."""
     upgraded = cli.run("db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "empty → 0004" in upgraded.stdout
+    assert "empty → 0005" in upgraded.stdout
     with cli.store() as store:
         store.upsert_skill("kept", "0" * 64, "skills/kept.md")
         store.create_task("t1", "mvp", "epic")
     down = cli.run("db", "downgrade")
-    assert down.returncode == 0 and "0004 → 0003" in down.stdout, down.stderr
+    assert down.returncode == 0 and "0005 → 0004" in down.stdout, down.stderr
     current = cli.run("db", "current")
-    assert current.returncode == 1 and current.stdout.startswith("0003 (head is 0004)")
+    assert current.returncode == 1 and current.stdout.startswith("0004 (head is 0005)")
     with cli.store() as store:  # opening brings it back up; the seed tables kept their rows
-        assert migrate.current(store.engine) == "0004"
+        assert migrate.current(store.engine) == "0005"
         assert [s.name for s in store.list_skills()] == ["kept"]

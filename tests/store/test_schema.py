@@ -22,7 +22,7 @@ LOOP_TABLES = {
 
 def test_head_constant_matches_the_scripts() -> None:
     assert migrate.head() == migrate.HEAD
-    assert migrate.revisions() == ["0001", "0002", "0003", "0004"]
+    assert migrate.revisions() == ["0001", "0002", "0003", "0004", "0005"]
 
 
 def test_first_use_creates_the_schema(store: Store) -> None:
@@ -112,7 +112,7 @@ def _fill(store: Store) -> None:
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(store: Store) -> None:
     _fill(store)
-    assert migrate.downgrade(store.engine, "0001") == ("0004", "0001")
+    assert migrate.downgrade(store.engine, "0001") == ("0005", "0001")
     tables = set(inspect(store.engine).get_table_names())
     assert not tables & LOOP_TABLES
     # The seed tables keep their rows through the loop tables' rollback.
@@ -132,7 +132,7 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(store: Store) -> None:
     assert set(inspect(store.engine).get_table_names()) <= {"alembic_version"}
     assert migrate.current(store.engine) is None
 
-    assert migrate.upgrade(store.engine) == (None, "0004")
+    assert migrate.upgrade(store.engine) == (None, "0005")
     _fill(store)  # the recreated tables take the same data again
     assert store.row_counts()["events"] == 1
     with pytest.raises(DatabaseError, match="append-only"), store.write() as conn:
@@ -140,9 +140,9 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(store: Store) -> None:
 
 
 def test_downgrade_to_unknown_revision_is_input_error(store: Store) -> None:
-    with pytest.raises(InvalidInputError, match="Known revisions: 0001, 0002, 0003, 0004"):
+    with pytest.raises(InvalidInputError, match="Known revisions: 0001, 0002, 0003, 0004, 0005"):
         migrate.downgrade(store.engine, "nope")
-    assert migrate.current(store.engine) == "0004"
+    assert migrate.current(store.engine) == "0005"
 
 
 def test_unknown_newer_revision_is_reported(db_settings: Settings) -> None:
@@ -168,7 +168,7 @@ def test_concurrent_first_use_migrates_once(db_settings: Settings) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert migrate.current(stores[0].engine) == "0004"
+    assert migrate.current(stores[0].engine) == "0005"
     for s in stores:
         s.close()
 

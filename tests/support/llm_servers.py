@@ -287,9 +287,10 @@ def anthropic_error(status: int, message: str, headers: dict[str, str] | None = 
 
 
 def auto_reply(request: Recorded) -> Reply:
-    """Plain "ok" in the request's own format and mode."""
+    """Plain "ok" in the request's own format and mode (Claude Code posts to
+    ``/v1/messages?beta=true``: the query does not change the format)."""
     stream = bool(request.body.get("stream"))
-    if request.path.endswith("/messages"):
+    if request.path.split("?", 1)[0].endswith("/messages"):
         return anthropic_sse() if stream else anthropic_json()
     return openai_sse() if stream else openai_json()
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
@@ -39,11 +38,9 @@ from cfn.profiles import AgentProfile
 from cfn.providers import (
     ChatRequest,
     ChatResponse,
-    LLMService,
     Message,
     TaskTraits,
     ToolCall,
-    build_service,
 )
 from cfn.settings import Settings
 
@@ -120,28 +117,23 @@ def _brief(context: AgentContext) -> str:
     return "\n\n".join(parts)
 
 
-#: The client module of each provider wire format (see _preload_sdk).
-_SDK_MODULES = {
-    "openai": "cfn.providers.clients.openai_compat",
-    "anthropic": "cfn.providers.clients.anthropic_messages",
-}
+class AgentLLM(Protocol):
+    """What the runtime calls a model through: the LLM gateway's client
+    (``cfn.providers.gateway.client.GatewayLLM``) in an agent process, or an
+    in-process ``LLMService`` where a test drives the runtime directly."""
 
+    async def complete(
+        self,
+        request: ChatRequest,
+        *,
+        agent_id: str,
+        task_id: str,
+        task: TaskTraits | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> ChatResponse: ...
 
-def _preload_sdk(service: LLMService, provider: str) -> None:
-    """Import the provider's SDK ahead of the first model call, off the event loop.
-
-    The router creates its client on the first call, and importing an SDK
-    there (openai: over a second on a busy two-core machine) blocks the
-    event loop: the heartbeat task misses its beats and the orchestrator's
-    monitor kills a healthy agent as hung.
-    """
-    try:
-        kind = service.table.spec(provider).kind
-    except CfnError:
-        return  # the call itself reports the unknown provider, as a failed run
-    module = _SDK_MODULES.get(kind)
-    if module is not None:
-        importlib.import_module(module)
+    async def aclose(self) -> None: ...
 
 
 def _lock_resource(context: AgentContext) -> str:
@@ -155,7 +147,7 @@ class AgentRuntime:
         context: AgentContext,
         settings: Settings,
         redis: RedisManager,
-        service: LLMService,
+        service: AgentLLM,
         profile: AgentProfile | None,
     ) -> None:
         self.context = context
@@ -327,8 +319,6 @@ class AgentRuntime:
 
     async def _converse_safely(self) -> RunResult:
         try:
-            # In a thread: the event loop keeps beating while the SDK loads.
-            await asyncio.to_thread(_preload_sdk, self.service, self.context.provider)
             async with contextlib.AsyncExitStack() as stack:
                 await self._open_mcp(stack)
                 return await self.converse()
@@ -382,7 +372,7 @@ async def run_from_file(path: Path, settings: Settings) -> RunResult:
 
     context = AgentContext.from_file(path)
     redis = RedisManager.from_settings(settings)
-    service = build_service(settings, redis, with_store=True)
+    service = agent_llm(settings, context)
     try:
         profiles = load_profiles(settings)
         profile = profiles.get(context.cfn.profile or context.agent_id)
@@ -391,6 +381,34 @@ async def run_from_file(path: Path, settings: Settings) -> RunResult:
     finally:
         await service.aclose()
         await redis.close()
+
+
+def agent_llm(settings: Settings, context: AgentContext) -> AgentLLM:
+    """The agent's LLM: the gateway and token it was given at spawn.
+
+    An agent run by hand (``cfn agent run`` without a token) is given one
+    here, by the user running it, from the gateway cfn starts on first need.
+    """
+    from cfn.providers.gateway.client import GatewayLLM
+    from cfn.providers.gateway.server import ensure_gateway, mint_agent_token
+
+    token = settings.cfn_llm_token
+    if settings.cfn_llm_gateway_url and token is not None:
+        return GatewayLLM(settings.cfn_llm_gateway_url, token.get_secret_value())
+    from cfn.providers import load_route_table
+
+    url = ensure_gateway(settings)
+    table = load_route_table(settings)
+    route = table.route(context.provider, context.cfn.model)
+    minted = mint_agent_token(
+        settings,
+        context.agent_id,
+        context.task_id,
+        provider=route.provider,
+        model=route.model,
+        providers=tuple(r.provider for r in table.chain(route)),
+    )
+    return GatewayLLM(url, minted)
 
 
 def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lock": ("coordination", "lock_app"),
     "redis": ("redis_server", "redis_app"),
     "providers": ("providers", "providers_app"),
+    "llm-gateway": ("gateway", "gateway_app"),
     "db": ("store", "db_app"),
     "skills": ("store", "skills_app"),
     "collect-results": ("coordination", "collect_results_cmd"),

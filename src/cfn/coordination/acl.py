@@ -5,12 +5,13 @@ At spawn the launcher creates ``cfn:{task}:{agent}`` with a random password
 log) and these rules:
 
 - write (and read) only the agent's own keys: ``coord:{task}:payload:{agent}``,
-  ``swarm:{task}:{result,signal,heartbeat}:{agent}``, ``usage:{task}:agent:{agent}``;
+  ``swarm:{task}:{result,signal,heartbeat}:{agent}``;
 - write the task's shared lists an agent reports on: ``coord:{task}:complete``,
-  ``coord:{task}:error``, and the task's budget ``usage:{task}`` and
-  ``usage:{task}:calls`` (every agent of a task charges the same budget);
+  ``coord:{task}:error``;
 - read the rest of its own task: ``coord:{task}:*``, ``context:{task}:*``,
-  ``swarm:{task}:*``;
+  ``swarm:{task}:*``, and its budget ``usage:{task}``, ``usage:{task}:calls``,
+  ``usage:{task}:agent:{agent}`` (only the LLM gateway charges a budget: an
+  agent that could write it could give itself more);
 - its duplicate-run lock, the two exact keys ``lock:agent-{digest}`` and
   ``lock:agent-{digest}:fence`` (the one key outside the task's prefixes; the
   digest is of task and agent, so it is this agent's alone);
@@ -56,8 +57,8 @@ AGENT_COMMANDS: tuple[str, ...] = (
     "lpos", "lset",
     # durability of completions with a replica: INFO replication, then WAIT
     "info", "wait",
-    # hashes (the task's budget)
-    "hget", "hgetall", "hmget", "hset", "hincrby", "hincrbyfloat",
+    # hashes: reading the task's budget (only the LLM gateway writes it)
+    "hget", "hgetall", "hmget",
     # scripts and transactions
     "eval", "evalsha", "eval_ro", "evalsha_ro", "script|load", "script|exists",
     "multi", "exec", "discard", "watch", "unwatch",
@@ -95,15 +96,21 @@ def agent_rules(task_id: str, agent_id: str, password_sha256: str) -> list[str]:
         keys.swarm_result(t, a),
         keys.swarm_signal(t, a),
         keys.heartbeat(t, a),
-        keys.usage_agent(t, a),
         keys.coord_complete(t),
         keys.coord_error(t),
-        keys.usage(t),
-        keys.usage_calls(t),
         keys.lock(lock),
         keys.lock_fence(lock),
     ]
-    readable = [keys.coord_pattern(t), keys.context_pattern(t), keys.swarm_pattern(t)]
+    # The task's budget and usage are the LLM gateway's to write (cfn.providers.gateway):
+    # an agent may read them, never change them.
+    readable = [
+        keys.coord_pattern(t),
+        keys.context_pattern(t),
+        keys.swarm_pattern(t),
+        keys.usage(t),
+        keys.usage_agent(t, a),
+        keys.usage_calls(t),
+    ]
     return [
         "reset",
         "on",

@@ -20,10 +20,9 @@ from cfn.coordination import completion, signals
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.context import store_context
+from cfn.coordination.events import publish_event
 from cfn.loop.ports import HeartbeatWatch
 
-#: The live copy of a task's events is capped near this many entries.
-STREAM_MAXLEN = 10_000
 #: Task context (the deliverables) lives a week and may be large.
 CONTEXT_TTL = 7 * 24 * 3600
 CONTEXT_MAX_BYTES = 16 * 1024 * 1024
@@ -86,11 +85,7 @@ class RedisBoard:
     async def publish_event(
         self, task_id: str, event_id: int, kind: str, payload: dict[str, Any]
     ) -> None:
-        fields = {"id": str(event_id), "kind": kind, "data": json.dumps(payload, default=str)}
-        stream = keys.events(task_id)
-        await self.redis.run(
-            lambda r: r.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        )
+        await publish_event(self.redis, task_id, event_id, kind, payload)
 
     async def set_decision_state(self, task_id: str, state: dict[str, Any]) -> None:
         key = keys.decision(task_id)

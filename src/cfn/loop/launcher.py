@@ -23,6 +23,7 @@ from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
 from cfn.errors import AgentLookupError
 from cfn.loop.ports import AgentPlan, RunningAgent
 from cfn.providers import LLMService, TaskTraits
+from cfn.providers.gateway.server import agent_environment
 from cfn.settings import Settings
 from cfn.system.proc import proc_cpu_ticks
 
@@ -175,7 +176,16 @@ class ProcessLauncher:
             redis_username=creds.username if creds else "",
             redis_password=creds.password if creds else "",
         )
-        env = {**self._mcp_env(plan, profile), **self._redis_env(creds)}
+        llm = await asyncio.to_thread(
+            agent_environment,
+            self.settings,
+            plan.agent_id,
+            plan.task_id,
+            provider=decision.provider,
+            model=decision.model,
+            providers=tuple(r.provider for r in decision.chain),
+        )
+        env = {**self._mcp_env(plan, profile), **self._redis_env(creds), **llm}
         try:
             handle = await self.spawner.spawn(context, env=env)
         except BaseException:

@@ -10,8 +10,6 @@ skills, scope and expiry; every server verifies them itself.
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -24,6 +22,7 @@ import jwt
 from cfn import keys
 from cfn.errors import ConfigError, InvalidInputError, McpAuthError
 from cfn.settings import Settings
+from cfn.system.secrets import read_or_create
 
 ISSUER = "cfn"
 AUDIENCE = "cfn-mcp"
@@ -67,24 +66,7 @@ def load_secret(settings: Settings) -> bytes:
                 "random characters (e.g. `openssl rand -hex 32`)"
             )
         return value.encode()
-    path = secret_path(settings)
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fresh = secrets.token_hex(32).encode()
-    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(fresh)
-    try:
-        os.link(tmp, path)  # first writer wins; a concurrent one reads the winner's
-    except FileExistsError:
-        fresh = path.read_bytes().strip()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return fresh
+    return read_or_create(secret_path(settings))
 
 
 def _check_skills(skills: Iterable[str]) -> tuple[str, ...]:

@@ -348,3 +348,28 @@ def load_route_table(settings: Settings) -> RouteTable:
 
 def describe_specs(specs: Mapping[str, ProviderSpec]) -> list[str]:
     return [f"{s.name} ({s.kind}, {s.base_url})" for s in specs.values()]
+
+
+#: Variables that hold a credential whatever provider they belong to.
+SECRET_SUFFIXES = ("_API_KEY", "_AUTH_TOKEN")
+
+
+def secret_variables(settings: Settings) -> frozenset[str]:
+    """Every environment variable that may hold a provider key: agents never get these.
+
+    The key variables of the built-in providers and of the providers file, plus
+    any ``*_API_KEY`` / ``*_AUTH_TOKEN`` (a provider added later, an SDK's own);
+    callers drop a variable when its name is here or has one of those endings.
+    """
+    names = {v for spec in builtin_specs(settings).values() for v in spec.key_vars}
+    try:
+        table = load_route_table(settings)
+    except ConfigError:  # a broken providers file: the built-ins are still withheld
+        return frozenset(names)
+    names.update(v for spec in table.specs.values() for v in spec.key_vars)
+    return frozenset(names)
+
+
+def is_secret_variable(name: str, secrets: frozenset[str]) -> bool:
+    upper = name.upper()
+    return name in secrets or upper.endswith(SECRET_SUFFIXES)

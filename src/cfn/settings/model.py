@@ -329,6 +329,45 @@ class Settings(BaseModel):
         "the MCP servers are configured: MCP_AUTH_TOKEN set or `cfn mcp up` has run).",
     )
 
+    # --- LLM gateway (cfn.providers.gateway) and agent backends ---
+    cfn_llm_gateway_url: str | None = Field(
+        default=None,
+        description="The LLM gateway agents call; unset: cfn starts and reuses its own. "
+        "An agent process is given its gateway here.",
+    )
+    cfn_llm_gateway_host: str = Field(
+        default="127.0.0.1", description="Address cfn's own LLM gateway listens on."
+    )
+    cfn_llm_gateway_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Its port; unset: the orchestrator's + 10."
+    )
+    cfn_llm_gateway_idle: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="cfn's own LLM gateway exits after this many seconds without a request.",
+    )
+    cfn_llm_token: SecretStr | None = Field(
+        default=None, description="An agent's own LLM gateway token (given to it at spawn)."
+    )
+    cfn_llm_token_ttl: int = Field(
+        default=6 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="Lifetime of the LLM gateway tokens minted for agents.",
+    )
+    cfn_agent_backend: Literal["builtin", "claude-code", "command"] | None = Field(
+        default=None,
+        description="Which agent runs an agent: builtin (cfn's tool loop, default), "
+        "claude-code (the Claude Code CLI) or command (AGENT_COMMAND).",
+    )
+    cfn_claude_bin: str | None = Field(
+        default=None,
+        description="The Claude Code CLI; unset: `claude` on PATH, else the one bundled "
+        "with claude-agent-sdk.",
+    )
+    cfn_claude_max_turns: int = Field(default=40, ge=1, le=1000)
+
     # --- Portal (seed: "Web Portal Integration") ---
     cfn_portal_secret: SecretStr | None = Field(
         default=None,

@@ -226,6 +226,10 @@ class LlmCall(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime, nullable=False, server_default=func.current_timestamp()
     )
+    #: Revision 0005: what the LLM gateway knows of the call (NULL in older rows).
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str | None] = mapped_column(String(32))
+    via: Mapped[str | None] = mapped_column(String(16))
 
 
 #: What became of an MCP tool call (cfn.mcp.audit).

@@ -122,6 +122,9 @@ class LlmCallRecord(_Record):
     output_tokens: int
     cost_usd: float
     created_at: datetime
+    latency_ms: float | None = None
+    status: str | None = None
+    via: str | None = None
 
 
 class UsageSummary(_Record):

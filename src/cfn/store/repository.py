@@ -879,12 +879,17 @@ class Store:
         cost_usd: float,
         task_id: str | None = None,
         agent_id: str | None = None,
+        latency_ms: float | None = None,
+        status: str | None = None,
+        via: str | None = None,
     ) -> LlmCallRecord:
         """One LLM request's token usage and cost (written by the provider code)."""
         if input_tokens < 0 or output_tokens < 0:
             raise InvalidInputError("token counts must be >= 0")
         if not cost_usd >= 0:
             raise InvalidInputError(f"cost {cost_usd!r} must be a number >= 0")
+        if latency_ms is not None and not latency_ms >= 0:
+            raise InvalidInputError(f"latency {latency_ms!r} must be a number >= 0")
         values = {
             "task_id": None if task_id is None else keys.validate_id(task_id, "task id"),
             "agent_id": None if agent_id is None else keys.validate_id(agent_id, "agent id"),
@@ -894,6 +899,9 @@ class Store:
             "output_tokens": int(output_tokens),
             "cost_usd": float(cost_usd),
             "created_at": utcnow(),
+            "latency_ms": None if latency_ms is None else float(latency_ms),
+            "status": None if status is None else check.text_field(status, "status", 32),
+            "via": None if via is None else check.text_field(via, "via", 16),
         }
         row = self.transaction(
             lambda conn: conn.execute(
@@ -993,6 +1001,9 @@ def record_llm_call(
     cost_usd: float,
     task_id: str | None = None,
     agent_id: str | None = None,
+    latency_ms: float | None = None,
+    status: str | None = None,
+    via: str | None = None,
     store: Store | None = None,
 ) -> LlmCallRecord:
     """Record one LLM call's usage; the provider code's single entry point into SQL."""
@@ -1004,4 +1015,7 @@ def record_llm_call(
         cost_usd=cost_usd,
         task_id=task_id,
         agent_id=agent_id,
+        latency_ms=latency_ms,
+        status=status,
+        via=via,
     )

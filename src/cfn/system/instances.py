@@ -37,6 +37,11 @@ def podman_daemon(state_dir: Path) -> Daemon:
     return Daemon(state_dir / "podman", record="service.json", log="service.log", pid="service.pid")
 
 
+def llm_gateway_daemon(state_dir: Path) -> Daemon:
+    """cfn's own LLM gateway (its record holds a fingerprint of its settings: 0600)."""
+    return Daemon(state_dir / "llm-gateway", record="instance.json", log="gateway.log")
+
+
 @dataclass(frozen=True)
 class Instance:
     pid: int

@@ -8,6 +8,7 @@ loop, the portal and ``cfn spawn-agent`` hand their agents the same server.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -87,4 +88,32 @@ async def spawn_agent(
         provider=provider,
         redis_username=urlsplit(url).username or settings.redis_username,
     )
-    return await spawner_for(settings, redis_url=url).spawn(context, command=command)
+    env = await asyncio.to_thread(llm_environment, settings, agent_id, task_id, provider)
+    return await spawner_for(settings, redis_url=url).spawn(context, command=command, env=env)
+
+
+def llm_environment(
+    settings: Settings, agent_id: str, task_id: str, provider: str
+) -> dict[str, str]:
+    """The agent's LLM gateway and token, for the route the router gives it."""
+    from cfn.profiles import load_profiles
+    from cfn.providers import TaskTraits, load_route_table, select_provider
+    from cfn.providers.gateway.server import agent_environment
+
+    table = load_route_table(settings)
+    decision = select_provider(
+        agent_id,
+        TaskTraits(),
+        settings=settings,
+        table=table,
+        profiles=load_profiles(settings),
+        provider=provider,
+    )
+    return agent_environment(
+        settings,
+        agent_id,
+        task_id,
+        provider=decision.provider,
+        model=decision.model,
+        providers=tuple(r.provider for r in decision.chain),
+    )

@@ -63,6 +63,7 @@ from cfn.agents.spawn.base import (
     read_json_file,
 )
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
+from cfn.providers.routes import SECRET_SUFFIXES
 from cfn.settings import Settings
 from cfn.worktree.project import CFN_NETWORK, compose_project
 
@@ -85,7 +86,7 @@ LABEL_STATE = "cfn.state-dir"
 LABEL_PROJECT = "cfn.project"
 
 #: Settings the agent reads that mean the same inside a container (never paths, never
-#: the orchestrator's own secrets): provider keys, routes and limits, Redis client knobs.
+#: a secret: provider keys stay in the LLM gateway): routes and limits, Redis client knobs.
 FORWARDED_PREFIXES = ("CFN_PROVIDER", "CFN_RETRY_AFTER", "REDIS_CONNECT", "REDIS_MAX_RETRIES")
 FORWARDED = {
     "CFN_CUSTOM_ROUTING",
@@ -107,8 +108,8 @@ def _forwarded(name: str) -> bool:
     return (
         name in FORWARDED
         or name.startswith(FORWARDED_PREFIXES)
-        or name.endswith(("_API_KEY", "_BASE_URL"))
-    )
+        or name.endswith("_BASE_URL")
+    ) and not name.endswith(SECRET_SUFFIXES)
 
 
 def network_name(settings: Settings) -> str:
@@ -472,6 +473,9 @@ class ContainerSpawner:
         for key in (access.url_env, "REDIS_URL"):
             if merged.get(key, "").startswith(("redis://", "rediss://")):
                 merged[key] = self.container_redis_url(merged[key], gateway)
+        llm = merged.get("CFN_LLM_GATEWAY_URL", "")
+        if llm.startswith(("http://", "https://")):
+            merged["CFN_LLM_GATEWAY_URL"] = self.container_redis_url(llm, gateway)
         return merged
 
     # --- spawn / attach -------------------------------------------------------------------

@@ -55,6 +55,7 @@ from cfn.agents.spawn.base import (
 )
 from cfn.coordination import acl
 from cfn.errors import AgentLookupError, AgentSpawnError, CfnError, InvalidInputError
+from cfn.providers.routes import is_secret_variable, secret_variables
 from cfn.settings import Settings
 from cfn.system.cgroups import Cgroups
 from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_start_ticks
@@ -280,9 +281,14 @@ class ProcessSpawner:
                 password = self.settings.redis_password
             if password:
                 extra[context.cfn.redis.password_env] = unquote(password)
-        # Agents inherit the orchestrator's environment (PATH, provider keys, ...),
-        # the same way a child process would without an explicit env.
-        inherited = {**os.environ, **extra}
+        # Agents inherit the orchestrator's environment (PATH, locale, ...) as a child
+        # process would, except every provider key: an agent's LLM calls go through
+        # the LLM gateway with its own token (cfn.providers.gateway), and a command
+        # its model runs must find no key to read.
+        withheld = secret_variables(self.settings)
+        inherited = {
+            k: v for k, v in {**os.environ, **extra}.items() if not is_secret_variable(k, withheld)
+        }
         access = context.cfn.redis
         if not (access.username and access.password):
             return {k: v for k, v in inherited.items() if k not in acl.SIGNING_SECRETS}

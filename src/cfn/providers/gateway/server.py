@@ -1,0 +1,283 @@
+"""Serving the LLM gateway: standalone (``cfn llm-gateway``), detached and reused.
+
+Like the embedded Redis, cfn's own gateway is started on first need by
+whatever spawns agents (``cfn run``, ``orchestrate``, ``spawn-agent``, the
+portal, a worker) and reused by the next: ``ensure_gateway(settings)`` returns
+its URL. It runs detached (``cfn.system.daemon``) with the environment of the
+command that started it, which is where the provider keys are; agents get
+only its URL and their own token. Its record (``<state>/llm-gateway/
+instance.json``, 0600) holds a fingerprint of the settings it was started
+with: a later command with other keys, routes or budget restarts it rather
+than being served by stale ones. It exits by itself after
+``CFN_LLM_GATEWAY_IDLE`` seconds without a request.
+
+``CFN_LLM_GATEWAY_URL`` names an external gateway instead (another host's,
+or the portal's under ``/llm``), and nothing is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from cfn.errors import CfnError
+from cfn.providers.gateway.app import LlmGateway
+from cfn.providers.gateway.tokens import LlmTokenAuthority
+from cfn.settings import Settings
+from cfn.system.daemon import record_of, stop_process, wait_until
+from cfn.system.instances import llm_gateway_daemon
+from cfn.system.proc import proc_alive
+from cfn.worktree.ports import PortRegistry, default_ports
+
+START_TIMEOUT = 20.0
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+STOP_TIMEOUT = 10.0
+#: The gateway's port is the orchestrator's plus this (3010 in the main checkout).
+PORT_OFFSET = 10
+#: Settings that differ per agent or name the gateway itself: not part of its identity.
+VOLATILE = frozenset({"cfn_llm_token", "cfn_mcp_token", "cfn_llm_gateway_url"})
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def fingerprint(settings: Settings) -> str:
+    """A digest of every setting the gateway acts on (keys included, as a hash only)."""
+    data: dict[str, object] = {}
+    for name in sorted(type(settings).model_fields):
+        if name in VOLATILE:
+            continue
+        value = getattr(settings, name)
+        data[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    providers_file = settings.cfn_providers_file or settings.project_root / ".claude" / (
+        "providers.json"
+    )
+    with contextlib.suppress(OSError):
+        data["_providers_file"] = hashlib.sha256(providers_file.read_bytes()).hexdigest()
+    raw = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def build_gateway(settings: Settings) -> LlmGateway:
+    """The gateway app on this checkout's Redis (budget) and store (history)."""
+    from cfn.coordination.connection import RedisManager
+    from cfn.providers import LLMService
+    from cfn.providers.gateway.recorder import BackgroundSinks, StoreRecorder
+    from cfn.providers.usage import RedisLedger
+    from cfn.store.repository import Store
+
+    redis = RedisManager.from_settings(settings)
+    store = Store.open(settings)
+    ledger = RedisLedger(redis)
+    service = LLMService(settings, ledger=ledger)
+    history = BackgroundSinks([ledger, StoreRecorder(store, redis)])
+    service.sinks = [history]
+    gateway = LlmGateway(service, LlmTokenAuthority.from_settings(settings))
+
+    async def close() -> None:
+        await history.aclose()
+        await service.aclose()
+        await redis.close()
+        store.close()
+
+    gateway.closers.append(close)
+    return gateway
+
+
+class _IdleWatch:
+    """ASGI middleware noting the time of the last request."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+        self.last = time.monotonic()
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.last = time.monotonic()
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.active else time.monotonic() - self.last
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int,
+    record: bool = True,
+    idle: float | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM, cancellation or ``idle`` seconds unused."""
+    import uvicorn
+
+    host = host or settings.cfn_llm_gateway_host
+    gateway = build_gateway(settings)
+    watch = _IdleWatch(gateway.asgi)
+    config = uvicorn.Config(
+        watch, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+    )
+    server = uvicorn.Server(config)
+    daemon = llm_gateway_daemon(settings.state_dir)
+    try:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if serving.done():
+            await serving
+            raise CfnError(f"the LLM gateway could not listen on {host}:{port}")
+        if record:
+            daemon.write_record(
+                record_of(
+                    os.getpid(),
+                    host=host,
+                    port=port,
+                    url=f"http://{_client_host(host)}:{port}",
+                    fingerprint=fingerprint(settings),
+                )
+            )
+        if ready is not None:
+            ready.set()
+        limit = idle if idle is not None else settings.cfn_llm_gateway_idle
+        while not serving.done():
+            await asyncio.wait({serving}, timeout=min(5.0, limit))
+            if watch.idle_for() >= limit:
+                server.should_exit = True
+                await serving
+        await serving
+    finally:
+        await gateway.aclose()
+        if record:
+            daemon.clear_record(os.getpid())
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """True when a cfn LLM gateway answers ``GET /healthz`` at ``url``."""
+    try:
+        reply = httpx.get(f"{url}/healthz", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    try:
+        return reply.status_code == 200 and reply.json().get("service") == "cfn-llm-gateway"
+    except ValueError:
+        return False
+
+
+def running_gateway(settings: Settings) -> dict[str, Any] | None:
+    """This checkout's recorded gateway, if its process lives and it answers."""
+    data = llm_gateway_daemon(settings.state_dir).read_record()
+    pid, start, url = data.get("pid"), data.get("pid_start"), data.get("url")
+    if not isinstance(url, str) or not proc_alive(pid, start if isinstance(start, int) else None):
+        return None
+    return data if answers(url) else None
+
+
+def gateway_port(settings: Settings) -> int:
+    """The port cfn's own gateway uses (recorded in <state>/ports.json)."""
+    preferred = settings.cfn_llm_gateway_port or (
+        (settings.cfn_orchestrator_port or default_ports(settings.worktree_branch).orchestrator)
+        + PORT_OFFSET
+    )
+    return PortRegistry(settings.state_dir).resolve("llm-gateway", preferred)
+
+
+def ensure_gateway(settings: Settings) -> str:
+    """The URL agents call: CFN_LLM_GATEWAY_URL, or cfn's own gateway (started if need be)."""
+    if settings.cfn_llm_gateway_url:
+        return settings.cfn_llm_gateway_url.rstrip("/")
+    daemon = llm_gateway_daemon(settings.state_dir)
+    wanted = fingerprint(settings)
+    with daemon.locked():
+        current = running_gateway(settings)
+        if current is not None:
+            if current.get("fingerprint") == wanted:
+                return str(current["url"])
+            start = current.get("pid_start")
+            stop_process(int(current["pid"]), grace=STOP_TIMEOUT, start_ticks=start)
+        port = gateway_port(settings)
+        host = settings.cfn_llm_gateway_host
+        if settings.spawn_mode == "docker" and host in LOOPBACK:
+            # Agents in containers reach the host through their network's gateway
+            # address; every request still needs an agent's token.
+            host = "0.0.0.0"  # noqa: S104
+        url = f"http://{_client_host(settings.cfn_llm_gateway_host)}:{port}"
+        proc = daemon.spawn(
+            [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host]
+        )
+        if wait_until(
+            lambda: daemon.read_record().get("pid") == proc.pid and answers(url, 0.5),
+            START_TIMEOUT,
+            exited=lambda: proc.poll() is not None,
+        ):
+            return url
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        raise CfnError(
+            f"the LLM gateway did not start on {url} (exit code {proc.poll()}); "
+            f"see {daemon.log_file}: {daemon.log_tail()}"
+        )
+
+
+def stop_gateway(settings: Settings) -> bool:
+    """Stop this checkout's own gateway; True when one was running."""
+    return llm_gateway_daemon(settings.state_dir).stop_recorded(STOP_TIMEOUT)
+
+
+def mint_agent_token(
+    settings: Settings,
+    agent_id: str,
+    task_id: str,
+    *,
+    provider: str,
+    model: str,
+    providers: tuple[str, ...] = (),
+) -> str:
+    """An agent's gateway token, valid for its whole run (CFN_LLM_TOKEN_TTL)."""
+    return LlmTokenAuthority.from_settings(settings).mint(
+        agent_id,
+        task_id,
+        provider=provider,
+        model=model,
+        providers=providers,
+        ttl=settings.cfn_llm_token_ttl + settings.agent_timeout,
+    )
+
+
+def agent_environment(
+    settings: Settings,
+    agent_id: str,
+    task_id: str,
+    *,
+    provider: str,
+    model: str,
+    providers: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """What an agent process is given to reach its LLM: the gateway's URL and its token."""
+    return {
+        "CFN_LLM_GATEWAY_URL": ensure_gateway(settings),
+        "CFN_LLM_TOKEN": mint_agent_token(
+            settings, agent_id, task_id, provider=provider, model=model, providers=providers
+        ),
+    }
