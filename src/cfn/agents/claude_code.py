@@ -200,7 +200,7 @@ def claude_argv(run: ClaudeRun) -> list[str]:
 #: elsewhere: never inherited by the CLI, whose Bash tool hands its env to the model.
 _SECRET_NAME = re.compile(
     r"""(
-        _API_KEY$ | _AUTH_TOKEN$ | (^|_)TOKEN$ | SECRET | PASSWORD | PASSWD | (^|_)AUTH$
+        _KEY$ | _AUTH_TOKEN$ | (^|_)TOKEN$ | SECRET | PASSWORD | PASSWD | (^|_)AUTH$
       | (^|_)CREDENTIALS?($|_) | _PRIVATE_KEY$ | _ACCESS_KEY($|_)
       | ^ANTHROPIC_ | ^CLAUDE_CODE_OAUTH | ^CLAUDE_CODE_USE_ | ^CLAUDECODE$
       | ^AWS_ | ^GOOGLE_ | ^GCLOUD_ | ^CLOUDSDK_ | ^AZURE_ | ^VERTEX_ | ^BEDROCK_

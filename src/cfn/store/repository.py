@@ -928,6 +928,22 @@ class Store:
             cost_usd=float(cost),
         )
 
+    def llm_calls(
+        self, task_id: str, agent_id: str | None = None, limit: int = 1000
+    ) -> list[LlmCallRecord]:
+        """A task's LLM calls (optionally one agent's), oldest first."""
+        query = (
+            select(T_LLM_CALLS)
+            .where(T_LLM_CALLS.c.task_id == keys.validate_id(task_id, "task id"))
+            .order_by(T_LLM_CALLS.c.id)
+            .limit(max(1, limit))
+        )
+        if agent_id is not None:
+            query = query.where(T_LLM_CALLS.c.agent_id == keys.validate_id(agent_id, "agent id"))
+        with self.read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [LlmCallRecord.model_validate(dict(row)) for row in rows]
+
     # --- the MCP audit trail ------------------------------------------------------
 
     def append_mcp_audit(self, entries: Iterable[Mapping[str, Any]]) -> int:

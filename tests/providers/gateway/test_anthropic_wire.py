@@ -460,22 +460,8 @@ FUZZ_KEYS = [
     "thinking",
     "top_k",
 ]
-FUZZ_WORDS = [
-    "user",
-    "assistant",
-    "system",
-    "developer",
-    "tool",
-    "text",
-    "tool_use",
-    "tool_result",
-    "image",
-    "thinking",
-    "function",
-    "custom",
-    "auto",
-    "m",
-]
+FUZZ_WORDS = ["user", "assistant", "system", "developer", "tool", "text", "tool_use"]
+FUZZ_WORDS += ["tool_result", "image", "thinking", "function", "custom", "auto", "m", "{}"]
 FUZZ_JSON = st.recursive(
     st.none()
     | st.booleans()
@@ -488,17 +474,30 @@ FUZZ_JSON = st.recursive(
     ),
     max_leaves=25,
 )
-
-FUZZ_MESSAGES = st.lists(
-    st.dictionaries(st.sampled_from(FUZZ_KEYS), FUZZ_JSON, max_size=5) | FUZZ_JSON, max_size=4
+FUZZ_FIELDS = st.dictionaries(st.sampled_from(FUZZ_KEYS), FUZZ_JSON, max_size=4)
+#: Objects with a plausible ``type`` or ``role`` and random other fields, so that
+#: examples get past the first checks and into the blocks and calls.
+FUZZ_BLOCK = st.builds(
+    lambda kind, rest: {**rest, "type": kind}, st.sampled_from(FUZZ_WORDS), FUZZ_FIELDS
+)
+FUZZ_CONTENT = st.text(max_size=3) | st.lists(FUZZ_BLOCK | FUZZ_JSON, max_size=3)
+FUZZ_MESSAGE = st.builds(
+    lambda role, content, rest: {**rest, "role": role, "content": content},
+    st.sampled_from(["user", "assistant", "user", "assistant", "system"]),
+    FUZZ_CONTENT,
+    FUZZ_FIELDS,
 )
 FUZZ_BODY = st.fixed_dictionaries(
-    {"model": st.just("m"), "max_tokens": st.just(5), "messages": FUZZ_MESSAGES},
-    optional={k: FUZZ_JSON for k in FUZZ_KEYS if k not in ("model", "messages", "max_tokens")},
+    {
+        "model": st.just("m"),
+        "max_tokens": st.just(5),
+        "messages": st.lists(FUZZ_MESSAGE, min_size=1, max_size=4),
+    },
+    optional={"tools": st.lists(FUZZ_BLOCK, max_size=2)},
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(FUZZ_JSON | FUZZ_BODY)
 def test_any_json_parses_or_is_refused_cleanly(body: object) -> None:
     """Whatever a client sends, the answer is a request or InvalidInputError, never a crash."""
@@ -560,7 +559,7 @@ def test_broken_tool_arguments_keep_the_raw_text() -> None:
         model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
     )
     with final as stream:
-        message = stream.get_final_message()
+        message: Any = stream.get_final_message()  # content: a union of many block types
     assert [b.input for b in message.content] == [{"_raw": '{"cmd": "ls'}, {"_raw": "[1, 2]"}]
 
 
@@ -581,7 +580,7 @@ def test_stream_through_the_sdk_helper() -> None:
         model="claude-test", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
     ) as stream:
         assert "".join(stream.text_stream) == "Hello, wörld ✓"
-        message = stream.get_final_message()
+        message: Any = stream.get_final_message()  # content: a union of many block types
     assert message.id == "msg_1" and message.model == "claude-test"
     assert [b.type for b in message.content] == ["text", "tool_use"]
     assert message.content[0].text == "Hello, wörld ✓"
@@ -654,7 +653,7 @@ def test_finish_sends_what_was_not_streamed() -> None:
     with sdk(data).messages.stream(
         model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
     ) as s:
-        message = s.get_final_message()
+        message: Any = s.get_final_message()
     assert message.content[0].text == "whole text"
     assert (message.content[1].id, message.content[1].input) == ("t1", {"a": [1]})
     assert message.stop_reason == "tool_use"

@@ -83,7 +83,7 @@ def ask(client: openai.OpenAI, **extra: Any) -> Any:
 
 # --- requests ----------------------------------------------------------------------
 
-RUN_TOOL = {
+RUN_TOOL: Body = {
     "type": "function",
     "function": {
         "name": "run",
@@ -100,13 +100,14 @@ RUN_TOOL = {
 def test_parse_what_the_sdk_sends() -> None:
     sent: list[Body] = []
     client = sdk(completion_json(response("ok"), "glm-test", "c1", CREATED), sent=sent)
-    client.chat.completions.create(
+    create: Any = client.chat.completions.create  # a custom tool is outside its typed params
+    create(
         model="glm-test",
         temperature=0.3,
         max_completion_tokens=256,
         stop=["END"],
         user="agent-7",
-        tools=[RUN_TOOL, {"type": "custom", "custom": {"name": "grammar_tool"}}],  # type: ignore[list-item]
+        tools=[RUN_TOOL, {"type": "custom", "custom": {"name": "grammar_tool"}}],
         tool_choice="auto",
         messages=[
             {"role": "developer", "content": "be terse"},
@@ -133,7 +134,7 @@ def test_parse_what_the_sdk_sends() -> None:
         Message("tool", "a.txt", tool_call_id="call_1"),
     )
     assert request.tools == (
-        ToolSpec("run", "Run a shell command", RUN_TOOL["function"]["parameters"]),  # type: ignore[index]
+        ToolSpec("run", "Run a shell command", RUN_TOOL["function"]["parameters"]),
     )
     assert request.temperature == 0.3 and request.max_tokens == 256
     assert options == ChatOptions(
@@ -172,7 +173,11 @@ def test_parse_parts_and_options() -> None:
                 {"role": "assistant", "content": "sure", "tool_calls": []},
                 {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": "r"}]},
             ],
-            "tools": [{"type": "function", "function": {"name": "bare"}}],
+            "tools": [
+                {"type": "function", "function": {"name": "bare"}},
+                {"function": {"name": "untyped", "parameters": {"type": "object"}}},
+                {"type": "custom", "custom": {"name": "grammar"}},
+            ],
         }
     )
     assert request.messages == (
@@ -182,8 +187,18 @@ def test_parse_parts_and_options() -> None:
         Message("assistant", "sure"),
         Message("tool", "r", tool_call_id="c"),
     )
-    assert request.tools == (ToolSpec("bare", "", {"type": "object", "properties": {}}),)
+    assert request.tools == (
+        ToolSpec("bare", "", {"type": "object", "properties": {}}),
+        ToolSpec("untyped", "", {"type": "object"}),
+    )
     assert options == ChatOptions("m", True, True, 50, ("STOP",), None)
+
+
+def test_other_tool_choices_and_empty_stop() -> None:
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}
+    for choice in ("none", "required", allowed):
+        request, options = parse_chat(_with(tool_choice=choice, stop=""))
+        assert options.stop == () and request.messages == (Message("user", "hi"),)
 
 
 def test_max_completion_tokens_wins() -> None:
@@ -265,8 +280,12 @@ INVALID: list[tuple[object, str]] = [
     (_with(user=5), "user must be a string"),
     (_with(tool_choice="sometimes"), "tool_choice must be none, auto, required"),
     (_with(tool_choice=["auto"]), "tool_choice must be none, auto, required"),
+    (_with(tool_choice={"function": {"name": "f"}}), "tool_choice must be none, auto, required"),
     (_with(tool_choice={"type": "function"}), "tool_choice.function must be a JSON object"),
-    (_with(tool_choice={"function": {}}), "tool_choice.function.name must be a string"),
+    (
+        _with(tool_choice={"type": "function", "function": {}}),
+        "tool_choice.function.name must be a string",
+    ),
 ]
 
 
@@ -292,34 +311,20 @@ FUZZ_KEYS = [
     "stream",
     "tool_choice",
     "top_p",
-    "max_completion_tokens",
+    "max_tokens",
+    "system",
     "tool_calls",
     "tool_call_id",
     "function",
     "arguments",
     "parameters",
-    "stop",
     "stream_options",
     "include_usage",
     "n",
     "user",
 ]
-FUZZ_WORDS = [
-    "user",
-    "assistant",
-    "system",
-    "developer",
-    "tool",
-    "text",
-    "tool_use",
-    "tool_result",
-    "image",
-    "thinking",
-    "function",
-    "custom",
-    "auto",
-    "m",
-]
+FUZZ_WORDS = ["user", "assistant", "system", "developer", "tool", "text", "tool_use"]
+FUZZ_WORDS += ["tool_result", "image", "thinking", "function", "custom", "auto", "m", "{}"]
 FUZZ_JSON = st.recursive(
     st.none()
     | st.booleans()
@@ -332,17 +337,26 @@ FUZZ_JSON = st.recursive(
     ),
     max_leaves=25,
 )
-
-FUZZ_MESSAGES = st.lists(
-    st.dictionaries(st.sampled_from(FUZZ_KEYS), FUZZ_JSON, max_size=5) | FUZZ_JSON, max_size=4
+FUZZ_FIELDS = st.dictionaries(st.sampled_from(FUZZ_KEYS), FUZZ_JSON, max_size=4)
+#: Objects with a plausible ``type`` or ``role`` and random other fields, so that
+#: examples get past the first checks and into the blocks and calls.
+FUZZ_BLOCK = st.builds(
+    lambda kind, rest: {**rest, "type": kind}, st.sampled_from(FUZZ_WORDS), FUZZ_FIELDS
+)
+FUZZ_CONTENT = st.text(max_size=3) | st.lists(FUZZ_BLOCK | FUZZ_JSON, max_size=3)
+FUZZ_MESSAGE = st.builds(
+    lambda role, content, rest: {**rest, "role": role, "content": content},
+    st.sampled_from(["user", "assistant", "tool", "system", "developer"]),
+    FUZZ_CONTENT,
+    FUZZ_FIELDS,
 )
 FUZZ_BODY = st.fixed_dictionaries(
-    {"model": st.just("m"), "messages": FUZZ_MESSAGES},
-    optional={k: FUZZ_JSON for k in FUZZ_KEYS if k not in ("model", "messages", "max_tokens")},
+    {"model": st.just("m"), "messages": st.lists(FUZZ_MESSAGE, min_size=1, max_size=4)},
+    optional={"tools": st.lists(FUZZ_BLOCK, max_size=2)},
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(FUZZ_JSON | FUZZ_BODY)
 def test_any_json_parses_or_is_refused_cleanly(body: object) -> None:
     """Whatever a client sends, the answer is a request or InvalidInputError, never a crash."""

@@ -69,6 +69,7 @@ MAX_BLOCKS: Final = 10_000
 MAX_TOOLS: Final = 1_000
 MAX_STOP_SEQUENCES: Final = 64
 MAX_NAME: Final = 256
+MAX_USER: Final = 1_024
 
 #: HTTP status -> the ``error.type`` api.anthropic.com answers with.
 ERROR_KINDS: Final[dict[int, str]] = {
@@ -200,8 +201,9 @@ def _user_turn(content: list[Any], path: str) -> list[Message]:
             _fail(bpath, "is a tool_use block, which belongs in an assistant message")
         elif kind not in _DROPPED_BLOCKS:
             texts.append(f"[{kind} omitted]")
-    if texts or not tools:
-        tools.append(Message("user", "\n\n".join(texts)))
+    text = "\n\n".join(t for t in texts if t)
+    if text or not tools:
+        tools.append(Message("user", text))
     return tools
 
 
@@ -320,7 +322,7 @@ def _parse(body: object, *, need_max_tokens: bool) -> tuple[ChatRequest, Message
     user: str | None = None
     if metadata is not None:
         raw_user = _obj(metadata, "metadata").get("user_id")
-        user = None if raw_user is None else _str(raw_user, "metadata.user_id", cap=MAX_NAME)
+        user = None if raw_user is None else _str(raw_user, "metadata.user_id", cap=MAX_USER)
     _check_ignored(data)
     system = _system(data.get("system"))
     messages = ([Message("system", system)] if system else []) + _messages(data.get("messages"))

@@ -65,6 +65,7 @@ MAX_PARTS: Final = 10_000
 MAX_TOOLS: Final = 1_000
 MAX_STOP: Final = 4
 MAX_NAME: Final = 256
+MAX_USER: Final = 1_024
 
 #: HTTP status -> (error.type, error.code) as api.openai.com answers.
 ERROR_TYPES: Final[dict[int, tuple[str, str | None]]] = {
@@ -201,7 +202,7 @@ def _tools(value: object) -> tuple[ToolSpec, ...]:
     seen: set[str] = set()
     for i, raw in enumerate(_list(value, "tools", MAX_TOOLS)):
         tool = _obj(raw, f"tools[{i}]")
-        if tool.get("type") != "function":
+        if tool.get("type", "function") != "function":
             continue  # custom grammar tools, hosted tools: nothing we can offer
         function = _obj(tool.get("function"), f"tools[{i}].function")
         name = _str(function.get("name"), f"tools[{i}].function.name", nonempty=True, cap=MAX_NAME)
@@ -224,7 +225,7 @@ def _stop(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
+        return (value,) if value else ()
     items = _list(value, "stop", MAX_STOP)
     return tuple(_str(s, f"stop[{i}]", nonempty=True) for i, s in enumerate(items))
 
@@ -233,12 +234,11 @@ def _check_ignored(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return
-    if not isinstance(choice, dict):
-        _fail("tool_choice", "must be none, auto, required or a function object")
-    _str(
-        _obj(choice.get("function"), "tool_choice.function").get("name"),
-        "tool_choice.function.name",
-    )
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
+        _fail("tool_choice", "must be none, auto, required or an object with a type")
+    if choice["type"] == "function":
+        function = _obj(choice.get("function"), "tool_choice.function")
+        _str(function.get("name"), "tool_choice.function.name", nonempty=True)
 
 
 def parse_chat(body: object) -> tuple[ChatRequest, ChatOptions]:
@@ -269,7 +269,7 @@ def parse_chat(body: object) -> tuple[ChatRequest, ChatOptions]:
             include_usage = _bool(raw_include, "stream_options.include_usage")
     user = data.get("user")
     if user is not None:
-        user = _str(user, "user", cap=MAX_NAME)
+        user = _str(user, "user", cap=MAX_USER)
     stop = _stop(data.get("stop"))
     _check_ignored(data)
     raw_messages = _list(data.get("messages"), "messages", MAX_MESSAGES)

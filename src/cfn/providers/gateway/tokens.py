@@ -143,6 +143,14 @@ class LlmTokenAuthority:
     def _verify(self, token: str) -> LlmClaims:
         if len(token) > MAX_TOKEN or token.count(".") != 2:
             raise AuthError("malformed token: not a cfn LLM gateway token")
+        try:  # the audience first, unverified, only to say why a token is refused
+            claimed = jwt.decode(token, options={"verify_signature": False}).get("aud")
+        except jwt.InvalidTokenError:
+            claimed = None
+        if claimed is not None and claimed != AUDIENCE:
+            raise AuthError(
+                f"token is not meant for the LLM gateway (audience {str(claimed)[:40]!r})"
+            )
         try:
             data = jwt.decode(
                 token,
