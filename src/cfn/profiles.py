@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Loop agent ids carry loop and iteration (``impl-2-1``); profiles are per role.
 _LOOP_SUFFIX = re.compile(r"(?:-\d+)+$")
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+#: A Claude Code tool rule: a name, optionally with a pattern in parentheses.
+_TOOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}(\([^()\n]{1,512}\))?")
 
 
 class AgentProfile(BaseModel):
@@ -59,6 +61,30 @@ class AgentProfile(BaseModel):
     #: What the agent is told to be and do (a Markdown profile's body); the
     #: runtime appends it to the role's instructions.
     instructions: str | None = Field(default=None, max_length=200_000)
+    #: Which agent runs it: builtin (cfn's tool loop), claude-code or command.
+    backend: Literal["builtin", "claude-code", "command"] | None = None
+    #: Claude Code's tool allow-list (front matter ``tools: Read, Write, Bash``).
+    tools: tuple[str, ...] | None = None
+    #: The executable of a ``command`` agent (split like a shell line).
+    command: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _split_tools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _valid_tools(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for tool in value or ():
+            if _TOOL.fullmatch(tool) is None:
+                raise ValueError(
+                    f"not a tool name: {tool!r} (e.g. Read, Write, Bash, Bash(pytest:*), "
+                    "mcp__server__tool)"
+                )
+        return value
 
     @field_validator("id")
     @classmethod
@@ -257,7 +283,6 @@ MODEL_TIERS = frozenset({"inherit", "haiku", "sonnet", "opus"})
 #: not a profile field is an error, so a misspelt field never goes unnoticed.
 TOLERATED_FIELDS = frozenset(
     {
-        "tools",
         "disallowedTools",
         "color",
         "colour",

@@ -32,7 +32,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -131,6 +131,8 @@ class CfnExtras(_Strict):
     loop_mode: str | None = None
     profile: str | None = None
     model: str | None = None
+    #: Which agent runs: cfn's own tool loop, or the Claude Code CLI under it.
+    backend: Literal["builtin", "claude-code", "command"] = "builtin"
     epic: str | None = None
     feedback: list[str] = Field(default_factory=list)
     cpu_limit: str = "1.0"
@@ -332,6 +334,7 @@ def generate_cli_context(
     loop_mode: str | None = None,
     profile: str | None = None,
     model: str | None = None,
+    backend: str = "builtin",
     epic: str | None = None,
     feedback: list[str] | None = None,
     redis_username: str = "",
@@ -379,6 +382,7 @@ def generate_cli_context(
             "loop_mode": loop_mode,
             "profile": profile,
             "model": model,
+            "backend": backend,
             "epic": epic,
             "feedback": list(feedback or []),
             "cpu_limit": repr(float(_number(cpus))),

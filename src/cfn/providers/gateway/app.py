@@ -264,7 +264,7 @@ def _accounting(reply: ChatResponse) -> dict[str, Any]:
 
 def _anthropic_error(exc: CfnError) -> Response:
     status = status_of(exc)
-    kind = anthropic_wire.ERROR_KINDS.get(status, "api_error")
+    kind = anthropic_wire.error_kind(status)
     return JSONResponse(anthropic_wire.error_json(kind, str(exc)), status_code=status)
 
 
@@ -292,7 +292,7 @@ async def _anthropic_sse(
             event = await anext(events, None)
     except CfnError as exc:
         status = status_of(exc)
-        yield stream.error(anthropic_wire.ERROR_KINDS.get(status, "api_error"), str(exc))
+        yield stream.error(anthropic_wire.error_kind(status), str(exc))
     finally:
         await _close(events)
 
