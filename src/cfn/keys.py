@@ -95,6 +95,16 @@ def swarm_result(task_id: str, agent_id: str) -> str:
     return f"swarm:{validate_id(task_id, 'task id')}:result:{validate_id(agent_id, 'agent id')}"
 
 
+def agent_steps(task_id: str, agent_id: str) -> str:
+    """``swarm:{task}:steps:{agent}``: what the agent did, step by step (XADD, capped).
+
+    Written by the agent alone (its ACL user owns the key); the orchestrator relays
+    each entry to the task's events as ``agent:step`` with the agent id it read
+    the entry from, so no agent can speak for another.
+    """
+    return f"swarm:{validate_id(task_id, 'task id')}:steps:{validate_id(agent_id, 'agent id')}"
+
+
 def heartbeat(task_id: str, agent_id: str) -> str:
     """``swarm:{task}:heartbeat:{agent}``: the agent's last beat (JSON), TTL 2x the interval."""
     return f"swarm:{validate_id(task_id, 'task id')}:heartbeat:{validate_id(agent_id, 'agent id')}"

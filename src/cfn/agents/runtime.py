@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
 from cfn.agents.heartbeat import Heartbeater
+from cfn.agents.steps import StepWriter
 from cfn.agents.tools import TOOL_SPECS, Workspace, execute
 from cfn.coordination import acl, completion, locks
 from cfn.coordination.connection import RedisManager
@@ -45,7 +46,9 @@ from cfn.providers import (
 from cfn.settings import Settings
 
 if TYPE_CHECKING:
+    from cfn.agents.claude_code import ClaudeRun
     from cfn.agents.mcp_tools import GatewayTools
+    from cfn.providers.usage import Totals
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,36 @@ INSTRUCTIONS = {
         '"confidence": <0..1>}}.'
     ),
 }
+
+
+#: Claude Code's tools per role, when the profile names none (``tools:``).
+CLAUDE_TOOLS: dict[str, tuple[str, ...]] = {
+    "implementer": ("Read", "Write", "Edit", "Bash", "Glob", "Grep", "TodoWrite"),
+    "validator": ("Read", "Bash", "Glob", "Grep"),
+    "product-owner": ("Read", "Glob", "Grep"),
+}
+#: What the brief asks of a Claude Code agent's last line (its result).
+FINAL_LINE = {
+    "implementer": (
+        "When you are done, end your final reply with ONE line that is a JSON object: "
+        '{"confidence": <0..1>, "summary": "...", "files": ["..."], "concerns": "..."}'
+    ),
+    "validator": (
+        "End your final reply with ONE line that is a JSON object: "
+        '{"confidence": <0..1, how ready the work is>, "feedback": "...", "summary": "..."}'
+    ),
+    "product-owner": (
+        "End your final reply with ONE line that is a JSON object: "
+        '{"decision": "PROCEED" | "ITERATE" | "ABORT", "reason": "...", "confidence": <0..1>}'
+    ),
+}
+
+
+def _arguments(call: ToolCall) -> Any:
+    try:
+        return call.parsed_arguments()
+    except ValueError:
+        return {"_raw": call.arguments}
 
 
 @dataclass
@@ -149,13 +182,20 @@ class AgentRuntime:
         redis: RedisManager,
         service: AgentLLM,
         profile: AgentProfile | None,
+        *,
+        gateway: tuple[str, str] | None = None,
     ) -> None:
         self.context = context
         self.settings = settings
         self.redis = redis
         self.service = service
         self.profile = profile
+        #: The LLM gateway's URL and this agent's token (what a Claude Code agent is given).
+        self.gateway = gateway
         self.role = context.cfn.role or "implementer"
+        self.steps = StepWriter(redis, context.task_id, context.agent_id)
+        self.claude_turns = 0
+        self.gateway_totals: Totals | None = None
         timeout = min(context.resources.timeout_seconds, 600.0)
         self.workspace = Workspace(Path(context.workspace), command_timeout=timeout)
         self.responses: list[ChatResponse] = []
@@ -203,18 +243,117 @@ class AgentRuntime:
                 model=self.context.cfn.model,
             )
             self.responses.append(reply)
+            if reply.text:
+                await self.steps.write("text", reply.text)
             if not reply.tool_calls:
                 return self._final(reply)
             messages.append(Message("assistant", reply.text, reply.tool_calls))
             for call in reply.tool_calls:
+                await self.steps.write(
+                    "tool_use", tool=call.name, tool_id=call.id, arguments=_arguments(call)
+                )
                 if self.role != "implementer" and call.name == "write_file":
                     output = "error: this role may not write files"
                 elif self.mcp is not None and call.name in self.mcp.names:
                     output = await self._call_mcp(call)
                 else:
                     output = await execute(self.workspace, call)
+                await self.steps.write(
+                    "tool_result",
+                    output,
+                    tool=call.name,
+                    tool_id=call.id,
+                    is_error=output.startswith("error"),
+                )
                 messages.append(Message("tool", output, tool_call_id=call.id))
         return RunResult("failed", self._payload(error=f"no final answer after {MAX_TURNS} turns"))
+
+    # --- the claude-code backend --------------------------------------------------------
+
+    def _claude_run(self) -> ClaudeRun:
+        from cfn.agents.claude_code import ClaudeRun, find_claude
+
+        if self.gateway is None:
+            raise CfnError("a claude-code agent needs the LLM gateway's URL and a token")
+        binary = find_claude(self.settings.cfn_claude_bin)
+        name = self.profile.name if self.profile else self.context.agent_id
+        system = INSTRUCTIONS.get(self.role, INSTRUCTIONS["implementer"]).format(name=name)
+        if self.profile is not None and self.profile.instructions:
+            system += "\n\nYour profile's instructions:\n" + self.profile.instructions
+        tools = (
+            self.profile.tools
+            if self.profile is not None and self.profile.tools
+            else CLAUDE_TOOLS.get(self.role, CLAUDE_TOOLS["implementer"])
+        )
+        mcp: dict[str, Any] | None = None
+        url, token = self.settings.mcp_gateway_url, self.settings.cfn_mcp_token
+        if url and token is not None:
+            mcp = {
+                "mcpServers": {
+                    "cfn": {
+                        "type": "http",
+                        "url": url,
+                        "headers": {"Authorization": f"Bearer {token.get_secret_value()}"},
+                    }
+                }
+            }
+            tools = (*tools, "mcp__cfn")
+        base = Path(self.context.cfn.log_file).parent if self.context.cfn.log_file else None
+        config = (base or self.settings.state_dir / "claude" / self.context.agent_id) / "claude"
+        return ClaudeRun(
+            binary=binary,
+            workspace=self.workspace.root,
+            prompt=_brief(self.context)
+            + "\n\n"
+            + FINAL_LINE.get(self.role, FINAL_LINE["implementer"]),
+            system_prompt_append=system,
+            model=self.context.cfn.model or "cfn-routed",
+            allowed_tools=tuple(tools),
+            gateway_url=self.gateway[0],
+            token=self.gateway[1],
+            config_dir=config,
+            mcp_config=mcp,
+            max_turns=self.settings.cfn_claude_max_turns,
+            base_env=os.environ,
+        )
+
+    async def converse_claude(self) -> RunResult:
+        """The work done by the Claude Code CLI; its final reply's last line is the result."""
+        from cfn.agents.claude_code import Step, run_claude
+
+        run = self._claude_run()
+        self.mcp_note = f"Claude Code {run.binary}"
+
+        async def on_step(step: Step) -> None:
+            await self.steps.write(
+                step.kind,
+                step.text,
+                tool=step.tool,
+                tool_id=step.tool_id,
+                arguments=step.arguments,
+                is_error=step.is_error,
+            )
+
+        final = await run_claude(run, on_step, timeout=self.context.resources.timeout_seconds)
+        self.claude_turns = final.num_turns
+        await self._claude_usage()
+        if final.is_error or final.subtype != "success":
+            why = "; ".join(final.errors) or final.text or final.subtype
+            return RunResult(
+                "failed", self._payload(error=f"Claude Code ended with an error: {why}")
+            )
+        return self._final_text(final.text)
+
+    async def _claude_usage(self) -> None:
+        """What the gateway charged this agent (the CLI's own figures are Anthropic's prices)."""
+        from cfn.providers import RedisLedger
+
+        try:
+            self.gateway_totals = await RedisLedger(self.redis).totals(
+                self.context.task_id, self.context.agent_id
+            )
+        except CfnError as exc:
+            log.warning("this agent's usage could not be read: %s", exc)
 
     async def _call_mcp(self, call: ToolCall) -> str:
         assert self.mcp is not None
@@ -230,7 +369,10 @@ class AgentRuntime:
             return f"error: MCP gateway call failed: {exc}"
 
     def _final(self, reply: ChatResponse) -> RunResult:
-        final = parse_final(reply.text)
+        return self._final_text(reply.text)
+
+    def _final_text(self, text: str) -> RunResult:
+        final = parse_final(text)
         if final is None:
             return RunResult(
                 "failed", self._payload(error="the final reply has no JSON line with a confidence")
@@ -259,6 +401,17 @@ class AgentRuntime:
             "output_tokens": sum(r.usage.output_tokens for r in self.responses),
             "cost_usd": round(sum(r.cost_usd for r in self.responses), 6),
         }
+        if self.context.cfn.backend == "claude-code":
+            totals = self.gateway_totals
+            files = [f for f in self.steps.files if f not in payload["files"]]
+            payload.update(
+                backend="claude-code",
+                files=payload["files"] + files,
+                turns=self.claude_turns,
+                input_tokens=totals.input_tokens if totals else 0,
+                output_tokens=totals.output_tokens if totals else 0,
+                cost_usd=round(totals.cost_usd, 6) if totals else 0.0,
+            )
         if self.mcp_note is not None:
             payload["mcp"] = self.mcp_note
         payload.update(fields)
@@ -319,6 +472,8 @@ class AgentRuntime:
 
     async def _converse_safely(self) -> RunResult:
         try:
+            if self.context.cfn.backend == "claude-code":
+                return await self.converse_claude()
             async with contextlib.AsyncExitStack() as stack:
                 await self._open_mcp(stack)
                 return await self.converse()
@@ -369,32 +524,33 @@ class AgentRuntime:
 async def run_from_file(path: Path, settings: Settings) -> RunResult:
     """Entry point of ``cfn agent run``."""
     from cfn.profiles import load_profiles
+    from cfn.providers.gateway.client import GatewayLLM
 
     context = AgentContext.from_file(path)
     redis = RedisManager.from_settings(settings)
-    service = agent_llm(settings, context)
+    url, token = gateway_access(settings, context)
+    service = GatewayLLM(url, token)
     try:
         profiles = load_profiles(settings)
         profile = profiles.get(context.cfn.profile or context.agent_id)
-        runtime = AgentRuntime(context, settings, redis, service, profile)
+        runtime = AgentRuntime(context, settings, redis, service, profile, gateway=(url, token))
         return await runtime.run()
     finally:
         await service.aclose()
         await redis.close()
 
 
-def agent_llm(settings: Settings, context: AgentContext) -> AgentLLM:
-    """The agent's LLM: the gateway and token it was given at spawn.
+def gateway_access(settings: Settings, context: AgentContext) -> tuple[str, str]:
+    """The agent's LLM gateway and token, as it was given them at spawn.
 
-    An agent run by hand (``cfn agent run`` without a token) is given one
+    An agent run by hand (``cfn agent run`` without a token) is given them
     here, by the user running it, from the gateway cfn starts on first need.
     """
-    from cfn.providers.gateway.client import GatewayLLM
     from cfn.providers.gateway.server import ensure_gateway, mint_agent_token
 
     token = settings.cfn_llm_token
     if settings.cfn_llm_gateway_url and token is not None:
-        return GatewayLLM(settings.cfn_llm_gateway_url, token.get_secret_value())
+        return settings.cfn_llm_gateway_url, token.get_secret_value()
     from cfn.providers import load_route_table
 
     url = ensure_gateway(settings)
@@ -408,7 +564,21 @@ def agent_llm(settings: Settings, context: AgentContext) -> AgentLLM:
         model=route.model,
         providers=tuple(r.provider for r in table.chain(route)),
     )
-    return GatewayLLM(url, minted)
+    return url, minted
+
+
+def _log_transcript() -> None:
+    """The agent's steps go to its log (stderr: agent.log, ``docker logs``), one line each."""
+    import sys
+
+    from cfn.agents.steps import transcript
+
+    if not transcript.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        transcript.addHandler(handler)
+        transcript.setLevel(logging.INFO)
+        transcript.propagate = False
 
 
 def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
@@ -418,6 +588,7 @@ def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
     the agent reported success, 1 when it reported failure, a CfnError's code when
     it could not run at all.
     """
+    _log_transcript()
     try:
         result = asyncio.run(run_from_file(path, settings))
     except CfnError as exc:

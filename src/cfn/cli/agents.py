@@ -46,6 +46,14 @@ def spawn_agent_cmd(
         Path | None,
         typer.Option("--workspace", help="The agent's working directory; default: the checkout."),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="builtin | claude-code | command (default: CFN_AGENT_BACKEND, else builtin; "
+            "--command implies command).",
+        ),
+    ] = None,
 ) -> None:
     """Start an agent detached (like `docker run -d`) and print its name, cfn-agent-AGENT-TASK.
 
@@ -62,7 +70,14 @@ def spawn_agent_cmd(
             raise InvalidInputError("--command is empty")
     handle = asyncio.run(
         spawn_agent(
-            settings(), agent_id, task_id, mode, provider, workspace=workspace, command=argv
+            settings(),
+            agent_id,
+            task_id,
+            mode,
+            provider,
+            workspace=workspace,
+            command=argv,
+            backend=backend,
         )
     )
     print_plain(handle.name)

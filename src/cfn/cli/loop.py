@@ -149,6 +149,14 @@ DecisionOpt = Annotated[
     str, typer.Option("--decision", help="Product owner: policy | agent | human.")
 ]
 TeamOpt = Annotated[int | None, typer.Option(min=1, max=50)]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Which agent runs every agent: builtin | claude-code | command "
+        "(default: the profile's, else CFN_AGENT_BACKEND, else builtin).",
+    ),
+]
 
 
 def _options(
@@ -163,6 +171,7 @@ def _options(
     workspace: Path | None,
     max_iterations: int | None = None,
     provider: str | None = None,
+    backend: str | None = None,
 ) -> TaskOptions:
     from cfn.loop.app import new_task
 
@@ -179,6 +188,7 @@ def _options(
         max_iterations=max_iterations,
         provider=provider,
         workspace=workspace,
+        backend=backend,
     )
 
 
@@ -196,6 +206,7 @@ def orchestrate_cmd(
     max_iterations: Annotated[
         int | None, typer.Option("--max-iterations", min=1, max=100, help="Cap iterations.")
     ] = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Run a task through the CFN Loop (the seed's orchestrate.sh). Exit 0 on PROCEED."""
     options = _options(
@@ -210,6 +221,7 @@ def orchestrate_cmd(
         workspace,
         max_iterations,
         provider,
+        backend,
     )
     raise typer.Exit(_run(options, None).exit_code)
 
@@ -225,6 +237,7 @@ def run_cmd(
     workspace: Annotated[Path | None, typer.Option("--workspace")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Force a provider.")] = None,
     max_iterations: Annotated[int | None, typer.Option("--max-iterations", min=1, max=100)] = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Like orchestrate, with a generated task id."""
     from cfn.loop.app import new_task_id
@@ -243,6 +256,7 @@ def run_cmd(
         workspace,
         provider,
         max_iterations,
+        backend,
     )
 
 

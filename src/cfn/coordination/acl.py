@@ -5,7 +5,7 @@ At spawn the launcher creates ``cfn:{task}:{agent}`` with a random password
 log) and these rules:
 
 - write (and read) only the agent's own keys: ``coord:{task}:payload:{agent}``,
-  ``swarm:{task}:{result,signal,heartbeat}:{agent}``;
+  ``swarm:{task}:{result,signal,heartbeat,steps}:{agent}``;
 - write the task's shared lists an agent reports on: ``coord:{task}:complete``,
   ``coord:{task}:error``;
 - read the rest of its own task: ``coord:{task}:*``, ``context:{task}:*``,
@@ -52,6 +52,8 @@ AGENT_COMMANDS: tuple[str, ...] = (
     "client|setname", "client|getname", "client|id",
     # strings and keys
     "get", "set", "mget", "exists", "del", "pexpire", "expire", "pttl", "ttl", "type", "incr",
+    # its step stream (what it did, for the live transcript)
+    "xadd",
     # lists
     "lpush", "rpush", "lpop", "rpop", "brpop", "blpop", "lrange", "llen", "ltrim", "lindex",
     "lpos", "lset",
@@ -96,6 +98,7 @@ def agent_rules(task_id: str, agent_id: str, password_sha256: str) -> list[str]:
         keys.swarm_result(t, a),
         keys.swarm_signal(t, a),
         keys.heartbeat(t, a),
+        keys.agent_steps(t, a),
         keys.coord_complete(t),
         keys.coord_error(t),
         keys.lock(lock),

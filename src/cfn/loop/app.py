@@ -100,6 +100,7 @@ def launcher_for(
         ),
         options.mode,
         provider=provider or options.provider,
+        backend=options.backend,
     )
 
 
@@ -163,6 +164,7 @@ def new_task(
     max_iterations: int | None = None,
     provider: str | None = None,
     workspace: Path | None = None,
+    backend: str | None = None,
 ) -> TaskOptions:
     """A task's options as ``cfn run`` makes them: a fresh id, the workspace under
     ``.cfn/workspaces/`` unless given, and PROCEED-needs-a-change for build epics.
@@ -186,6 +188,7 @@ def new_task(
         validators=validators,
         max_iterations=max_iterations,
         provider=provider,
+        backend=backend,
         workspace=str(ws),
         build=is_build_task(epic),
     )

@@ -23,6 +23,8 @@ from cfn.coordination.context import store_context
 from cfn.coordination.events import publish_event
 from cfn.loop.ports import HeartbeatWatch
 
+#: Transcript steps relayed per read.
+STEP_BATCH = 200
 #: Task context (the deliverables) lives a week and may be large.
 CONTEXT_TTL = 7 * 24 * 3600
 CONTEXT_MAX_BYTES = 16 * 1024 * 1024
@@ -86,6 +88,21 @@ class RedisBoard:
         self, task_id: str, event_id: int, kind: str, payload: dict[str, Any]
     ) -> None:
         await publish_event(self.redis, task_id, event_id, kind, payload)
+
+    async def agent_steps(
+        self, task_id: str, agent_id: str, after: str, timeout: float
+    ) -> tuple[str, list[dict[str, str]]]:
+        key = keys.agent_steps(task_id, agent_id)
+        block = int(timeout * 1000) if timeout > 0 else None
+        reply: Any = await self.redis.run(
+            lambda r: r.xread({key: after}, count=STEP_BATCH, block=block)
+        )
+        steps: list[dict[str, str]] = []
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                after = str(entry_id)
+                steps.append({str(k): str(v) for k, v in fields.items()})
+        return after, steps
 
     async def set_decision_state(self, task_id: str, state: dict[str, Any]) -> None:
         key = keys.decision(task_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from cfn.agents.context import generate_cli_context, resolve_endpoint
 from cfn.agents.spawn import spawner_for
 from cfn.agents.spawn.base import AgentHandle, ExitInfo, Spawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
-from cfn.errors import AgentLookupError
+from cfn.errors import AgentLookupError, AgentSpawnError
 from cfn.loop.ports import AgentPlan, RunningAgent
+from cfn.profiles import AgentProfile
 from cfn.providers import LLMService, TaskTraits
 from cfn.providers.gateway.server import agent_environment
 from cfn.settings import Settings
@@ -71,6 +73,7 @@ class _Running:
     provider: str | None
     model: str | None
     acl: AgentAcl | None = None
+    backend: str | None = None
 
     @property
     def pid(self) -> int:
@@ -129,9 +132,11 @@ class ProcessLauncher:
         loop_mode: str,
         *,
         provider: str | None = None,
+        backend: str | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
+        self.backend = backend
         self.redis_url = redis_url
         self.workspace = workspace
         self.traits = traits
@@ -149,6 +154,7 @@ class ProcessLauncher:
     async def launch(self, plan: AgentPlan) -> RunningAgent:
         profile = profile_for(plan.role, plan.agent_id)
         decision = self.service.route(profile, self.traits, provider=self.provider)
+        backend, command = self.backend_of(decision.profile)
         endpoint = await resolve_endpoint(self.redis_url)
         creds = await self.acl.create(plan.task_id, plan.agent_id)
         extra: dict[str, object] = {
@@ -170,6 +176,7 @@ class ProcessLauncher:
             loop_mode=self.loop_mode,
             profile=profile,
             model=decision.model,
+            backend=backend,
             epic=str(plan.brief.get("epic", "")),
             feedback=[str(f) for f in plan.brief.get("feedback", [])],
             extra=extra,
@@ -187,14 +194,39 @@ class ProcessLauncher:
         )
         env = {**self._mcp_env(plan, profile), **self._redis_env(creds), **llm}
         try:
-            handle = await self.spawner.spawn(context, env=env)
+            handle = await self.spawner.spawn(context, command=command, env=env)
         except BaseException:
             if creds is not None:
                 with contextlib.suppress(Exception):
                     await self.acl.delete(plan.task_id, plan.agent_id)
             raise
         acl = self.acl if creds is not None else None
-        return _Running(handle, profile, decision.provider, decision.model, acl)
+        return _Running(handle, profile, decision.provider, decision.model, acl, backend)
+
+    def backend_of(self, profile: AgentProfile | None) -> tuple[str, list[str] | None]:
+        """The agent's backend (the task's, the profile's, CFN_AGENT_BACKEND, builtin) and,
+        for ``command``, the executable it runs."""
+        backend = (
+            self.backend
+            or (profile.backend if profile is not None else None)
+            or self.settings.cfn_agent_backend
+            or "builtin"
+        )
+        if backend != "command":
+            return backend, None
+        line = (profile.command if profile is not None else None) or self.settings.cfn_agent_command
+        if not line:
+            raise AgentSpawnError(
+                "the command backend runs an executable: name it in the profile's 'command:' "
+                "or in CFN_AGENT_COMMAND (e.g. examples/agents/bash-agent.sh)"
+            )
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise AgentSpawnError(f"the agent command cannot be split into words: {exc}") from None
+        if not argv:
+            raise AgentSpawnError("the agent command is empty")
+        return backend, argv
 
     def _redis_env(self, creds: AgentCredentials | None) -> dict[str, str]:
         """The agent's own Redis user (per-agent ACL), for any spawner."""

@@ -217,6 +217,7 @@ class InMemoryBoard:
         self.stops: dict[tuple[str, str], list[str]] = {}
         self.context: dict[tuple[str, str], Any] = {}
         self.stream: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        self.steps: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.decisions: dict[str, dict[str, Any]] = {}
         self.decision_inputs: dict[str, deque[dict[str, Any]]] = {}
         #: Live heartbeats: value and the monotonic time it expires at.
@@ -335,6 +336,21 @@ class InMemoryBoard:
     ) -> None:
         data = json.loads(json.dumps(payload, default=str))
         self.stream.setdefault(task_id, []).append((event_id, kind, data))
+
+    def step(self, task_id: str, agent_id: str, fields: dict[str, str]) -> None:
+        """An agent's transcript step (what ``cfn.agents.steps.StepWriter`` writes)."""
+        self.steps.setdefault((task_id, agent_id), []).append(dict(fields))
+        self.changes.notify()
+
+    async def agent_steps(
+        self, task_id: str, agent_id: str, after: str, timeout: float
+    ) -> tuple[str, list[dict[str, str]]]:
+        position = int(after) if after.isdigit() else 0
+        steps = self.steps.get((task_id, agent_id), [])
+        if len(steps) <= position and timeout > 0:
+            await self.changes.wait(timeout)
+            steps = self.steps.get((task_id, agent_id), [])
+        return str(len(steps)), steps[position:]
 
     async def set_decision_state(self, task_id: str, state: dict[str, Any]) -> None:
         self.decisions[task_id] = json.loads(json.dumps(state))
@@ -495,6 +511,10 @@ class FakeAgent:
     @property
     def pid(self) -> int:
         return self._pid
+
+    @property
+    def backend(self) -> str | None:
+        return "builtin"
 
     @property
     def profile(self) -> str | None:

@@ -377,6 +377,7 @@ class Orchestrator:
                 row = await self.team.started(plan, handle)
             handles[agent_id] = handle
             watchers.append(asyncio.create_task(self._watch(task_id, agent_id, handle)))
+            watchers.append(asyncio.create_task(self.team.relay_steps(task_id, agent_id)))
         if handles and self.heartbeat_interval:
             watchers.append(asyncio.create_task(self._monitor(task_id, handles)))
 

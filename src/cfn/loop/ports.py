@@ -89,6 +89,11 @@ class RunningAgent(Protocol):
     @property
     def model(self) -> str | None: ...
 
+    @property
+    def backend(self) -> str | None:
+        """Which agent runs: builtin, claude-code or command (None: not known)."""
+        ...
+
     async def wait(self) -> str:
         """Wait for the process to end; a short description of how it ended."""
         ...
@@ -187,6 +192,13 @@ class Coordination(Protocol):
         self, task_id: str, event_id: int, kind: str, payload: dict[str, Any]
     ) -> None:
         """The live copy of an event the journal holds (``events:{task}``)."""
+        ...
+
+    async def agent_steps(
+        self, task_id: str, agent_id: str, after: str, timeout: float
+    ) -> tuple[str, list[dict[str, str]]]:
+        """The agent's transcript steps after position ``after`` ("0": from the start),
+        waiting up to ``timeout`` seconds for one (0: not at all); the new position too."""
         ...
 
     async def set_decision_state(self, task_id: str, state: dict[str, Any]) -> None:

@@ -32,6 +32,10 @@ class Phase(StrEnum):
     DONE = "done"
 
 
+#: The agents cfn can run (cfn.agents.runtime, cfn.agents.claude_code, a command).
+BACKENDS = ("builtin", "claude-code", "command")
+
+
 @dataclass(frozen=True)
 class TaskOptions:
     task_id: str
@@ -46,6 +50,8 @@ class TaskOptions:
     #: Force every agent onto this provider (else the router decides per agent).
     provider: str | None = None
     workspace: str = ""
+    #: Which agent runs every agent of the task (else the profile's, else CFN_AGENT_BACKEND).
+    backend: str | None = None
     #: The epic asks to build or change something: PROCEED needs a changed workspace.
     build: bool = True
 
@@ -67,6 +73,10 @@ class TaskOptions:
             )
         if self.provider is not None:
             keys.validate_id(self.provider, "provider")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise InvalidInputError(
+                f"unknown agent backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
+            )
         self.team  # validates the team overrides  # noqa: B018
 
     @property

@@ -11,6 +11,7 @@ dashboard shows does not depend on who started the agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,9 @@ from cfn.store.records import AgentRecord
 PREFIXES = {3: "impl", 2: "val", 1: "po"}
 #: Seconds a finished portal-spawned agent's completion is waited for.
 FOLLOW_COLLECT = 5.0
+#: How long one read of an agent's steps waits; the relay's last read, at most.
+RELAY_WAIT = 10.0
+RELAY_DRAIN = 2.0
 ENDED = ("succeeded", "failed", "aborted")
 
 
@@ -126,10 +130,44 @@ class Team:
             iteration=plan.iteration,
             provider=handle.provider,
             model=handle.model,
+            backend=handle.backend,
             pid=handle.pid,
             **announce,
         )
         return row
+
+    async def relay_steps(self, task_id: str, agent_id: str, wait: float = RELAY_WAIT) -> None:
+        """The agent's transcript, step by step, as ``agent:step`` events, until cancelled
+        (then what is left is relayed without waiting). The agent id is the one the steps
+        were read for: a step cannot name another agent."""
+        after = "0"
+        try:
+            while True:
+                after, steps = await self.board.agent_steps(task_id, agent_id, after, wait)
+                await self._emit_steps(task_id, agent_id, steps)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                _after, steps = await asyncio.wait_for(
+                    self.board.agent_steps(task_id, agent_id, after, 0), RELAY_DRAIN
+                )
+                await self._emit_steps(task_id, agent_id, steps)
+            raise
+
+    async def _emit_steps(self, task_id: str, agent_id: str, steps: list[dict[str, str]]) -> None:
+        for step in steps:
+            payload: dict[str, Any] = {
+                "kind": step.get("kind", "system"),
+                "text": step.get("text", ""),
+            }
+            for name in ("tool", "toolId", "args"):
+                if name in step:
+                    payload[name] = step[name]
+            if step.get("isError") == "1":
+                payload["isError"] = True
+            ts = step.get("ts", "")
+            if ts.replace(".", "", 1).isdigit():
+                payload["ts"] = float(ts)
+            await self.events.emit(task_id, "agent:step", agentId=agent_id, **payload)
 
     async def mark(
         self,
@@ -187,8 +225,14 @@ class Team:
 
         None when it was stopped meanwhile (its row says ``killed`` and stays so).
         """
-        how = await handle.wait()
-        report = await self.board.collect(row.task_id, [row.agent_id], self.follow_wait)
+        relay = asyncio.create_task(self.relay_steps(row.task_id, row.agent_id))
+        try:
+            how = await handle.wait()
+            report = await self.board.collect(row.task_id, [row.agent_id], self.follow_wait)
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         current = (await self.rows(row.task_id)).get(row.agent_id)
         if current is not None and current.status == "killed":
             return None

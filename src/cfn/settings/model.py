@@ -361,6 +361,11 @@ class Settings(BaseModel):
         description="Which agent runs an agent: builtin (cfn's tool loop, default), "
         "claude-code (the Claude Code CLI) or command (AGENT_COMMAND).",
     )
+    cfn_agent_command: str | None = Field(
+        default=None,
+        description="The executable a `command` agent runs (a shell-like line), when its "
+        "profile names none; it keeps cfn's agent contract (examples/agents/bash-agent.sh).",
+    )
     cfn_claude_bin: str | None = Field(
         default=None,
         description="The Claude Code CLI; unset: `claude` on PATH, else the one bundled "

@@ -9,6 +9,7 @@ loop, the portal and ``cfn spawn-agent`` hand their agents the same server.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -63,6 +64,7 @@ async def spawn_agent(
     workspace: Path | None = None,
     command: Sequence[str] | None = None,
     redis_url: str | None = None,
+    backend: str | None = None,
 ) -> AgentHandle:
     """``spawn-agent.sh AGENT_ID TASK_ID [MODE] [PROVIDER]``: a detached agent.
 
@@ -70,6 +72,7 @@ async def spawn_agent(
     starts, so bad input spawns nothing.
     """
     validate_agent_ids(task_id, agent_id, mode, provider)
+    backend, command = agent_backend(settings, backend, command)
     parse_memory_limit(settings.agent_memory_limit)
     parse_cpu_limit(settings.agent_cpu_limit)
     place = (workspace or settings.project_root).resolve()
@@ -86,10 +89,43 @@ async def spawn_agent(
         workspace=place,
         mode=mode,
         provider=provider,
+        backend=backend,
         redis_username=urlsplit(url).username or settings.redis_username,
     )
     env = await asyncio.to_thread(llm_environment, settings, agent_id, task_id, provider)
     return await spawner_for(settings, redis_url=url).spawn(context, command=command, env=env)
+
+
+BACKENDS = ("builtin", "claude-code", "command")
+
+
+def agent_backend(
+    settings: Settings, backend: str | None, command: Sequence[str] | None
+) -> tuple[str, Sequence[str] | None]:
+    """``--backend`` / ``--command`` / CFN_AGENT_BACKEND / CFN_AGENT_COMMAND, checked."""
+    chosen = backend or ("command" if command else None) or settings.cfn_agent_backend or "builtin"
+    if chosen not in BACKENDS:
+        raise InvalidInputError(
+            f"unknown agent backend {chosen!r}; use one of {', '.join(BACKENDS)}"
+        )
+    if chosen != "command":
+        if command:
+            raise InvalidInputError(f"--command runs a command agent, not {chosen}")
+        return chosen, None
+    if command:
+        return chosen, command
+    line = settings.cfn_agent_command
+    if not line:
+        raise InvalidInputError(
+            "the command backend runs an executable: give --command or set CFN_AGENT_COMMAND"
+        )
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise InvalidInputError(f"CFN_AGENT_COMMAND cannot be split into words: {exc}") from None
+    if not argv:
+        raise InvalidInputError("CFN_AGENT_COMMAND is empty")
+    return chosen, argv
 
 
 def llm_environment(

@@ -237,14 +237,20 @@ def _messages(value: object) -> list[Message]:
     for i, raw in enumerate(raw_messages):
         msg = _obj(raw, f"messages[{i}]")
         role = msg.get("role")
-        if role not in ("user", "assistant"):
-            _fail(f"messages[{i}].role", "must be 'user' or 'assistant'")
+        if role not in ("user", "assistant", "system"):
+            _fail(f"messages[{i}].role", "must be 'user', 'assistant' or 'system'")
         content = msg.get("content")
         if isinstance(content, str):
             out.append(Message(role, content))
             continue
         blocks = _list(content, f"messages[{i}].content", MAX_BLOCKS)
-        if role == "user":
+        if role == "system":
+            # Claude Code puts system reminders among the messages: they stay system text.
+            text = "\n\n".join(
+                str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("text")
+            )
+            out.append(Message("system", text))
+        elif role == "user":
             out += _user_turn(blocks, f"messages[{i}].content")
         else:
             out += _assistant_turn(blocks, f"messages[{i}].content")

@@ -1,0 +1,102 @@
+"""A CFN Loop whose agents are real Claude Code processes, every LLM call through
+cfn's LLM gateway: redis-server, SQLite, the agent server, the bundled CLI, and
+the LLM stand-in playing a coding model (tests/support/coding_model.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cfn.loop.app import run_loop
+from cfn.providers.gateway.server import stop_gateway
+from cfn.settings import Settings
+from cfn.store.repository import Store
+from tests.loop.conftest import options
+from tests.support.coding_model import coding_model
+from tests.support.llm_servers import LLMServer
+
+SECRET = "zai-secret-key-0b7e6d"
+
+
+@pytest.fixture
+def model() -> Iterator[LLMServer]:
+    with LLMServer() as server:
+        server.default = coding_model
+        yield server
+
+
+@pytest.fixture
+def claude_settings(
+    loop_settings: Settings, model: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    env = {
+        "ZAI_API_STYLE": "anthropic",
+        "ZAI_ANTHROPIC_BASE_URL": model.anthropic_url,
+        "ZAI_BASE_URL": model.openai_url,
+        "KIMI_BASE_URL": model.openai_url,
+        "ZAI_API_KEY": SECRET,
+        "DEFAULT_PROVIDER": "zai",
+        "CFN_PROVIDERS_FILE": str(Path(loop_settings.state_dir).parent / "providers.json"),
+    }
+    Path(env["CFN_PROVIDERS_FILE"]).write_text("{}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    yield settings
+    stop_gateway(settings)
+
+
+def _secret_free(root: Path) -> list[str]:
+    """Files under ``root`` that hold the provider key."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if SECRET.encode() in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
+
+
+async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
+    tmp_path: Path, claude_settings: Settings, model: LLMServer
+) -> None:
+    opts = options(tmp_path, implementers=1, validators=1, backend="claude-code")
+    outcome = await run_loop(claude_settings, options=opts)
+    assert outcome.status == "succeeded" and outcome.decision == "PROCEED", outcome
+    workspace = Path(opts.workspace)
+    assert "FizzBuzz" in (workspace / "fizzbuzz.py").read_text()
+    with Store.open(claude_settings) as store:
+        agents = {a.agent_id: a for a in store.list_agents("t1")}
+        assert agents["impl-1-1"].status == "done" and agents["impl-1-1"].confidence == 0.92
+        assert agents["val-1-1"].confidence == 0.9
+        events = store.events("t1")
+        steps = [json.loads(e.payload) for e in events if e.kind == "agent:step"]
+        impl = [s for s in steps if s["agentId"] == "impl-1-1"]
+        tools = [s.get("tool") for s in impl if s["kind"] == "tool_use"]
+        assert tools[:2] == ["Write", "Bash"], impl
+        results = [s for s in impl if s["kind"] == "tool_result"]
+        assert any("checks pass" in s["text"] for s in results), results
+        assert any(s["agentId"] == "val-1-1" and s.get("tool") == "Read" for s in steps)
+        updates = [json.loads(e.payload) for e in events if e.kind == "agent:update"]
+        assert {u.get("backend") for u in updates if u.get("status") == "running"} == {
+            "claude-code"
+        }
+        calls = store.llm_calls("t1")
+        assert {c.agent_id for c in calls} >= {"impl-1-1", "val-1-1"}
+        assert all(c.via == "gateway" and c.provider == "zai" for c in calls)
+        assert any(e.kind == "llm:call" for e in events)
+        # The key: never in what a command saw (the Bash step ran `env`), nor in any
+        # file of the task: workspaces, agent logs, contexts, Claude Code's config dirs.
+        assert all(SECRET not in s.get("text", "") + s.get("args", "") for s in steps)
+        assert "CFN_LLM_TOKEN" not in "".join(s.get("text", "") for s in results)
+    assert _secret_free(workspace) == []
+    assert _secret_free(claude_settings.state_dir / "tasks") == []
+    # Every upstream call carried the key, and only the gateway sent them.
+    assert model.requests and all(
+        r.headers.get("authorization") == f"Bearer {SECRET}" for r in model.requests
+    )
