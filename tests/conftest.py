@@ -105,6 +105,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("REDIS_", "CFN_", "DATABASE_URL", "DB_PATH")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CFN_STATE_DIR", str(tmp_path / ".cfn"))
+    # An LLM gateway a test starts on first need (every loop with agents does) goes
+    # away soon after its test; the default is an hour.
+    monkeypatch.setenv("CFN_LLM_GATEWAY_IDLE", "20")
 
 
 @pytest.fixture

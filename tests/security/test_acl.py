@@ -136,7 +136,7 @@ async def test_python_agent_primitives_work_under_the_acl(server: RedisServer) -
         ok, _spent = await RedisLedger(admin).admit("t1", "val-1-1", Charge(0.01, 10, 5, 1), 1.0)
         assert ok
         assert (await RedisLedger(mine).totals("t1")).calls == 1
-        with pytest.raises(Exception, match="(?i)permission|can.t access|noperm"):
+        with pytest.raises(Exception, match=r"(?i)permission|can.t access|noperm"):
             await RedisLedger(mine).admit("t1", "val-1-1", Charge(0.01, 10, 5, 1), 1.0)
         await send_stop(admin, "t1", "val-1-1", "test")
         signal = await wait_agent_signal(mine, "t1", "val-1-1", 5.0)
