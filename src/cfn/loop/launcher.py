@@ -191,6 +191,7 @@ class ProcessLauncher:
             provider=decision.provider,
             model=decision.model,
             providers=tuple(r.provider for r in decision.chain),
+            containers=self.spawner.engine is not None,
         )
         env = {**self._mcp_env(plan, profile), **self._redis_env(creds), **llm}
         try:

@@ -349,7 +349,7 @@ INVALID: list[tuple[object, str]] = [
     (_with(messages=[]), "messages must hold at least one"),
     (_with(messages=[{"role": "user"}] * 10_001), "messages has 10001 items"),
     (_with(messages=["hi"]), "messages[0] must be a JSON object"),
-    (_with(messages=[{"role": "system", "content": "x"}]), "messages[0].role must be"),
+    (_with(messages=[{"role": "tool", "content": "x"}]), "messages[0].role must be"),
     (_with(messages=[{"role": "user", "content": 5}]), "messages[0].content must be a list"),
     (_user("text"), "messages[0].content[0] must be a JSON object"),
     (_user({"text": "x"}), "messages[0].content[0].type must name"),

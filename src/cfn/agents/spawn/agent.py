@@ -92,8 +92,11 @@ async def spawn_agent(
         backend=backend,
         redis_username=urlsplit(url).username or settings.redis_username,
     )
-    env = await asyncio.to_thread(llm_environment, settings, agent_id, task_id, provider)
-    return await spawner_for(settings, redis_url=url).spawn(context, command=command, env=env)
+    spawner = spawner_for(settings, redis_url=url)
+    env = await asyncio.to_thread(
+        llm_environment, settings, agent_id, task_id, provider, spawner.engine is not None
+    )
+    return await spawner.spawn(context, command=command, env=env)
 
 
 BACKENDS = ("builtin", "claude-code", "command")
@@ -129,7 +132,7 @@ def agent_backend(
 
 
 def llm_environment(
-    settings: Settings, agent_id: str, task_id: str, provider: str
+    settings: Settings, agent_id: str, task_id: str, provider: str, containers: bool = False
 ) -> dict[str, str]:
     """The agent's LLM gateway and token, for the route the router gives it."""
     from cfn.profiles import load_profiles
@@ -152,4 +155,5 @@ def llm_environment(
         provider=decision.provider,
         model=decision.model,
         providers=tuple(r.provider for r in decision.chain),
+        containers=containers,
     )

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -130,6 +132,8 @@ async def serve(
     import uvicorn
 
     host = host or settings.cfn_llm_gateway_host
+    sock = _listen(host, port)
+    port = int(sock.getsockname()[1])
     gateway = build_gateway(settings)
     watch = _IdleWatch(gateway.asgi)
     config = uvicorn.Config(
@@ -138,7 +142,7 @@ async def serve(
     server = uvicorn.Server(config)
     daemon = llm_gateway_daemon(settings.state_dir)
     try:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         if serving.done():
@@ -167,6 +171,24 @@ async def serve(
         await gateway.aclose()
         if record:
             daemon.clear_record(os.getpid())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``port``, or on a free one when it is taken (another
+    checkout's gateway, a test's): the record says which, and agents read it there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            sock.close()
+            raise CfnError(f"the LLM gateway cannot listen on {host}:{port}: {exc}") from None
+        sock.bind((host, 0))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 def _client_host(host: str) -> str:
@@ -203,39 +225,44 @@ def gateway_port(settings: Settings) -> int:
     return PortRegistry(settings.state_dir).resolve("llm-gateway", preferred)
 
 
-def ensure_gateway(settings: Settings) -> str:
-    """The URL agents call: CFN_LLM_GATEWAY_URL, or cfn's own gateway (started if need be)."""
+def ensure_gateway(settings: Settings, *, containers: bool = False) -> str:
+    """The URL agents call: CFN_LLM_GATEWAY_URL, or cfn's own gateway (started if need be).
+
+    ``containers``: agents in containers will call it, through their network's
+    gateway address, so a gateway on the loopback address alone will not do: it
+    listens on every address instead (each request still needs an agent's token).
+    """
     if settings.cfn_llm_gateway_url:
         return settings.cfn_llm_gateway_url.rstrip("/")
     daemon = llm_gateway_daemon(settings.state_dir)
     wanted = fingerprint(settings)
+    host = settings.cfn_llm_gateway_host
+    if containers and host in LOOPBACK:
+        host = "0.0.0.0"  # noqa: S104
     with daemon.locked():
         current = running_gateway(settings)
         if current is not None:
-            if current.get("fingerprint") == wanted:
+            reaches = not containers or current.get("host") not in LOOPBACK
+            if current.get("fingerprint") == wanted and reaches:
                 return str(current["url"])
             start = current.get("pid_start")
             stop_process(int(current["pid"]), grace=STOP_TIMEOUT, start_ticks=start)
         port = gateway_port(settings)
-        host = settings.cfn_llm_gateway_host
-        if settings.spawn_mode == "docker" and host in LOOPBACK:
-            # Agents in containers reach the host through their network's gateway
-            # address; every request still needs an agent's token.
-            host = "0.0.0.0"  # noqa: S104
-        url = f"http://{_client_host(settings.cfn_llm_gateway_host)}:{port}"
         proc = daemon.spawn(
             [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host]
         )
-        if wait_until(
-            lambda: daemon.read_record().get("pid") == proc.pid and answers(url, 0.5),
-            START_TIMEOUT,
-            exited=lambda: proc.poll() is not None,
-        ):
-            return url
+
+        def started() -> bool:
+            record = daemon.read_record()
+            url = record.get("url")
+            return record.get("pid") == proc.pid and isinstance(url, str) and answers(url, 0.5)
+
+        if wait_until(started, START_TIMEOUT, exited=lambda: proc.poll() is not None):
+            return str(daemon.read_record()["url"])
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         raise CfnError(
-            f"the LLM gateway did not start on {url} (exit code {proc.poll()}); "
+            f"the LLM gateway did not start (exit code {proc.poll()}); "
             f"see {daemon.log_file}: {daemon.log_tail()}"
         )
 
@@ -273,10 +300,11 @@ def agent_environment(
     provider: str,
     model: str,
     providers: tuple[str, ...] = (),
+    containers: bool = False,
 ) -> dict[str, str]:
     """What an agent process is given to reach its LLM: the gateway's URL and its token."""
     return {
-        "CFN_LLM_GATEWAY_URL": ensure_gateway(settings),
+        "CFN_LLM_GATEWAY_URL": ensure_gateway(settings, containers=containers),
         "CFN_LLM_TOKEN": mint_agent_token(
             settings, agent_id, task_id, provider=provider, model=model, providers=providers
         ),
