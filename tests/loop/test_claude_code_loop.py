@@ -16,7 +16,7 @@ from cfn.settings import Settings
 from cfn.store.repository import Store
 from tests.loop.conftest import options
 from tests.support.coding_model import coding_model
-from tests.support.llm_servers import LLMServer
+from tests.support.llm_servers import LLMServer, Recorded, Reply
 
 SECRET = "zai-secret-key-0b7e6d"
 
@@ -100,3 +100,25 @@ async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
     assert model.requests and all(
         r.headers.get("authorization") == f"Bearer {SECRET}" for r in model.requests
     )
+
+
+async def test_a_claude_code_reply_without_a_confidence_is_recorded_failed(
+    tmp_path: Path, claude_settings: Settings, model: LLMServer
+) -> None:
+    def no_confidence(request: Recorded) -> Reply:
+        reply = coding_model(request)
+        if reply.events is not None:  # the final turn's text, minus its JSON line
+            reply.events = [
+                (name, data.replace('\\n{\\"confidence\\": 0.92', "\\n(no figure)"))
+                for name, data in reply.events
+            ]
+        return reply
+
+    model.default = no_confidence
+    opts = options(tmp_path, implementers=1, validators=1, backend="claude-code", max_iterations=1)
+    outcome = await run_loop(claude_settings, options=opts)
+    assert outcome.status == "failed"
+    with Store.open(claude_settings) as store:
+        impl = {a.agent_id: a for a in store.list_agents("t1")}["impl-1-1"]
+    assert impl.status == "failed" and impl.confidence is None
+    assert "no JSON line with a confidence" in (impl.reason or "")

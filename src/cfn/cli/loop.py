@@ -42,11 +42,16 @@ class LiveView:
             self.progress = float(data.get("progress", 0.0))
         elif kind == "agent:update":
             agent = self.agents.setdefault(str(data.get("agentId")), {})
-            for field in ("status", "confidence", "provider", "model", "role", "reason"):
+            for field in ("status", "confidence", "provider", "model", "role", "reason", "backend"):
                 if data.get(field) is not None:
                     agent[field] = data[field]
             if data.get("provider") == "offline":
                 self.offline = True
+        elif kind == "agent:step":
+            agent = self.agents.setdefault(str(data.get("agentId")), {})
+            agent["steps"] = int(agent.get("steps", 0)) + 1
+            if data.get("kind") == "tool_use":
+                agent["last"] = f"{data.get('tool')}"
         elif kind in ("gate", "consensus"):
             verdict = "passed" if data.get("passed") else "failed"
             self.lines.append(
@@ -75,17 +80,21 @@ class LiveView:
             + (" · [magenta]OFFLINE provider (no model called)[/]" if self.offline else "")
         )
         table = Table(expand=False)
-        for col in ("agent", "role", "provider", "status", "confidence", "note"):
+        for col in ("agent", "role", "backend", "provider", "status", "confidence", "steps",
+                    "note"):  # fmt: skip
             table.add_column(col)
         for agent_id, info in sorted(self.agents.items(), key=lambda kv: _order(kv[0])):
             status = str(info.get("status", "pending"))
             conf = info.get("confidence")
+            steps = info.get("steps")
             table.add_row(
                 agent_id,
                 str(info.get("role", "")),
+                str(info.get("backend", "")),
                 str(info.get("provider", "")),
                 f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
                 "-" if conf is None else f"{float(conf):.2f}",
+                "-" if steps is None else f"{steps} ({info.get('last', '')})".replace(" ()", ""),
                 str(info.get("reason") or "")[:60],
             )
         return Group(head, table, *[Text(line) for line in self.lines[-8:]])

@@ -48,6 +48,7 @@ from cfn.portal.feed import task_events
 from cfn.portal.live import HeartbeatWatch, TaskListWatch
 from cfn.portal.live import stop as stop_watch
 from cfn.portal.metrics import PortalMetrics
+from cfn.providers.gateway.server import build_gateway
 from cfn.settings import Settings
 from cfn.store.repository import Store
 from cfn.store.status import StatusReader
@@ -171,6 +172,8 @@ class Portal:
         self._gateway_stack: contextlib.AsyncExitStack | None = None
         if self._mount_mcp():
             self.gateway, self.gateway_app = self._build_gateway()
+        # The LLM gateway, mounted at /llm (ANTHROPIC_BASE_URL=http://HOST:PORT/llm).
+        self.llm = build_gateway(settings, redis=self.redis, store=self.store)
         self.api = self._build_api()
         self._register_socket()
         self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.api)
@@ -207,6 +210,7 @@ class Portal:
         if self._list_watch is not None:
             await stop_watch(self._list_watch[1])
             self._list_watch = None
+        await self.llm.aclose()
         if self._gateway_stack is not None:
             stack, self._gateway_stack = self._gateway_stack, None
             try:
@@ -428,6 +432,10 @@ class Portal:
         if gateway is not None and gateway.endpoint is not None and gateway_app is not None:
             api.router.routes.append(Route("/mcp", gateway.endpoint))
             api.mount("/mcp", gateway_app, name="mcp")
+
+        # --- the LLM gateway (agents' tokens, checked by the gateway) ---
+
+        api.mount("/llm", portal.llm.asgi, name="llm")
 
         return api
 

@@ -201,7 +201,8 @@ function renderHealth() {
 function emptyVm() {
   return { iteration: 0, maxIterations: null, loop3: 0, loop2: 0, phase: null, gate: null, consensus: null,
     thresholds: {}, agents: new Map(), events: [], decisions: [], awaiting: null, status: null,
-    outcome: null, offline: false, beats: new Map(), clockSkew: 0 };
+    outcome: null, offline: false, beats: new Map(), clockSkew: 0,
+    steps: new Map(), usage: new Map(), tokens: 0, cost: 0 };
 }
 
 // Pushed heartbeats (agent:heartbeat): the agents whose beat changed, null when it expired.
@@ -272,7 +273,7 @@ function updateAgentStatus(agentId, status, data) {
   const vm = state.vm;
   const cur = vm.agents.get(agentId) || { agentId, fresh: true };
   cur.status = status;
-  for (const k of ["role", "loop", "iteration", "provider", "model", "confidence", "reason", "pid"]) {
+  for (const k of ["role", "loop", "iteration", "provider", "model", "backend", "confidence", "reason", "pid"]) {
     if (data[k] !== undefined && data[k] !== null) cur[k] = data[k];
   }
   if (data.provider === "offline") vm.offline = true;
@@ -306,11 +307,66 @@ function onEvent(kind, data) {
     case "task:finished": vm.status = data.status; vm.phase = "done";
       vm.outcome = { outcome: data.outcome, reason: data.reason }; break;
     case "task:resumed": vm.status = "running"; break;
+    case "agent:step": onStep(data); break;
+    case "llm:call": onCall(data); break;
   }
   if (kind !== "replay:done") addEvent(kind, data);
   if (!data.replay) scheduleRefresh();
   scheduleRender();
 }
+
+// An agent's transcript (agent:step) and what the LLM gateway charged it (llm:call).
+function onStep(data) {
+  const vm = state.vm;
+  const list = vm.steps.get(data.agentId) || [];
+  list.push(data);
+  vm.steps.set(data.agentId, list);
+  if (state.transcriptOf === data.agentId) appendStep(data);
+}
+function onCall(data) {
+  const vm = state.vm;
+  const u = vm.usage.get(data.agentId) || { tokens: 0, cost: 0, calls: 0 };
+  const tokens = (data.inputTokens || 0) + (data.outputTokens || 0);
+  u.tokens += tokens; u.cost += data.costUsd || 0; u.calls += 1;
+  vm.usage.set(data.agentId, u);
+  vm.tokens += tokens; vm.cost += data.costUsd || 0;
+}
+function filesOf(agentId) {
+  const files = [];
+  for (const s of state.vm.steps.get(agentId) || []) {
+    if (s.kind !== "tool_use" || !s.args) continue;
+    try {
+      const a = JSON.parse(s.args);
+      const f = a.file_path || a.path;
+      if (f && ["Write", "Edit", "MultiEdit", "NotebookEdit", "write_file"].includes(s.tool) && !files.includes(f)) files.push(f);
+    } catch (e) { /* arguments the model garbled: shown as text below */ }
+  }
+  return files;
+}
+function appendStep(s) {
+  const list = $("transcript");
+  const kind = s.kind + (s.isError ? " err" : "");
+  const label = s.kind === "tool_use" ? "→ " + (s.tool || "") : s.kind === "tool_result" ? "← " + (s.tool || "result") : s.kind;
+  const t = s.ts ? new Date(s.ts * 1000).toLocaleTimeString([], { hour12: false }) + " " : "";
+  list.append(el("li", { class: kind }, el("span", { class: "muted" }, t), el("span", { class: "k" }, label),
+    s.args ? el("span", { class: "args" }, short(s.args, 600) + "\n") : "", short(s.text || "", 4000)));
+  list.scrollTop = list.scrollHeight;
+  $("tr-files").textContent = filesOf(state.transcriptOf).join(", ") || "–";
+}
+function openTranscript(agentId) {
+  state.transcriptOf = agentId;
+  const a = state.vm.agents.get(agentId) || {};
+  const u = state.vm.usage.get(agentId);
+  $("tr-agent").textContent = agentId;
+  $("tr-meta").textContent = [a.backend, a.provider, a.model, u ? u.tokens + " tokens, $" + u.cost.toFixed(4) : null]
+    .filter(Boolean).join(" · ");
+  $("transcript").replaceChildren();
+  for (const s of state.vm.steps.get(agentId) || []) appendStep(s);
+  $("tr-files").textContent = filesOf(agentId).join(", ") || "–";
+  const dialog = $("transcript-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+$("transcript-dialog").addEventListener("close", () => { state.transcriptOf = null; });
 
 function addEvent(kind, data) {
   const vm = state.vm;
@@ -383,7 +439,9 @@ function render() {
   const th = vm.thresholds || {};
   $("t-meta").textContent = [opts.mode || (snap && snap.mode), "decision: " + (opts.decision || "?"),
     th.implementers ? th.implementers + " implementers" : null, th.validators ? th.validators + " validators" : null,
-    opts.complexity ? "complexity " + opts.complexity : null, opts.cost_sensitive ? "cost sensitive" : null]
+    opts.complexity ? "complexity " + opts.complexity : null, opts.cost_sensitive ? "cost sensitive" : null,
+    opts.backend ? "backend " + opts.backend : null,
+    vm.tokens ? vm.tokens + " tokens, $" + vm.cost.toFixed(4) + " (LLM gateway)" : null]
     .filter(Boolean).join(" · ");
   $("t-outcome").textContent = vm.outcome && vm.outcome.outcome ? vm.outcome.outcome + " — " + (vm.outcome.reason || "") : "";
 
@@ -436,12 +494,18 @@ function render() {
       : el("div", { class: "conf" }, el("div", { class: "bar" }, (() => { const f = el("div", { class: "fill" }); f.style.width = pct(a.confidence); return f; })()), fmt(a.confidence));
     const stop = a.status === "running" ? el("button", { class: "btn small", title: "stop this agent",
       onclick: () => stopAgent(a.agentId) }, "stop") : "";
-    const tr = el("tr", { class: a.fresh ? "new" : "", "data-agent": a.agentId },
+    const u = vm.usage.get(a.agentId);
+    const steps = (vm.steps.get(a.agentId) || []).length;
+    const tr = el("tr", { class: a.fresh ? "new" : "", "data-agent": a.agentId, title: "click: follow its transcript",
+      onclick: (ev) => { if (ev.target.tagName !== "BUTTON") openTranscript(a.agentId); } },
       el("td", { class: "mono" }, a.agentId), el("td", {}, a.role || ""), el("td", {}, a.iteration || ""),
       el("td", {}, el("span", { class: "status " + (a.status || "") }, a.status || "")),
-      el("td", { class: "mono" }, (a.provider || "") + (a.model ? " · " + a.model : "")),
+      el("td", { class: "mono" }, [a.backend, a.provider, a.model].filter(Boolean).join(" · ")),
       el("td", {}, conf),
       beatCell(a, hb),
+      el("td", { class: "mono" }, u ? String(u.tokens) : "–"),
+      el("td", { class: "mono" }, u ? "$" + u.cost.toFixed(4) : "–"),
+      el("td", { class: "mono" }, steps ? String(steps) : "–"),
       el("td", { class: "muted", title: a.reason || "" }, short(a.reason || "", 60)),
       el("td", {}, stop));
     a.fresh = false;
@@ -456,10 +520,17 @@ function render() {
     const d = vm.decisions.find((x) => x.iteration === it.number);
     const g = it.number === vm.iteration && vm.gate ? vm.gate.score : it.gateMean;
     const c = it.number === vm.iteration && vm.consensus ? vm.consensus.score : it.consensusMean;
+    let itTokens = 0, itCost = 0;
+    for (const [agentId, u] of vm.usage) {
+      const a = vm.agents.get(agentId);
+      if (a && a.iteration === it.number) { itTokens += u.tokens; itCost += u.cost; }
+    }
     its.append(el("tr", {}, el("td", {}, it.number),
       el("td", {}, g === null || g === undefined ? "–" : fmt(g, 3) + (g >= th.gate ? " ✓" : " ✗")),
       el("td", {}, c === null || c === undefined ? "–" : fmt(c, 3) + (c >= th.consensus ? " ✓" : " ✗")),
-      el("td", {}, d ? d.decision : "")));
+      el("td", {}, d ? d.decision : ""),
+      el("td", { class: "mono" }, itTokens ? String(itTokens) : "–"),
+      el("td", { class: "mono" }, itCost || itTokens ? "$" + itCost.toFixed(4) : "–")));
   }
 }
 

@@ -28,12 +28,16 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
 
 from cfn.errors import CfnError
+
+if TYPE_CHECKING:
+    from cfn.coordination.connection import RedisManager
+    from cfn.store.repository import Store
 from cfn.providers.gateway.app import LlmGateway
 from cfn.providers.gateway.tokens import LlmTokenAuthority
 from cfn.settings import Settings
@@ -72,16 +76,20 @@ def fingerprint(settings: Settings) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def build_gateway(settings: Settings) -> LlmGateway:
-    """The gateway app on this checkout's Redis (budget) and store (history)."""
+def build_gateway(
+    settings: Settings, *, redis: RedisManager | None = None, store: Store | None = None
+) -> LlmGateway:
+    """The gateway app on this checkout's Redis (budget) and store (history): its own
+    connections, or the caller's (the portal's), which the caller closes."""
     from cfn.coordination.connection import RedisManager
     from cfn.providers import LLMService
     from cfn.providers.gateway.recorder import BackgroundSinks, StoreRecorder
     from cfn.providers.usage import RedisLedger
     from cfn.store.repository import Store
 
-    redis = RedisManager.from_settings(settings)
-    store = Store.open(settings)
+    own_redis, own_store = redis is None, store is None
+    redis = redis or RedisManager.from_settings(settings)
+    store = store or Store.open(settings)
     ledger = RedisLedger(redis)
     service = LLMService(settings, ledger=ledger)
     history = BackgroundSinks([ledger, StoreRecorder(store, redis)])
@@ -91,8 +99,10 @@ def build_gateway(settings: Settings) -> LlmGateway:
     async def close() -> None:
         await history.aclose()
         await service.aclose()
-        await redis.close()
-        store.close()
+        if own_redis:
+            await redis.close()
+        if own_store:
+            store.close()
 
     gateway.closers.append(close)
     return gateway
