@@ -112,6 +112,12 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the stand-in (a child process) ------------------------------------------------------
 
 
@@ -347,11 +353,15 @@ async def run_calls(
         for _ in range(warmup):
             for op in ops.values():
                 await op()
+        cpu = cpu_seconds(procs.gateway.pid)
         for _ in range(n):
             for mode, op in ops.items():
                 first, total = await op()
                 results[mode][0].append(first)
                 results[mode][1].append(total)
+        gateway_calls = n * sum(1 for mode in ops if mode.endswith("gateway"))
+        per_call = (cpu_seconds(procs.gateway.pid) - cpu) * 1000 / gateway_calls
+        results["gateway cpu"] = ([per_call], [per_call])
         return results
     finally:
         for client in clients:
@@ -482,8 +492,11 @@ async def run_agents(
 
 def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at: str) -> bool:
     met = True
-    table = Table(title=f"One LLM call, direct vs through the gateway, {n} calls per mode (ms)")
-    for col in ("call", "path", "p50", "p90", "p99", "added p50", "end p50", "end added"):
+    table = Table(
+        title=f"One LLM call, direct vs through the gateway, {n} calls per mode (ms)",
+        caption="stream: p50..p99 to the first token; end: to the last byte",
+    )
+    for col in ("call", "path", "p50", "p90", "p99", "added p50", "end p50", "end +"):
         table.add_column(col, justify="left" if col in ("call", "path") else "right")
     for call in ("anthropic json", "openai json", "anthropic stream", "openai stream"):
         base_first, base_total = results[f"{call} direct"]
@@ -494,7 +507,7 @@ def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at
             if path == "gateway":
                 met = met and added < 2.0
             table.add_row(
-                call + (" (first token)" if "stream" in call else ""),
+                call.replace("anthropic", "anth").replace("openai", "oai"),
                 path,
                 f"{statistics.median(first):.3f}",
                 f"{pct(first, 0.9):.3f}",
@@ -504,6 +517,8 @@ def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at
                 "-" if path == "direct" else f"{end_added:+.3f}",
             )
     console.print(table)
+    cpu = results["gateway cpu"][0][0]
+    console.print(f"gateway process CPU per call (user+sys, history writes included): {cpu:.3f} ms")
     console.print(f"load average at the end (1, 5, 15 min): {at}")
     return met
 

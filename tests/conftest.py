@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
 from tests.support.cgroups import private_cgroups
+from tests.support.runlog import RunLog
 from tests.support.servers import RedisServer
 
 CFN = [sys.executable, "-m", "cfn"]
@@ -31,14 +33,19 @@ def _build_images_early() -> None:
     from tests.deploy.conftest import build_images, image_settings
 
     settings = image_settings()
+    started = time.monotonic()
     try:
         client = connect(settings)
         try:
             build_images(settings, client)
         finally:
             client.close()
-    except Exception:  # the engine fixture builds again and reports the error
+    except Exception as exc:  # the engine fixture builds again and reports the error
+        if _run_log is not None:
+            _run_log.write("images", error=str(exc)[:300])
         return
+    if _run_log is not None:
+        _run_log.write("images", seconds=round(time.monotonic() - started, 1))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,6 +65,29 @@ def pytest_configure(config: pytest.Config) -> None:
     if any(p in w.parents or p == w or w in p.parents for p in paths for w in wanted):
         _image_build = threading.Thread(target=_build_images_early, daemon=True)
         _image_build.start()
+
+
+_run_log: RunLog | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The controlling process keeps a record of the run (tests/support/runlog.py)."""
+    global _run_log
+    if not hasattr(session.config, "workerinput"):
+        try:
+            _run_log = RunLog(session.config)
+        except OSError:  # a read-only home: the run goes on unrecorded
+            _run_log = None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _run_log is not None:
+        _run_log.report(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _run_log is not None:
+        _run_log.finish(int(exitstatus))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

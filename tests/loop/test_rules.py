@@ -905,3 +905,27 @@ def test_orchestrator_needs_no_redis_manager() -> None:
         "launcher",
         "product_owner",
     ]
+
+
+async def test_transcript_steps_are_relayed_as_the_agent_wrote_them_under_its_own_id() -> None:
+    """Team.relay_steps: each step of an agent's own stream becomes one agent:step event,
+    named by the stream it was read from; the steps left when it stops are relayed too."""
+    journal, board = InMemoryJournal(), InMemoryBoard()
+    bus = InMemoryEventBus(journal)
+    team = Team(journal, bus, board)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(team.relay_steps("t1", "impl-1-1", stop, wait=5.0))
+    board.step("t1", "impl-1-1", {"kind": "tool_use", "tool": "Write", "args": "{}", "ts": "1.5"})
+    board.step("t1", "impl-2-1", {"kind": "text", "text": "another agent's step"})
+    # A step claiming another agent is still this agent's (the stream is this agent's).
+    board.step("t1", "impl-1-1", {"kind": "text", "text": "hi", "agentId": "impl-2-1"})
+    await asyncio.sleep(0.05)
+    stop.set()
+    board.step("t1", "impl-1-1", {"kind": "tool_result", "text": "ok", "isError": "1"})
+    await asyncio.wait_for(relay, 5.0)
+    steps = [p for t, k, p in bus.emitted if k == "agent:step"]
+    assert [s["agentId"] for s in steps] == ["impl-1-1"] * len(steps)
+    assert [s["kind"] for s in steps][:2] == ["tool_use", "text"]
+    assert steps[0]["tool"] == "Write" and steps[0]["ts"] == 1.5
+    assert all("another agent's step" not in s.get("text", "") for s in steps)
+    assert steps[-1]["kind"] == "tool_result" and steps[-1]["isError"] is True  # the drain

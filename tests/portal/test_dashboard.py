@@ -99,6 +99,22 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
             await expect(page.locator(f"#tasks li[data-task='{task_id}']")).to_be_visible()
             await page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
 
+            # An agent's transcript: its steps (agent:step) with the file it wrote, and
+            # what the LLM gateway charged it (llm:call), per agent and for the task.
+            row = page.locator("tr[data-agent='impl-1-1']")
+            await expect(row.locator("td").nth(7)).not_to_have_text("–")  # tokens
+            await expect(page.locator("#t-meta")).to_contain_text("tokens")
+            await row.click()
+            dialog = page.locator("#transcript-dialog")
+            await expect(dialog).to_be_visible()
+            await expect(page.locator("#tr-agent")).to_have_text("impl-1-1")
+            await expect(page.locator("#transcript li.tool_use")).not_to_have_count(0)
+            await expect(page.locator("#transcript")).to_contain_text("write_file")
+            await expect(page.locator("#tr-files")).to_contain_text("offline/note-")
+            await page.screenshot(path=str(tmp_path / "transcript.png"), full_page=True)
+            await page.click("#transcript-dialog button[type=submit]")
+            await expect(dialog).to_be_hidden()
+
             # Nothing polls: the task list is pushed (never read over REST), and with the
             # loop over, a quiet page makes no API requests (the health probe, once a
             # minute, aside: it measures round trips when asked).

@@ -359,6 +359,9 @@ class Orchestrator:
         done = await self._completed(task_id, ids)
         known = await self.team.rows(task_id)
         watchers: list[asyncio.Task[None]] = []
+        # Each agent's transcript, relayed until its team is collected (Team.relay_steps).
+        relays: list[asyncio.Task[None]] = []
+        stop = asyncio.Event()
         handles: dict[str, RunningAgent] = {}
         for agent_id in ids:
             if agent_id in done:
@@ -377,7 +380,7 @@ class Orchestrator:
                 row = await self.team.started(plan, handle)
             handles[agent_id] = handle
             watchers.append(asyncio.create_task(self._watch(task_id, agent_id, handle)))
-            watchers.append(asyncio.create_task(self.team.relay_steps(task_id, agent_id)))
+            relays.append(asyncio.create_task(self.team.relay_steps(task_id, agent_id, stop)))
         if handles and self.heartbeat_interval:
             watchers.append(asyncio.create_task(self._monitor(task_id, handles)))
 
@@ -406,6 +409,10 @@ class Orchestrator:
             for watcher in watchers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            stop.set()
+            for relay in relays:
+                with contextlib.suppress(Exception):
+                    await relay
             for handle in handles.values():
                 handle.release()
         # Agents that never reported by now are recorded as failed.

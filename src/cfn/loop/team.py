@@ -136,22 +136,35 @@ class Team:
         )
         return row
 
-    async def relay_steps(self, task_id: str, agent_id: str, wait: float = RELAY_WAIT) -> None:
-        """The agent's transcript, step by step, as ``agent:step`` events, until cancelled
-        (then what is left is relayed without waiting). The agent id is the one the steps
-        were read for: a step cannot name another agent."""
+    async def relay_steps(
+        self, task_id: str, agent_id: str, stop: asyncio.Event, wait: float = RELAY_WAIT
+    ) -> None:
+        """The agent's transcript, step by step, as ``agent:step`` events, until ``stop``
+        is set (then what is left is relayed, without waiting for more). The agent id is
+        the one the steps were read for: a step cannot name another agent.
+
+        Only a read is ever abandoned, never an event half-written: an event the
+        journal holds always reaches the live stream and the listeners too."""
         after = "0"
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            while True:
-                after, steps = await self.board.agent_steps(task_id, agent_id, after, wait)
+            while not stop.is_set():
+                read = asyncio.ensure_future(self.board.agent_steps(task_id, agent_id, after, wait))
+                await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await read
+                    break
+                after, steps = read.result()
                 await self._emit_steps(task_id, agent_id, steps)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                _after, steps = await asyncio.wait_for(
+            with contextlib.suppress(TimeoutError):
+                after, steps = await asyncio.wait_for(
                     self.board.agent_steps(task_id, agent_id, after, 0), RELAY_DRAIN
                 )
                 await self._emit_steps(task_id, agent_id, steps)
-            raise
+        finally:
+            stopping.cancel()
 
     async def _emit_steps(self, task_id: str, agent_id: str, steps: list[dict[str, str]]) -> None:
         for step in steps:
@@ -225,13 +238,14 @@ class Team:
 
         None when it was stopped meanwhile (its row says ``killed`` and stays so).
         """
-        relay = asyncio.create_task(self.relay_steps(row.task_id, row.agent_id))
+        stop = asyncio.Event()
+        relay = asyncio.create_task(self.relay_steps(row.task_id, row.agent_id, stop))
         try:
             how = await handle.wait()
             report = await self.board.collect(row.task_id, [row.agent_id], self.follow_wait)
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            stop.set()
+            with contextlib.suppress(Exception):
                 await relay
         current = (await self.rows(row.task_id)).get(row.agent_id)
         if current is not None and current.status == "killed":

@@ -1,0 +1,125 @@
+"""A record of each test run, kept outside the checkout: where its time went.
+
+CI runs the suite in a fresh clone that is deleted afterwards, on a machine that
+lives on; a run that took ten times longer than usual left nothing behind to say
+why. The controlling pytest process writes, under
+``$XDG_CACHE_HOME/cfn/test-runs/`` (``~/.cache`` by default; the newest
+``KEEP`` runs are kept), one log per run:
+
+* ``start`` / ``finish`` lines: the checkout, the arguments, the load average;
+* a ``sample`` line every ``SAMPLE_S`` seconds while it runs: the load, the
+  tests finished so far, and the processes using the most CPU since the last
+  sample, so a stuck or runaway process shows;
+* a ``slow`` line for each test phase over ``SLOW_S`` seconds, as it ends;
+* at the end, the 40 slowest test phases.
+
+It records; it decides nothing and fails nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KEEP = 20
+SAMPLE_S = 30.0
+SLOW_S = 20.0
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cfn" / "test-runs"
+
+
+def _cpu_ticks() -> dict[int, tuple[int, str]]:
+    """utime + stime and the command of every process (from /proc)."""
+    out: dict[int, tuple[int, str]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmd = (
+                Path(entry.path, "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        out[int(entry.name)] = (int(fields[11]) + int(fields[12]), cmd.strip()[:160])
+    return out
+
+
+class RunLog:
+    def __init__(self, config: pytest.Config) -> None:
+        folder = _cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in sorted(folder.glob("*.log"))[:-KEEP]:
+            old.unlink(missing_ok=True)
+        self.started = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.started))
+        self.path = folder / f"{stamp}-{os.getpid()}.log"
+        self.durations: list[tuple[float, str]] = []
+        self.finished = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.write(
+            "start",
+            checkout=str(Path(__file__).resolve().parents[2]),
+            args=list(config.invocation_params.args),
+            ci=os.environ.get("CI"),
+            load=os.getloadavg(),
+        )
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def write(self, kind: str, **fields: Any) -> None:
+        line = {"t": round(time.time() - self.started, 1), "kind": kind, **fields}
+        with self._lock, open(self.path, "a") as handle:
+            handle.write(json.dumps(line, default=str) + "\n")
+
+    def _sample(self) -> None:
+        before = _cpu_ticks()
+        while not self._stop.wait(SAMPLE_S):
+            now = _cpu_ticks()
+            used = sorted(
+                (
+                    (ticks - before.get(pid, (0, ""))[0], pid, cmd)
+                    for pid, (ticks, cmd) in now.items()
+                ),
+                reverse=True,
+            )[:6]
+            before = now
+            self.write(
+                "sample",
+                load=os.getloadavg(),
+                finished=self.finished,
+                top=[{"pid": pid, "cpu_s": d / 100, "cmd": cmd} for d, pid, cmd in used if d > 0],
+            )
+
+    def report(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.finished += 1
+        self.durations.append((report.duration, f"{report.nodeid} [{report.when}]"))
+        if report.duration >= SLOW_S:
+            self.write("slow", test=report.nodeid, when=report.when, s=round(report.duration, 1))
+
+    def finish(self, status: int) -> None:
+        self._stop.set()
+        slowest = sorted(self.durations, reverse=True)[:40]
+        self.write(
+            "finish",
+            status=status,
+            seconds=round(time.time() - self.started, 1),
+            tests=self.finished,
+            load=os.getloadavg(),
+            slowest=[[round(d, 1), name] for d, name in slowest],
+        )
