@@ -94,6 +94,9 @@ async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
         # file of the task: workspaces, agent logs, contexts, Claude Code's config dirs.
         assert all(SECRET not in s.get("text", "") + s.get("args", "") for s in steps)
         assert "CFN_LLM_TOKEN" not in "".join(s.get("text", "") for s in results)
+    # `cfn logs impl-1-1` (its agent.log) has the same transcript, a line per step.
+    log = claude_settings.state_dir / "tasks" / "t1" / "agents" / "impl-1-1" / "agent.log"
+    assert "[tool_use] Write" in log.read_text() and "[tool_use] Bash" in log.read_text()
     assert _secret_free(workspace) == []
     assert _secret_free(claude_settings.state_dir / "tasks") == []
     # Every upstream call carried the key, and only the gateway sent them.
