@@ -10,6 +10,8 @@ Checks, run at once, each with its own time limit:
 * ``mcp:<server>``: each MCP server's and the gateway's ``/health``, where
   ``cfn mcp up`` recorded them (or, with MCP_AUTH_TOKEN set, on the configured
   ports).
+* ``llm-gateway``: the LLM gateway agents call answers ``/healthz``
+  (CFN_LLM_GATEWAY_URL, else cfn's own while it runs: it is started on first need).
 * ``portal``: this checkout's portal (``cfn portal``) answers ``/api/ping``.
 * ``agents``: agents marked running in the database against live heartbeats
   in Redis and live processes on this machine; marked running with neither is
@@ -49,7 +51,7 @@ from cfn.store import migrate
 from cfn.store.engine import database_url, describe, make_engine, ping
 from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
-from cfn.system.instances import instance_file, parse_instance
+from cfn.system.instances import instance_file, llm_gateway_daemon, parse_instance
 from cfn.system.proc import proc_alive
 from cfn.troubleshoot import find_agents
 from cfn.worktree.project import compose_project
@@ -304,6 +306,32 @@ async def check_mcp(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> lis
         )
     order = {f"mcp:{n}": i for i, n in enumerate(names)}
     return sorted(checks, key=lambda c: order.get(c.name, len(order)))
+
+
+async def check_llm_gateway(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> Check:
+    """The LLM gateway agents call: the configured one, else cfn's own while it runs."""
+    url = settings.cfn_llm_gateway_url
+    if not url:
+        record = llm_gateway_daemon(settings.state_dir).read_record()
+        recorded = record.get("url")
+        start = record.get("pid_start")
+        if not isinstance(recorded, str) or not proc_alive(
+            record.get("pid"), start if isinstance(start, int) else None
+        ):
+            return Check(
+                "llm-gateway",
+                "ok",
+                "not running (cfn starts it when agents need it)",
+                configured=False,
+            )
+        url = recorded
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        return await _http_health(
+            client,
+            "llm-gateway",
+            f"{url.rstrip('/')}/healthz",
+            expect={"ok": True, "service": "cfn-llm-gateway"},
+        )
 
 
 async def check_portal(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> Check:
@@ -581,12 +609,13 @@ async def check_system(
         ("redis", lambda: check_redis(settings, timeout)),
         ("redis-fallback", lambda: check_redis_fallback(settings, timeout)),
         ("database", lambda: check_database(settings)),
+        ("llm-gateway", lambda: check_llm_gateway(settings, timeout)),
         ("mcp", lambda: check_mcp(settings, timeout)),
         ("agents", lambda: check_agents(settings, timeout)),
         ("containers", lambda: check_containers(settings, timeout)),
     ]
     if portal is None:
-        jobs.insert(4, ("portal", lambda: check_portal(settings, timeout)))
+        jobs.insert(5, ("portal", lambda: check_portal(settings, timeout)))
     results = await asyncio.gather(*(_bounded(n, make, limit) for n, make in jobs))
     checks = [c for group in results for c in group]
     if portal is not None:

@@ -8,6 +8,7 @@ seed's ``config/redis.config.js`` values (connect timeout 10 s, lazy connect,
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -444,6 +445,27 @@ class Settings(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    def to_environment(self) -> dict[str, str | None]:
+        """These settings as the variables a child process reads them from (None: the
+        variable must be unset), for a cfn process started with the caller's settings
+        rather than only its environment (the LLM gateway daemon)."""
+        out: dict[str, str | None] = {}
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is None:
+                out[name.upper()] = None
+            elif isinstance(value, bool):
+                out[name.upper()] = "true" if value else "false"
+            elif isinstance(value, list | tuple):
+                out[name.upper()] = ",".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                out[name.upper()] = json.dumps(value)
+            else:
+                out[name.upper()] = str(value)
+        return out
 
     @property
     def project_root(self) -> Path:

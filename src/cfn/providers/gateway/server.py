@@ -258,8 +258,17 @@ def ensure_gateway(settings: Settings, *, containers: bool = False) -> str:
             start = current.get("pid_start")
             stop_process(int(current["pid"]), grace=STOP_TIMEOUT, start_ticks=start)
         port = gateway_port(settings)
+        # The caller's settings (not only its environment: a library caller may pass
+        # its own), which are also what the fingerprint was taken of.
+        env = dict(os.environ)
+        for name, value in settings.to_environment().items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         proc = daemon.spawn(
-            [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host]
+            [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host],
+            env=env,
         )
 
         def started() -> bool:
