@@ -31,8 +31,12 @@ history), our own redis-server (``tests.support.servers.RedisServer``) and no
 budget (``CFN_TASK_BUDGET_USD`` unset); it records every call as it does in
 production (``llm_calls``, ``llm:call`` events, the Redis ledger, off the
 request path). Tokens are minted here with ``mint_agent_token`` from the same
-state dir. ``--profile FILE`` runs the gateway under cProfile and prints where
-its time went.
+state dir. Beside the latencies it prints the gateway process's CPU time per
+call (/proc, user+sys, its off-path history writes included). ``--profile=FILE``
+runs the gateway under cProfile and prints where its time went. Options go
+with ``=`` (``python -m bench gateway --n=200 --rounds=3``): ``bench/__main__``
+takes bare words for benchmark names. ``--n=0`` or ``--rounds=0`` skips a part;
+``--no-cfn-agent`` runs only ``claude -p``.
 
 Targets (the issue): < 2 ms added at p50 for a call and for the first streamed
 token; a Claude Code run through the gateway <= 1.2x the run without it.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cfn.agents import forkserver
 from cfn.mcp import forked
+from cfn.providers.gateway import forked as gateway_forked
 from cfn.system import forkwire as wire
 
 
@@ -40,6 +41,8 @@ def _preload() -> None:
     import uvicorn.protocols.http.auto
     import uvicorn.protocols.websockets.auto  # noqa: F401
 
+    import cfn.providers.gateway.app
+    import cfn.providers.gateway.recorder  # noqa: F401  (the LLM gateway, cfn.providers.gateway.forked)
     from cfn.cli.launch import FORKABLE
     from cfn.cli.main import warm
 
@@ -53,6 +56,7 @@ def serve(directory: Path, idle: float, *, preload: bool = True) -> int:
         **forkserver.AGENT,
         wire.COMMAND: forkserver.Kind(3, command_child),
         wire.MCP_SERVER: forkserver.Kind(1, forked.mcp_child),
+        wire.LLM_GATEWAY: forkserver.Kind(1, gateway_forked.gateway_child),
     }
     return forkserver.serve(directory, idle, kinds)
 

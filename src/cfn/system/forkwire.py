@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 AGENT = b"F"
 COMMAND = b"C"
 MCP_SERVER = b"M"
+LLM_GATEWAY = b"G"
 LINE_MAX = 65536
 #: The largest request a child reads (an agent's environment is the biggest part).
 REQUEST_MAX = 4 * 1024 * 1024
@@ -99,7 +100,7 @@ def read_json_request(recv: Callable[[int], bytes]) -> dict[str, Any]:
 
 
 def take_request(conn: Any, log_fd: int) -> dict[str, Any]:
-    """In a forked child of kind F or M: the log becomes stdout and stderr, /dev/null
+    """In a forked child of kind F, M or G: the log becomes stdout and stderr, /dev/null
     stdin; then the request is read and the connection closed."""
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,12 +39,14 @@ from cfn.errors import CfnError
 if TYPE_CHECKING:
     from cfn.coordination.connection import RedisManager
     from cfn.store.repository import Store
+from cfn.providers.gateway import forked
 from cfn.providers.gateway.app import LlmGateway
 from cfn.providers.gateway.tokens import LlmTokenAuthority
-from cfn.settings import Settings
+from cfn.settings import Settings, early
+from cfn.system import forkwire
 from cfn.system.daemon import record_of, stop_process, wait_until
 from cfn.system.instances import llm_gateway_daemon
-from cfn.system.proc import proc_alive
+from cfn.system.proc import proc_alive, proc_start_ticks, signal_pid
 from cfn.worktree.ports import PortRegistry, default_ports
 
 START_TIMEOUT = 20.0
@@ -187,7 +190,9 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``port``, or on a free one when it is taken (another
     checkout's gateway, a test's): the record says which, and agents read it there."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets it knows are TCP, and
+    # without it a kept-alive reply waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -266,24 +271,66 @@ def ensure_gateway(settings: Settings, *, containers: bool = False) -> str:
                 env.pop(name, None)
             else:
                 env[name] = value
-        proc = daemon.spawn(
-            [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host],
-            env=env,
-        )
+        pid = _fork(settings, host, port, env, daemon.log_file)
+        proc = None
+        if pid is None:
+            proc = daemon.spawn(
+                [sys.executable, "-m", "cfn", "llm-gateway", "--port", str(port), "--host", host],
+                env=env,
+            )
+            pid = proc.pid
+        start = proc_start_ticks(pid)
 
         def started() -> bool:
             record = daemon.read_record()
             url = record.get("url")
-            return record.get("pid") == proc.pid and isinstance(url, str) and answers(url, 0.5)
+            return record.get("pid") == pid and isinstance(url, str) and answers(url, 0.5)
 
-        if wait_until(started, START_TIMEOUT, exited=lambda: proc.poll() is not None):
+        def exited() -> bool:
+            return proc.poll() is not None if proc is not None else not proc_alive(pid, start)
+
+        if wait_until(started, START_TIMEOUT, exited=exited):
             return str(daemon.read_record()["url"])
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        raise CfnError(
-            f"the LLM gateway did not start (exit code {proc.poll()}); "
-            f"see {daemon.log_file}: {daemon.log_tail()}"
-        )
+        if not exited():
+            signal_pid(pid, signal.SIGTERM, group=True)
+        raise CfnError(f"the LLM gateway did not start; see {daemon.log_file}: {daemon.log_tail()}")
+
+
+def _fork(settings: Settings, host: str, port: int, env: dict[str, str], log: Path) -> int | None:
+    """Fork the gateway from this checkout's agent server when it runs
+    (cfn.providers.gateway.forked); None when it does not or refuses: then the
+    gateway starts as its own Python."""
+    if settings.cfn_agent_server != "auto":
+        return None
+    socket_path = str(settings.agent_server_dir / early.SERVER_SOCKET)
+    if not os.path.exists(socket_path):
+        return None
+    payload = forked.request(host, port, str(settings.project_root), env)
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        pid, conn = forkwire.request_fork(socket_path, forkwire.LLM_GATEWAY, [log_fd], payload)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(log_fd)
+    conn.close()  # the agent server reaps it
+    return int(pid)
+
+
+def run_forever(settings: Settings, *, host: str | None = None, port: int) -> int:
+    """Serve until SIGINT/SIGTERM or idle (``cfn llm-gateway`` and the forked gateway)."""
+
+    async def main() -> None:
+        task = asyncio.create_task(serve(settings, host=host, port=port))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0
 
 
 def stop_gateway(settings: Settings) -> bool:
