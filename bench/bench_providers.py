@@ -9,7 +9,7 @@ are what each layer adds:
 * ``sdk``        the official ``openai`` SDK's ``chat.completions.create``
                  (built on httpx2, parses into pydantic models), no cfn code.
 * ``cfn``        ``LLMService.complete``: routing, price lookup, budget admission
-                 and settlement (in-memory ledger), the SDK call, the call record.
+                 and settlement (in-memory ledger), cfn's httpx client, the call record.
 * ``cfn+redis``  the same with the Redis ledger (our own redis-server): two
                  Lua round trips (admit, settle) and one record LPUSH/LTRIM.
 * ``route``      ``LLMService.route`` alone (the seed's selectProvider + explanation).

@@ -280,7 +280,6 @@ COMPUTED_IMPORTS = {
     "cfn.cli.main": "the command modules, cfn.cli.* (the lazy command table COMMANDS)",
     "cfn.store": "its own submodules, on first use of a name (store/__init__.py __getattr__)",
     "cfn.mcp.serve": "the four servers' modules, cfn.mcp.servers.* (routing.SERVERS)",
-    "cfn.providers.clients.base": "httpx or httpx2, whichever the SDK uses",
 }
 
 

@@ -282,3 +282,59 @@ async def test_runtime_appends_profile_instructions(tmp_path: Path) -> None:
     assert system.role == "system"
     assert system.content.startswith("You are coder, an implementer")
     assert system.content.endswith("# Coder Agent\n\nWrite clean, tested code.")
+
+
+REVIEWER_SUBAGENT = """---
+name: code-reviewer
+description: Expert code review specialist. Use after writing code.
+tools: Read, Grep, Glob, Bash(pytest:*)
+model: sonnet
+---
+You are a senior code reviewer. Check for clarity and tests.
+"""
+
+
+def test_a_claude_code_subagent_file_drives_a_claude_code_agent(tmp_path: Path) -> None:
+    """A `.claude/agents/*.md` subagent, unchanged: its tools are the CLI's allow-list, its
+    body the appended instructions; the token goes to the environment, never to argv."""
+    from cfn.agents.claude_code import claude_argv, claude_env
+
+    profile = load_profile_file(write(tmp_path / "code-reviewer.md", REVIEWER_SUBAGENT))
+    assert profile.id == "code-reviewer" and profile.tools == ("Read", "Grep", "Glob",
+                                                                 "Bash(pytest:*)")  # fmt: skip
+    config = settings(
+        tmp_path,
+        cfn_agents_dir=tmp_path,
+        mcp_gateway_url="http://127.0.0.1:8080/mcp",
+        cfn_mcp_token="mcp-token-xyz",
+    )
+    (tmp_path / "ws").mkdir()
+    context = generate_cli_context(
+        "T1",
+        "val-1-1",
+        settings=config,
+        redis_host="127.0.0.1",
+        redis_port=1,
+        workspace=tmp_path / "ws",
+        role="validator",
+        model="glm-4.6",
+        backend="claude-code",
+    )
+    runtime = AgentRuntime(
+        context, config, None, RecordingService(), profile,  # type: ignore[arg-type]
+        gateway=("http://127.0.0.1:3010", "llm-token-abc"),
+    )  # fmt: skip
+    run = runtime._claude_run()
+    assert run.allowed_tools == ("Read", "Grep", "Glob", "Bash(pytest:*)", "mcp__cfn")
+    assert run.model == "glm-4.6" and run.workspace == (tmp_path / "ws").resolve()
+    assert run.system_prompt_append.startswith("You are code-reviewer, a validator")
+    assert run.system_prompt_append.endswith("Check for clarity and tests.")
+    assert "Task T1" in run.prompt and '"feedback"' in run.prompt
+    server = (run.mcp_config or {})["mcpServers"]["cfn"]
+    assert server["url"] == "http://127.0.0.1:8080/mcp"
+    assert server["headers"]["Authorization"] == "Bearer mcp-token-xyz"
+    argv = claude_argv(run)
+    assert "llm-token-abc" not in " ".join(argv) and "mcp-token-xyz" not in " ".join(argv)
+    env = claude_env(run)
+    assert env["ANTHROPIC_API_KEY"] == "llm-token-abc"
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:3010"

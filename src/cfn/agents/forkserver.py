@@ -425,9 +425,9 @@ def preload() -> None:
 
     import cfn.agents.mcp_tools
     import cfn.agents.runtime
-    import cfn.providers.clients.anthropic_messages
+    import cfn.providers.clients.anthropic_http
     import cfn.providers.clients.offline
-    import cfn.providers.clients.openai_compat
+    import cfn.providers.clients.openai_http
     import cfn.store.repository  # noqa: F401  (agents record their LLM calls)
 
     # Cached once read (redis-py sends it on every connection): reading the package's

@@ -7,7 +7,7 @@ The orchestrator's JournalEventBus writes each event to SQL first, then XADDs it
 2. every event of the task from SQL (the durable log; the stream is capped),
    remembering the highest SQL id ``M`` sent,
 3. then XREAD BLOCK from ``L`` on: entries whose SQL id is <= M were already
-   sent in step 2 and are skipped.
+   sent in step 2 and are skipped, and so is an entry sent live already.
 
 An event written to SQL before step 2 is sent by step 2; one written after
 it is XADDed after step 1, so step 3 sees it. Nothing is lost or sent twice,
@@ -29,6 +29,8 @@ from cfn.store.repository import Store
 #: Events the orchestrator keeps for itself (large, and no use to a viewer).
 PRIVATE_KINDS = frozenset({"workspace:baseline"})
 BLOCK_MS = 15_000
+#: Live event ids remembered per client to drop a repeat (far more than are ever in flight).
+LIVE_MEMORY = 20_000
 BATCH = 500
 
 
@@ -77,6 +79,10 @@ async def task_events(
         sent = max(sent, event.id)
         yield event
     yield Event(0, "replay:done", {"lastEventId": sent}, True)
+    # Two processes write a task's events (the orchestrator and the LLM gateway), each
+    # SQL first, then XADD: the stream may hold id 9 before id 8. So after the replay,
+    # an event is dropped only when it was sent already, not when a higher one was.
+    live: set[int] = set()
     while True:
         reply: Any = await redis.run(
             lambda r, position=cursor: r.xread(  # type: ignore[misc]
@@ -90,9 +96,11 @@ async def task_events(
                     event_id = int(fields.get("id", 0))
                 except (TypeError, ValueError):
                     continue
-                if event_id <= sent:
+                if event_id <= sent or event_id in live:
                     continue
-                sent = event_id
+                live.add(event_id)
+                if len(live) > LIVE_MEMORY:
+                    live = {i for i in live if i > max(live) - LIVE_MEMORY // 2}
                 kind = str(fields.get("kind", ""))
                 if kind in PRIVATE_KINDS:
                     continue

@@ -1,16 +1,15 @@
 """What every client shares: its protocol, its result types, and error sorting.
 
-The SDKs' own retries are off (``max_retries=0``): the service retries, so
-that every attempt is a recorded hop and Retry-After is honoured once, in one
-place. Clients only sort failures into *transient* (429, 5xx, timeouts,
-dropped connections: worth another try or the next provider) and *request
-errors* (other 4xx: raised at once).
+Clients never retry: the service does, so that every attempt is a recorded
+hop and Retry-After is honoured once, in one place. Clients only sort
+failures into *transient* (429, 5xx, timeouts, dropped connections: worth
+another try or the next provider) and *request errors* (other 4xx: raised at
+once).
 """
 
 from __future__ import annotations
 
 import email.utils
-import importlib
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -97,37 +96,6 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def transport_errors() -> tuple[type[BaseException], ...]:
-    """httpx-style transport errors (the SDKs use httpx or its successor httpx2)."""
-    found: list[type[BaseException]] = []
-    for name in ("httpx", "httpx2"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        error = getattr(module, "TransportError", None)
-        if isinstance(error, type) and issubclass(error, BaseException):
-            found.append(error)
-    return tuple(found)
-
-
-def timeout_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = []
-    for name in ("httpx", "httpx2"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        error = getattr(module, "TimeoutException", None)
-        if isinstance(error, type) and issubclass(error, BaseException):
-            found.append(error)
-    return tuple(found)
-
-
-TRANSPORT_ERRORS = transport_errors()
-TIMEOUT_ERRORS = timeout_errors()
 
 
 def estimate_tokens(chars: int) -> int:

@@ -1,28 +1,21 @@
-"""Turn an SDK exception (openai or anthropic, same shape) into Transient or a cfn error."""
+"""Sort a failed call into ``Transient`` or a cfn error, the same way for both wire formats.
+
+The clients talk HTTP themselves (``wire``); what can go wrong arrives here as
+an httpx exception (no answer, a dropped connection), a non-2xx status with
+its body and headers, or an error inside a 200 stream (Anthropic's ``error``
+event, an OpenAI chunk carrying ``error``).
+"""
 
 from __future__ import annotations
 
-from types import ModuleType
+import json
+from collections.abc import Mapping
 from typing import Any
 
+import httpx
+
 from cfn.errors import ProviderRequestError
-from cfn.providers.clients.base import (
-    TIMEOUT_ERRORS,
-    TRANSPORT_ERRORS,
-    Transient,
-    parse_retry_after,
-)
-
-
-def _message(exc: BaseException) -> str:
-    body: Any = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:300]
-    text = str(getattr(exc, "message", "") or exc)
-    return text[:300]
-
+from cfn.providers.clients.base import Transient, parse_retry_after
 
 _REQUEST_ERROR_TYPES = frozenset(
     {
@@ -35,52 +28,91 @@ _REQUEST_ERROR_TYPES = frozenset(
 )
 
 
-def _error_type(exc: BaseException) -> str | None:
-    body: Any = getattr(exc, "body", None)
-    err = body.get("error", body) if isinstance(body, dict) else None
-    kind = err.get("type") if isinstance(err, dict) else None
+def error_object(body: Any) -> dict[str, Any] | None:
+    """The error object of an error body: ``{"error": {...}}``, or the body itself."""
+    err = body
+    # Unwrapped twice, as the SDKs did (the client unwrapped once, the message lookup again).
+    for _ in range(2):
+        if isinstance(err, dict):
+            err = err.get("error", err)
+    return err if isinstance(err, dict) else None
+
+
+def error_message(body: Any, fallback: str) -> str:
+    err = error_object(body)
+    if err is not None and isinstance(err.get("message"), str):
+        return str(err["message"])[:300]
+    return fallback[:300]
+
+
+def _error_type(body: Any) -> str | None:
+    err = error_object(body)
+    kind = err.get("type") if err is not None else None
     return kind if isinstance(kind, str) else None
 
 
-def sort_error(exc: BaseException, sdk: ModuleType, provider: str, key_hint: str) -> BaseException:
-    """The exception to raise instead of ``exc`` (``exc`` itself when it is not ours to sort)."""
-    if isinstance(exc, (sdk.APITimeoutError, *TIMEOUT_ERRORS)):
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:  # not JSON (an HTML error page), or not UTF-8
+        return None
+
+
+def transport_error(exc: httpx.RequestError) -> Transient:
+    """No answer in time, or no usable connection (refused, reset, cut mid-body)."""
+    if isinstance(exc, httpx.TimeoutException):
         return Transient("timeout", f"no answer within the timeout ({type(exc).__name__})")
-    if isinstance(exc, (sdk.APIConnectionError, *TRANSPORT_ERRORS)):
-        cause = exc.__cause__ or exc
-        return Transient("connection_error", f"{type(cause).__name__}: {cause}"[:300])
-    if isinstance(exc, sdk.APIStatusError):
-        status = int(exc.status_code)
-        headers = dict(exc.response.headers) if exc.response is not None else None
-        message = _message(exc)
-        if status < 400:
-            # An ``error`` event inside a 200 stream: sort it by the error's own type.
-            kind = _error_type(exc)
-            if kind in _REQUEST_ERROR_TYPES:
-                return ProviderRequestError(
-                    f"provider {provider!r} rejected the request mid-stream ({kind}): {message}"
-                )
-            return Transient("server_error", f"{kind or 'error'} event in stream: {message}")
-        if status == 429:
-            return Transient(
-                "rate_limited",
-                message,
-                status_code=status,
-                retry_after=parse_retry_after(headers),
-            )
-        if status >= 500 or status in (408, 409):
-            return Transient(
-                "server_error", message, status_code=status, retry_after=parse_retry_after(headers)
-            )
-        if status in (401, 403):
-            return ProviderRequestError(
-                f"provider {provider!r} refused the credentials ({status}: {message}); "
-                f"check {key_hint}"
-            )
-        return ProviderRequestError(
-            f"provider {provider!r} rejected the request ({status}): {message}"
+    return Transient("connection_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def status_error(
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    provider: str,
+    key_hint: str,
+) -> Transient | ProviderRequestError:
+    """A non-2xx reply: 429, 5xx, 408 and 409 are transient; other 4xx the request's fault."""
+    message = error_message(_json_or_none(content), f"Error code: {status}")
+    if status == 429:
+        return Transient(
+            "rate_limited", message, status_code=status, retry_after=parse_retry_after(headers)
         )
-    if isinstance(exc, sdk.APIError):
-        # An error event inside a stream (e.g. Anthropic's ``overloaded_error``).
-        return Transient("server_error", _message(exc))
-    return exc
+    if status >= 500 or status in (408, 409):
+        return Transient(
+            "server_error", message, status_code=status, retry_after=parse_retry_after(headers)
+        )
+    if status in (401, 403):
+        return ProviderRequestError(
+            f"provider {provider!r} refused the credentials ({status}: {message}); check {key_hint}"
+        )
+    if status < 400:
+        # A redirect that was not followed, or an informational status: no answer to use.
+        return Transient("server_error", f"unexpected status {status}: {message}")
+    return ProviderRequestError(f"provider {provider!r} rejected the request ({status}): {message}")
+
+
+def stream_error_event(data: str, provider: str) -> Transient | ProviderRequestError:
+    """Anthropic's ``error`` event inside a 200 stream, sorted by the error's own type."""
+    try:
+        body: Any = json.loads(data)
+        fallback = f"{body}"
+    except ValueError:
+        body, fallback = None, data or "Error code: 200"
+    message = error_message(body, fallback)
+    kind = _error_type(body)
+    if kind in _REQUEST_ERROR_TYPES:
+        return ProviderRequestError(
+            f"provider {provider!r} rejected the request mid-stream ({kind}): {message}"
+        )
+    return Transient("server_error", f"{kind or 'error'} event in stream: {message}")
+
+
+def stream_error_chunk(error: Any) -> Transient:
+    """An OpenAI-style chunk ``{"error": ...}`` inside a 200 stream."""
+    return Transient("server_error", error_message(error, "An error occurred during streaming"))
+
+
+def malformed(what: str, exc: Exception) -> Transient:
+    """A 2xx reply whose body is not the JSON it should be (a proxy's page, a cut body)."""
+    return Transient("server_error", f"malformed {what} from the provider: {exc}"[:300])

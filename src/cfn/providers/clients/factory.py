@@ -7,16 +7,16 @@ from cfn.providers.routes import ProviderSpec
 
 
 def make_client(spec: ProviderSpec, timeout: float) -> ProviderClient:
-    # Imported here: loading an SDK costs ~100 ms, and a process that only
+    # Imported here: loading httpx costs tens of ms, and a process that only
     # routes, or only runs offline, should not pay it.
     if spec.kind == "offline":
         from cfn.providers.clients.offline import OfflineClient
 
         return OfflineClient()
     if spec.kind == "anthropic":
-        from cfn.providers.clients.anthropic_messages import AnthropicClient
+        from cfn.providers.clients.anthropic_http import AnthropicClient
 
         return AnthropicClient(spec, timeout)
-    from cfn.providers.clients.openai_compat import OpenAICompatClient
+    from cfn.providers.clients.openai_http import OpenAICompatClient
 
     return OpenAICompatClient(spec, timeout)

@@ -49,7 +49,7 @@ writes the named server-sent events of ``stream: true``, each frame
 A failure mid-stream is ``event: error`` with
 ``{"type": "error", "error": {"type": KIND, "message": ...}}``; ``ping`` is a
 keep-alive. Tool arguments that are not a JSON object go out as
-``{"_raw": "<the text>"}`` (what ``clients.anthropic_messages`` sends too), so
+``{"_raw": "<the text>"}`` (what ``clients.anthropic_http`` sends too), so
 the client sees the model's broken output instead of a silent ``{}``. JSON is
 written ASCII-only, so no character in it can split an SSE line.
 """

@@ -7,24 +7,19 @@ When this checkout's agent server runs, ``ensure_gateway`` asks it instead; the
 forked child becomes what that command would have been: its own session, its
 log as stdout and stderr, the checkout as directory, the caller's environment
 (the provider keys are in it: the gateway is the one process that holds them),
-then the same serving loop. The request, read by the child only::
+then the same serving loop. The request (written by
+``cfn.providers.gateway.server.fork_request``), read by the child only::
 
     {"host": "127.0.0.1", "port": 3010, "cwd": dir, "env": {...}}
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 
 from cfn.system import forkwire
-
-
-def request(host: str, port: int, cwd: str, env: dict[str, str]) -> bytes:
-    payload = {"host": host, "port": port, "cwd": cwd, "env": env}
-    return json.dumps(payload).encode() + b"\n"
 
 
 def gateway_child(conn: socket.socket, fds: list[int]) -> int:

@@ -39,7 +39,6 @@ from cfn.errors import CfnError
 if TYPE_CHECKING:
     from cfn.coordination.connection import RedisManager
     from cfn.store.repository import Store
-from cfn.providers.gateway import forked
 from cfn.providers.gateway.app import LlmGateway
 from cfn.providers.gateway.tokens import LlmTokenAuthority
 from cfn.settings import Settings, early
@@ -296,6 +295,12 @@ def ensure_gateway(settings: Settings, *, containers: bool = False) -> str:
         raise CfnError(f"the LLM gateway did not start; see {daemon.log_file}: {daemon.log_tail()}")
 
 
+def fork_request(host: str, port: int, cwd: str, env: dict[str, str]) -> bytes:
+    """The request for a gateway forked from the agent server (cfn.providers.gateway.forked)."""
+    payload = {"host": host, "port": port, "cwd": cwd, "env": env}
+    return json.dumps(payload).encode() + b"\n"
+
+
 def _fork(settings: Settings, host: str, port: int, env: dict[str, str], log: Path) -> int | None:
     """Fork the gateway from this checkout's agent server when it runs
     (cfn.providers.gateway.forked); None when it does not or refuses: then the
@@ -305,7 +310,7 @@ def _fork(settings: Settings, host: str, port: int, env: dict[str, str], log: Pa
     socket_path = str(settings.agent_server_dir / early.SERVER_SOCKET)
     if not os.path.exists(socket_path):
         return None
-    payload = forked.request(host, port, str(settings.project_root), env)
+    payload = fork_request(host, port, str(settings.project_root), env)
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
