@@ -45,7 +45,8 @@ async def test_offline_loop_proceeds(
     assert "deliverables" in json.loads(client.rpop("coord:t1:loop2:start") or "{}")
     # The stream holds the loop's events and, from the LLM gateway, one llm:call per call.
     streamed = [fields["kind"] for _id, fields in client.xrange("events:t1")]
-    assert [k for k in streamed if k != "llm:call"] == kinds
+    # (The same events; agents' steps are relayed concurrently, so not in one order.)
+    assert sorted(k for k in streamed if k != "llm:call") == sorted(kinds)
     assert streamed.count("llm:call") >= 4  # every agent called its model at least once
     assert json.loads(client.get("context:t1:deliverables") or "[]")
     # SQL: task, agents, one decision, iteration figures, the event log.
