@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from typing import Annotated
 
 import typer
@@ -49,22 +46,12 @@ def gateway_cmd(
         out.print(f"LLM gateway: {server.ensure_gateway(cfg)}", markup=False)
         return
     chosen = port or server.gateway_port(cfg)
-
-    async def main() -> None:
-        ready = asyncio.Event()
-        task = asyncio.create_task(server.serve(cfg, host=host, port=chosen, ready=ready))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.is_set():
-            err.print(f"LLM gateway listening on {host or cfg.cfn_llm_gateway_host}:{chosen}")
-        waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    server.run_forever(
+        cfg,
+        host=host,
+        port=chosen,
+        on_ready=lambda url: err.print(f"LLM gateway listening on {url}", markup=False),
+    )
 
 
 @gateway_app.command("status")

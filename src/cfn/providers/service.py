@@ -149,6 +149,10 @@ class LLMService:
         for route in decision.chain:
             self._price(route)  # an unpriced paid model fails before anything is spent
         request = apply_profile(request, decision.profile)
+        if self.budget_usd is None:
+            # Nothing to admit against: the call is charged once, when it is settled
+            # (one ledger round trip per call instead of two).
+            return _Call(task_id, agent_id, decision, request, time.perf_counter(), 0.0, [])
         estimate = self._price(decision.route).cost(Usage(estimate_tokens(request.text_size()), 0))
         admitted, spent = await self.ledger.admit(
             task_id, agent_id, Charge(cost_usd=estimate), self.budget_usd

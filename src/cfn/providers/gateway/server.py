@@ -139,6 +139,7 @@ async def serve(
     record: bool = True,
     idle: float | None = None,
     ready: asyncio.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run the gateway until SIGINT/SIGTERM, cancellation or ``idle`` seconds unused."""
     import uvicorn
@@ -172,6 +173,8 @@ async def serve(
             )
         if ready is not None:
             ready.set()
+        if on_ready is not None:
+            on_ready(f"http://{_client_host(host)}:{port}")
         limit = idle if idle is not None else settings.cfn_llm_gateway_idle
         while not serving.done():
             await asyncio.wait({serving}, timeout=min(5.0, limit))
@@ -323,11 +326,17 @@ def _fork(settings: Settings, host: str, port: int, env: dict[str, str], log: Pa
     return int(pid)
 
 
-def run_forever(settings: Settings, *, host: str | None = None, port: int) -> int:
+def run_forever(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
     """Serve until SIGINT/SIGTERM or idle (``cfn llm-gateway`` and the forked gateway)."""
 
     async def main() -> None:
-        task = asyncio.create_task(serve(settings, host=host, port=port))
+        task = asyncio.create_task(serve(settings, host=host, port=port, on_ready=on_ready))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
