@@ -19,8 +19,12 @@ stand-in's own time is in every figure and the differences are the gateway's:
               the stand-in (the baseline) vs = the gateway; and a whole cfn agent
               (``python -m cfn agent run --context FILE``, backend claude-code:
               Python start, Redis lock, heartbeats, the CLI, the report) pointed at
-              the stand-in vs at the gateway. Alternating, one run of each mode
-              per round, after one warm-up round.
+              the stand-in vs at the gateway; and the same agent as cfn runs one
+              (``cfn agent as cfn spawns it``: the process spawner, forked from the
+              agent server, supervised, under AGENT_CPU_LIMIT) through the gateway,
+              which is the issue's "a Claude Code agent run under cfn", compared
+              with ``claude -p`` alone. Alternating, one run of each mode per round,
+              after one warm-up round.
 
 Processes: the load generator (this process), the stand-in and the gateway are
 three processes, so neither server competes with the client for the GIL. The
@@ -39,7 +43,7 @@ takes bare words for benchmark names. ``--n=0`` or ``--rounds=0`` skips a part;
 ``--no-cfn-agent`` runs only ``claude -p``.
 
 Targets (the issue): < 2 ms added at p50 for a call and for the first streamed
-token; a Claude Code run through the gateway <= 1.2x the run without it.
+token; a Claude Code agent run under cfn <= 1.2x ``claude -p`` alone.
 """
 
 from __future__ import annotations
@@ -182,6 +186,7 @@ class Processes:
     gateway: subprocess.Popen[bytes]
     gateway_url: str
     env: dict[str, str]
+    redis_url: str = ""
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -235,7 +240,7 @@ def processes(tmp: Path, redis_url: str, profile: Path | None) -> Iterator[Proce
             gateway = subprocess.Popen(argv, cwd=tmp, env=env, stdout=out, stderr=out)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, gateway, log)
-        yield Processes(stand, stand_url, gateway, url, env)
+        yield Processes(stand, stand_url, gateway, url, env, redis_url)
     finally:
         if gateway is not None and gateway.poll() is None:
             gateway.send_signal(signal.SIGINT)  # a clean exit: cProfile writes its file
@@ -463,6 +468,44 @@ async def cfn_agent_once(
     return elapsed
 
 
+async def cfn_agent_spawned(
+    settings: Settings, tmp: Path, redis_url: str, redis_port: int, url: str, n: int
+) -> float:
+    """A claude-code agent the way cfn starts one: the process spawner (forked from the
+    agent server, supervised, cgroup-limited), given the gateway's URL and a token."""
+    from cfn.agents.spawn import spawner_for
+
+    task = f"BS{n}"
+    workspace = tmp / f"spawned-{n}" / "workspace"
+    workspace.mkdir(parents=True)
+    target = workspace / "hello.txt"
+    context = generate_cli_context(
+        task,
+        "impl-1-1",
+        settings=settings,
+        redis_host="127.0.0.1",
+        redis_port=redis_port,
+        workspace=workspace,
+        provider=ANTHROPIC[0],
+        model=ANTHROPIC[1],
+        backend="claude-code",
+        role="implementer",
+        loop=3,
+        iteration=1,
+        timeout=120,
+        epic=f"Write hello.txt. BENCH_TARGET={target}",
+    )
+    token = mint_agent_token(settings, "impl-1-1", task, provider=ANTHROPIC[0], model=ANTHROPIC[1])
+    spawner = spawner_for(settings, redis_url=redis_url)
+    t0 = time.perf_counter()
+    handle = await spawner.spawn(context, env={"CFN_LLM_GATEWAY_URL": url, "CFN_LLM_TOKEN": token})
+    info = await handle.wait()
+    elapsed = time.perf_counter() - t0
+    if not target.exists():
+        raise RuntimeError(f"the spawned cfn agent failed: {info}")
+    return elapsed
+
+
 async def run_agents(
     procs: Processes, settings: Settings, tmp: Path, redis_port: int, rounds: int, full: bool
 ) -> dict[str, list[float]]:
@@ -481,6 +524,9 @@ async def run_agents(
         )
         modes["cfn agent via gateway"] = lambda: cfn_agent_once(
             procs, settings, tmp, redis_port, procs.gateway_url, next(counter)
+        )
+        modes["cfn agent as cfn spawns it"] = lambda: cfn_agent_spawned(
+            settings, tmp, procs.redis_url, redis_port, procs.gateway_url, next(counter)
         )
     results: dict[str, list[float]] = {mode: [] for mode in modes}
     for op in modes.values():  # warm-up: the CLI's binary and Python's imports into cache
@@ -534,11 +580,10 @@ def report_agents(results: dict[str, list[float]], rounds: int, at: str) -> bool
     for col in ("mode", "median s", "min s", "max s", "ratio vs its direct run"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     met = True
+    claude = statistics.median(results["claude -p direct"])
     for mode, samples in results.items():
-        base = results[mode.replace("via gateway", "direct")]
+        base = results.get(mode.replace("via gateway", "direct"), results["claude -p direct"])
         ratio = statistics.median(samples) / statistics.median(base)
-        if "via gateway" in mode:
-            met = met and ratio <= 1.2
         table.add_row(
             mode,
             f"{statistics.median(samples):.3f}",
@@ -547,10 +592,14 @@ def report_agents(results: dict[str, list[float]], rounds: int, at: str) -> bool
             "-" if mode.endswith("direct") else f"{ratio:.3f}x",
         )
     console.print(table)
-    if "cfn agent direct" in results:
-        cfn = statistics.median(results["cfn agent via gateway"])
-        claude = statistics.median(results["claude -p direct"])
-        console.print(f"whole cfn agent via the gateway vs claude -p alone: {cfn / claude:.3f}x")
+    if "cfn agent as cfn spawns it" in results:
+        # The issue's figure: a Claude Code agent run under cfn vs `claude -p` alone.
+        cfn = statistics.median(results["cfn agent as cfn spawns it"])
+        met = cfn / claude <= 1.2
+        console.print(
+            f"a claude-code agent as cfn runs it vs claude -p alone: {cfn / claude:.3f}x "
+            "(target <= 1.2x)"
+        )
     console.print(f"load average at the end (1, 5, 15 min): {at}")
     return met
 
@@ -602,7 +651,7 @@ async def run(args: argparse.Namespace) -> int:
             )
         if args.rounds:
             console.print(
-                "target <= 1.2x wall time through the gateway: "
+                "target <= 1.2x wall time (under cfn vs claude -p alone): "
                 + ("met" if met_agents else "MISSED")
             )
         if profile is not None and profile.exists():
