@@ -125,7 +125,13 @@ async def test_loop_runs_its_agents_as_containers(
     assert len(notes) == 1
     # exit.json and the container's log, as the process spawner leaves them.
     agent_dir = docker_settings.state_dir / "tasks" / "ctask" / "agents" / "impl-1-1"
-    record = json.loads((agent_dir / "exit.json").read_text())
+    # Written when the container's end is seen: the loop may return (it has the agent's
+    # report) a moment before the container has exited.
+    exit_file = agent_dir / "exit.json"
+    deadline = time.monotonic() + 30
+    while not exit_file.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    record = json.loads(exit_file.read_text())
     assert record["exit_code"] == 0 and record["runtime"] == "container"
     assert network_name(docker_settings) == f"{project}_cfn-network"
 

@@ -69,7 +69,10 @@ def test_primary_killed_mid_loop_the_loop_finishes_on_the_fallback(
         kinds = [fields["kind"] for _id, fields in client.xrange("events:T")]
     finally:
         client.close()
-    assert kinds[-1] == "task:finished" and "decision" in kinds
+    # (The LLM gateway's llm:call events are written off its request path, so the last
+    # one may land after the loop's own last event.)
+    loop_kinds = [k for k in kinds if k != "llm:call"]
+    assert loop_kinds[-1] == "task:finished" and "decision" in loop_kinds
     # Each implementer process itself moved to the fallback and reported there (no restart).
     for agent, pid in implementers.items():
         assert rig.pid_of("T", agent) == pid and rig.runs("T", agent) == 1, agent
