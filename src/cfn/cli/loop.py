@@ -14,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cfn.cli.common import err, out, settings, with_redis
+from cfn.errors import InvalidInputError
 from cfn.loop.orchestrator import Outcome
-from cfn.loop.state import TaskOptions
+from cfn.loop.state import BACKENDS, TaskOptions
 
 STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "pending": "dim"}
 
@@ -251,6 +252,10 @@ def run_cmd(
     """Like orchestrate, with a generated task id."""
     from cfn.loop.app import new_task_id
 
+    if backend is not None and backend not in BACKENDS:  # before a task id is announced
+        raise InvalidInputError(
+            f"unknown agent backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        )
     task_id = new_task_id()
     out.print(f"task id: [bold]{task_id}[/]")
     orchestrate_cmd(
