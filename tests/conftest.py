@@ -88,6 +88,22 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _run_log is not None:
         _run_log.finish(int(exitstatus))
+    if not hasattr(session.config, "workerinput"):
+        _stop_test_gateways(session.config)
+
+
+def _stop_test_gateways(config: pytest.Config) -> None:
+    """The LLM gateways the run's tests started (every loop with agents starts one) end
+    with the run, whatever environment started them; each records itself under its
+    test's state directory (.cfn/llm-gateway/instance.json)."""
+    from cfn.system.instances import llm_gateway_daemon
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    for record in base.glob("**/llm-gateway/instance.json"):
+        try:
+            llm_gateway_daemon(record.parent.parent).stop_recorded(5.0)
+        except OSError:
+            continue
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
