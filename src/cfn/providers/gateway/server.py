@@ -49,6 +49,10 @@ from cfn.system.proc import proc_alive, proc_start_ticks, signal_pid
 from cfn.worktree.ports import PortRegistry, default_ports
 
 START_TIMEOUT = 20.0
+#: A request running longer than this no longer keeps an idle gateway up.
+STUCK_AFTER = 900.0
+#: How long open requests get when the gateway stops (then their connections close).
+SHUTDOWN_GRACE = 5
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 STOP_TIMEOUT = 10.0
 #: The gateway's port is the orchestrator's plus this (3010 in the main checkout).
@@ -111,24 +115,32 @@ def build_gateway(
 
 
 class _IdleWatch:
-    """ASGI middleware noting the time of the last request."""
+    """ASGI middleware noting the time of the last request.
+
+    A request still running keeps the gateway up, for at most ``STUCK_AFTER``
+    seconds: one whose caller and upstream both went away (an agent killed
+    mid-call, its task's Redis stopped) must not keep it up forever.
+    """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
         self.last = time.monotonic()
-        self.active = 0
+        self.running: dict[int, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.last = time.monotonic()
-        self.active += 1
+        key = id(scope)
+        self.last = self.running[key] = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
+            self.running.pop(key, None)
             self.last = time.monotonic()
 
     def idle_for(self) -> float:
-        return 0.0 if self.active else time.monotonic() - self.last
+        now = time.monotonic()
+        if any(now - started < STUCK_AFTER for started in self.running.values()):
+            return 0.0
+        return now - self.last
 
 
 async def serve(
@@ -150,7 +162,13 @@ async def serve(
     gateway = build_gateway(settings)
     watch = _IdleWatch(gateway.asgi)
     config = uvicorn.Config(
-        watch, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        watch,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     server = uvicorn.Server(config)
     daemon = llm_gateway_daemon(settings.state_dir)
