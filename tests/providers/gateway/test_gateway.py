@@ -153,6 +153,12 @@ async def test_tokens_that_are_refused_and_why(
         content=b"{not json",
     )
     assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+    deep = await http.post(
+        f"{gw.url}/v1/messages",
+        headers={"x-api-key": gw.token(), "content-type": "application/json"},
+        content=b"[" * 100_000 + b"]" * 100_000,
+    )
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
     assert len(llm.requests) == before
     # The same token works, and count_tokens answers.
     assert (await post({"x-api-key": gw.token()})).status_code == 200

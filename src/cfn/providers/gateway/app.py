@@ -59,6 +59,7 @@ from cfn.providers.types import ChatRequest, ChatResponse, StreamEvent
 MAX_BODY = 32 * 1024 * 1024
 SERVICE = "cfn-llm-gateway"
 ROUTE_HEADER = "x-cfn-route"
+DEEP = "the request body is nested too deeply"
 
 
 def status_of(exc: BaseException) -> int:
@@ -130,6 +131,8 @@ class LlmGateway:
             return json.loads(raw)
         except ValueError as exc:
             raise InvalidInputError(f"the request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError(DEEP) from None
 
     def _route(self, claims: LlmClaims, requested: str) -> tuple[str, str]:
         """The route of this call: the token's, or ``provider:model`` it allows."""
@@ -190,6 +193,8 @@ class LlmGateway:
             first = await anext(events)
         except CfnError as exc:
             return _anthropic_error(exc)
+        except RecursionError:
+            return _anthropic_error(InvalidInputError(DEEP))
         body = _anthropic_sse(
             events, first, options.model, message_id, estimate_tokens(chat.text_size())
         )
@@ -221,6 +226,8 @@ class LlmGateway:
             first = await anext(events)
         except CfnError as exc:
             return _openai_error(exc)
+        except RecursionError:
+            return _openai_error(InvalidInputError(DEEP))
         chunks = _openai_sse(events, first, options.model, completion_id, created, options)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=_sse_headers())
 
