@@ -59,9 +59,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
-from cfn.errors import InvalidInputError
+from cfn.providers.gateway import fields
 from cfn.providers.types import ChatRequest, ChatResponse, Message, StreamEvent, ToolCall, ToolSpec
 
 MAX_MESSAGES: Final = 10_000
@@ -102,60 +102,10 @@ class MessagesOptions:
 # --- checking fields ----------------------------------------------------------------
 
 
-def _fail(path: str, problem: str) -> NoReturn:
-    raise InvalidInputError(f"invalid request body: {path} {problem}")
-
-
-def _obj(value: object, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, "must be a JSON object")
-    return value
-
-
-def _list(value: object, path: str, cap: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, "must be a list")
-    if len(value) > cap:
-        _fail(path, f"has {len(value)} items; at most {cap} are accepted")
-    return value
-
-
-def _str(value: object, path: str, *, nonempty: bool = False, cap: int | None = None) -> str:
-    if not isinstance(value, str):
-        _fail(path, "must be a string")
-    if nonempty and not value:
-        _fail(path, "must not be empty")
-    if cap is not None and len(value) > cap:
-        _fail(path, f"is longer than {cap} characters")
-    return value
-
-
-def _int(value: object, path: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, "must be an integer")
-    if value < minimum:
-        _fail(path, f"must be at least {minimum}")
-    return value
-
-
-def _number(value: object, path: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(path, "must be a number")
-    if not low <= value <= high:
-        _fail(path, f"must be between {low:g} and {high:g}")
-    return float(value)
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, "must be true or false")
-    return value
-
-
 def _block_type(block: dict[str, Any], path: str) -> str:
     kind = block.get("type")
     if not isinstance(kind, str) or not _BLOCK_TYPE.fullmatch(kind):
-        _fail(f"{path}.type", "must name a content block type, like 'text'")
+        fields.fail(f"{path}.type", "must name a content block type, like 'text'")
     return kind
 
 
@@ -170,16 +120,16 @@ def _tool_result_text(block: dict[str, Any], path: str) -> str:
         text = content
     else:
         parts: list[str] = []
-        for j, raw in enumerate(_list(content, f"{path}.content", MAX_BLOCKS)):
-            part = _obj(raw, f"{path}.content[{j}]")
+        for j, raw in enumerate(fields.list_of(content, f"{path}.content", MAX_BLOCKS)):
+            part = fields.obj(raw, f"{path}.content[{j}]")
             kind = _block_type(part, f"{path}.content[{j}]")
             if kind == "text":
-                parts.append(_str(part.get("text"), f"{path}.content[{j}].text"))
+                parts.append(fields.text(part.get("text"), f"{path}.content[{j}].text"))
             elif kind not in _DROPPED_BLOCKS:
                 parts.append(f"[{kind} omitted]")
         text = "\n".join(parts)
     is_error = block.get("is_error")
-    failed = is_error is not None and _bool(is_error, f"{path}.is_error")
+    failed = is_error is not None and fields.boolean(is_error, f"{path}.is_error")
     if failed and not text.lower().startswith("error"):
         text = f"error: {text}" if text else "error"
     return text
@@ -190,15 +140,15 @@ def _user_turn(content: list[Any], path: str) -> list[Message]:
     texts: list[str] = []
     for j, raw in enumerate(content):
         bpath = f"{path}[{j}]"
-        block = _obj(raw, bpath)
+        block = fields.obj(raw, bpath)
         kind = _block_type(block, bpath)
         if kind == "text":
-            texts.append(_str(block.get("text"), f"{bpath}.text"))
+            texts.append(fields.text(block.get("text"), f"{bpath}.text"))
         elif kind == "tool_result":
-            call_id = _str(block.get("tool_use_id"), f"{bpath}.tool_use_id", nonempty=True)
+            call_id = fields.text(block.get("tool_use_id"), f"{bpath}.tool_use_id", nonempty=True)
             tools.append(Message("tool", _tool_result_text(block, bpath), tool_call_id=call_id))
         elif kind == "tool_use":
-            _fail(bpath, "is a tool_use block, which belongs in an assistant message")
+            fields.fail(bpath, "is a tool_use block, which belongs in an assistant message")
         elif kind not in _DROPPED_BLOCKS:
             texts.append(f"[{kind} omitted]")
     text = "\n\n".join(t for t in texts if t)
@@ -212,17 +162,17 @@ def _assistant_turn(content: list[Any], path: str) -> list[Message]:
     calls: list[ToolCall] = []
     for j, raw in enumerate(content):
         bpath = f"{path}[{j}]"
-        block = _obj(raw, bpath)
+        block = fields.obj(raw, bpath)
         kind = _block_type(block, bpath)
         if kind == "text":
-            texts.append(_str(block.get("text"), f"{bpath}.text"))
+            texts.append(fields.text(block.get("text"), f"{bpath}.text"))
         elif kind == "tool_use":
-            call_id = _str(block.get("id"), f"{bpath}.id", nonempty=True, cap=MAX_NAME)
-            name = _str(block.get("name"), f"{bpath}.name", nonempty=True, cap=MAX_NAME)
-            args = _obj(block.get("input"), f"{bpath}.input")
+            call_id = fields.text(block.get("id"), f"{bpath}.id", nonempty=True, cap=MAX_NAME)
+            name = fields.text(block.get("name"), f"{bpath}.name", nonempty=True, cap=MAX_NAME)
+            args = fields.obj(block.get("input"), f"{bpath}.input")
             calls.append(ToolCall(call_id, name, json.dumps(args)))
         elif kind == "tool_result":
-            _fail(bpath, "is a tool_result block, which belongs in a user message")
+            fields.fail(bpath, "is a tool_result block, which belongs in a user message")
         elif kind not in _DROPPED_BLOCKS:
             texts.append(f"[{kind} omitted]")
     text = "\n\n".join(t for t in texts if t)
@@ -230,20 +180,20 @@ def _assistant_turn(content: list[Any], path: str) -> list[Message]:
 
 
 def _messages(value: object) -> list[Message]:
-    raw_messages = _list(value, "messages", MAX_MESSAGES)
+    raw_messages = fields.list_of(value, "messages", MAX_MESSAGES)
     if not raw_messages:
-        _fail("messages", "must hold at least one message")
+        fields.fail("messages", "must hold at least one message")
     out: list[Message] = []
     for i, raw in enumerate(raw_messages):
-        msg = _obj(raw, f"messages[{i}]")
+        msg = fields.obj(raw, f"messages[{i}]")
         role = msg.get("role")
         if role not in ("user", "assistant", "system"):
-            _fail(f"messages[{i}].role", "must be 'user', 'assistant' or 'system'")
+            fields.fail(f"messages[{i}].role", "must be 'user', 'assistant' or 'system'")
         content = msg.get("content")
         if isinstance(content, str):
             out.append(Message(role, content))
             continue
-        blocks = _list(content, f"messages[{i}].content", MAX_BLOCKS)
+        blocks = fields.list_of(content, f"messages[{i}].content", MAX_BLOCKS)
         if role == "system":
             # Claude Code puts system reminders among the messages: they stay system text.
             text = "\n\n".join(
@@ -261,11 +211,11 @@ def _system(value: object) -> str:
     if value is None or isinstance(value, str):
         return value or ""
     texts: list[str] = []
-    for j, raw in enumerate(_list(value, "system", MAX_BLOCKS)):
-        block = _obj(raw, f"system[{j}]")
+    for j, raw in enumerate(fields.list_of(value, "system", MAX_BLOCKS)):
+        block = fields.obj(raw, f"system[{j}]")
         if _block_type(block, f"system[{j}]") != "text":
-            _fail(f"system[{j}].type", "must be 'text'")
-        texts.append(_str(block.get("text"), f"system[{j}].text"))
+            fields.fail(f"system[{j}].type", "must be 'text'")
+        texts.append(fields.text(block.get("text"), f"system[{j}].text"))
     return "\n\n".join(t for t in texts if t)
 
 
@@ -274,18 +224,20 @@ def _tools(value: object) -> tuple[ToolSpec, ...]:
         return ()
     specs: list[ToolSpec] = []
     seen: set[str] = set()
-    for i, raw in enumerate(_list(value, "tools", MAX_TOOLS)):
-        tool = _obj(raw, f"tools[{i}]")
+    for i, raw in enumerate(fields.list_of(value, "tools", MAX_TOOLS)):
+        tool = fields.obj(raw, f"tools[{i}]")
         kind = tool.get("type")
-        if kind is not None and _str(kind, f"tools[{i}].type") != "custom":
+        if kind is not None and fields.text(kind, f"tools[{i}].type") != "custom":
             continue  # a server tool (web_search, bash, ...): nothing we can offer
-        name = _str(tool.get("name"), f"tools[{i}].name", nonempty=True, cap=MAX_NAME)
+        name = fields.text(tool.get("name"), f"tools[{i}].name", nonempty=True, cap=MAX_NAME)
         if name in seen:
-            _fail(f"tools[{i}].name", f"{name!r} is defined twice")
+            fields.fail(f"tools[{i}].name", f"{name!r} is defined twice")
         seen.add(name)
         description = tool.get("description")
-        description = "" if description is None else _str(description, f"tools[{i}].description")
-        schema = _obj(tool.get("input_schema"), f"tools[{i}].input_schema")
+        description = (
+            "" if description is None else fields.text(description, f"tools[{i}].description")
+        )
+        schema = fields.obj(tool.get("input_schema"), f"tools[{i}].input_schema")
         specs.append(ToolSpec(name, description, schema))
     return tuple(specs)
 
@@ -294,41 +246,41 @@ def _check_ignored(body: dict[str, Any]) -> None:
     """Fields we accept but do not act on: wrong shapes are still the client's error."""
     choice = body.get("tool_choice")
     if choice is not None:
-        choice = _obj(choice, "tool_choice")
+        choice = fields.obj(choice, "tool_choice")
         kind = choice.get("type")
         if not isinstance(kind, str) or kind not in _TOOL_CHOICES:
-            _fail("tool_choice.type", "must be one of " + ", ".join(sorted(_TOOL_CHOICES)))
+            fields.fail("tool_choice.type", "must be one of " + ", ".join(sorted(_TOOL_CHOICES)))
         if kind == "tool":
-            _str(choice.get("name"), "tool_choice.name", nonempty=True)
+            fields.text(choice.get("name"), "tool_choice.name", nonempty=True)
     if body.get("thinking") is not None:
-        _obj(body["thinking"], "thinking")
+        fields.obj(body["thinking"], "thinking")
     if body.get("top_p") is not None:
-        _number(body["top_p"], "top_p", 0.0, 1.0)
+        fields.number(body["top_p"], "top_p", 0.0, 1.0)
     if body.get("top_k") is not None:
-        _int(body["top_k"], "top_k", 0)
+        fields.integer(body["top_k"], "top_k", 0)
 
 
 def _parse(body: object, *, need_max_tokens: bool) -> tuple[ChatRequest, MessagesOptions]:
-    data = _obj(body, "the body")
-    model = _str(data.get("model"), "model", nonempty=True, cap=MAX_NAME)
+    data = fields.obj(body, "the body")
+    model = fields.text(data.get("model"), "model", nonempty=True, cap=MAX_NAME)
     max_tokens: int | None = None
     if data.get("max_tokens") is not None or need_max_tokens:
-        max_tokens = _int(data.get("max_tokens"), "max_tokens", 1)
+        max_tokens = fields.integer(data.get("max_tokens"), "max_tokens", 1)
     temperature = data.get("temperature")
     if temperature is not None:
-        temperature = _number(temperature, "temperature", 0.0, 1.0)
+        temperature = fields.number(temperature, "temperature", 0.0, 1.0)
     stream = data.get("stream")
-    stream = False if stream is None else _bool(stream, "stream")
+    stream = False if stream is None else fields.boolean(stream, "stream")
     stops = data.get("stop_sequences")
-    stop_list = [] if stops is None else _list(stops, "stop_sequences", MAX_STOP_SEQUENCES)
+    stop_list = [] if stops is None else fields.list_of(stops, "stop_sequences", MAX_STOP_SEQUENCES)
     stop_sequences = tuple(
-        _str(s, f"stop_sequences[{i}]", nonempty=True) for i, s in enumerate(stop_list)
+        fields.text(s, f"stop_sequences[{i}]", nonempty=True) for i, s in enumerate(stop_list)
     )
     metadata = data.get("metadata")
     user: str | None = None
     if metadata is not None:
-        raw_user = _obj(metadata, "metadata").get("user_id")
-        user = None if raw_user is None else _str(raw_user, "metadata.user_id", cap=MAX_USER)
+        raw_user = fields.obj(metadata, "metadata").get("user_id")
+        user = None if raw_user is None else fields.text(raw_user, "metadata.user_id", cap=MAX_USER)
     _check_ignored(data)
     system = _system(data.get("system"))
     messages = ([Message("system", system)] if system else []) + _messages(data.get("messages"))

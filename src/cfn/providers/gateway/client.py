@@ -28,53 +28,11 @@ from cfn.errors import (
     ProviderRequestError,
     ProviderUnavailableError,
 )
+from cfn.providers.clients.openai_http import build_params
 from cfn.providers.types import ChatRequest, ChatResponse, Hop, TaskTraits, ToolCall, Usage
 
 #: The gateway does the retrying (with the provider's Retry-After); the agent waits long.
 TIMEOUT = httpx.Timeout(connect=5.0, read=900.0, write=60.0, pool=5.0)
-
-
-def chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
-    """``request`` as an OpenAI Chat Completions body."""
-    messages: list[dict[str, Any]] = []
-    for m in request.messages:
-        if m.role == "tool":
-            messages.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
-        elif m.role == "assistant" and m.tool_calls:
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": m.content or None,
-                    "tool_calls": [
-                        {
-                            "id": c.id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
-                        }
-                        for c in m.tool_calls
-                    ],
-                }
-            )
-        else:
-            messages.append({"role": m.role, "content": m.content})
-    body: dict[str, Any] = {"model": model, "messages": messages}
-    if request.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": t.parameters,
-                },
-            }
-            for t in request.tools
-        ]
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    return body
 
 
 def _error(status: int, body: bytes) -> Exception:
@@ -155,7 +113,7 @@ class GatewayLLM:
         wanted = f"{provider}:{model}" if provider and model else "cfn-routed"
         try:
             reply = await self._client.post(
-                f"{self.url}/v1/chat/completions", json=chat_body(request, wanted)
+                f"{self.url}/v1/chat/completions", json=build_params(request, wanted)
             )
         except httpx.HTTPError as exc:
             raise ProviderUnavailableError(

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
-from cfn.errors import InvalidInputError
+from cfn.providers.gateway import fields
 from cfn.providers.types import (
     ChatRequest,
     ChatResponse,
@@ -96,48 +96,6 @@ class ChatOptions:
 # --- checking fields ----------------------------------------------------------------
 
 
-def _fail(path: str, problem: str) -> NoReturn:
-    raise InvalidInputError(f"invalid request body: {path} {problem}")
-
-
-def _obj(value: object, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, "must be a JSON object")
-    return value
-
-
-def _list(value: object, path: str, cap: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, "must be a list")
-    if len(value) > cap:
-        _fail(path, f"has {len(value)} items; at most {cap} are accepted")
-    return value
-
-
-def _str(value: object, path: str, *, nonempty: bool = False, cap: int | None = None) -> str:
-    if not isinstance(value, str):
-        _fail(path, "must be a string")
-    if nonempty and not value:
-        _fail(path, "must not be empty")
-    if cap is not None and len(value) > cap:
-        _fail(path, f"is longer than {cap} characters")
-    return value
-
-
-def _int(value: object, path: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, "must be an integer")
-    if value < minimum:
-        _fail(path, f"must be at least {minimum}")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, "must be true or false")
-    return value
-
-
 # --- requests ----------------------------------------------------------------------
 
 
@@ -148,13 +106,13 @@ def _content(value: object, path: str, *, nullable: bool = False) -> str:
     if isinstance(value, str):
         return value
     texts: list[str] = []
-    for j, raw in enumerate(_list(value, path, MAX_PARTS)):
-        part = _obj(raw, f"{path}[{j}]")
+    for j, raw in enumerate(fields.list_of(value, path, MAX_PARTS)):
+        part = fields.obj(raw, f"{path}[{j}]")
         kind = part.get("type")
         if not isinstance(kind, str) or not kind.isidentifier() or len(kind) > 64:
-            _fail(f"{path}[{j}].type", "must name a content part type, like 'text'")
+            fields.fail(f"{path}[{j}].type", "must name a content part type, like 'text'")
         if kind in ("text", "refusal"):
-            texts.append(_str(part.get(kind), f"{path}[{j}].{kind}"))
+            texts.append(fields.text(part.get(kind), f"{path}[{j}].{kind}"))
         else:
             texts.append(f"[{kind} omitted]")
     return "\n\n".join(t for t in texts if t)
@@ -164,22 +122,24 @@ def _tool_calls(value: object, path: str) -> tuple[ToolCall, ...]:
     if value is None:
         return ()
     calls: list[ToolCall] = []
-    for j, raw in enumerate(_list(value, path, MAX_PARTS)):
+    for j, raw in enumerate(fields.list_of(value, path, MAX_PARTS)):
         cpath = f"{path}[{j}]"
-        call = _obj(raw, cpath)
+        call = fields.obj(raw, cpath)
         kind = call.get("type", "function")
         if kind != "function":
-            _fail(f"{cpath}.type", "must be 'function'")
-        call_id = _str(call.get("id"), f"{cpath}.id", nonempty=True, cap=MAX_NAME)
-        function = _obj(call.get("function"), f"{cpath}.function")
-        name = _str(function.get("name"), f"{cpath}.function.name", nonempty=True, cap=MAX_NAME)
-        arguments = _str(function.get("arguments", "{}"), f"{cpath}.function.arguments")
+            fields.fail(f"{cpath}.type", "must be 'function'")
+        call_id = fields.text(call.get("id"), f"{cpath}.id", nonempty=True, cap=MAX_NAME)
+        function = fields.obj(call.get("function"), f"{cpath}.function")
+        name = fields.text(
+            function.get("name"), f"{cpath}.function.name", nonempty=True, cap=MAX_NAME
+        )
+        arguments = fields.text(function.get("arguments", "{}"), f"{cpath}.function.arguments")
         calls.append(ToolCall(call_id, name, arguments or "{}"))
     return tuple(calls)
 
 
 def _message(raw: object, path: str) -> Message:
-    msg = _obj(raw, path)
+    msg = fields.obj(raw, path)
     role = msg.get("role")
     if isinstance(role, str) and role in _ROLES:
         return Message(_ROLES[role], _content(msg.get("content"), f"{path}.content"))
@@ -188,11 +148,11 @@ def _message(raw: object, path: str) -> Message:
         text = _content(msg.get("content"), f"{path}.content", nullable=True)
         return Message("assistant", text, tool_calls=calls)
     if role == "tool":
-        call_id = _str(msg.get("tool_call_id"), f"{path}.tool_call_id", nonempty=True)
+        call_id = fields.text(msg.get("tool_call_id"), f"{path}.tool_call_id", nonempty=True)
         return Message(
             "tool", _content(msg.get("content"), f"{path}.content"), tool_call_id=call_id
         )
-    _fail(f"{path}.role", "must be one of system, developer, user, assistant, tool")
+    fields.fail(f"{path}.role", "must be one of system, developer, user, assistant, tool")
 
 
 def _tools(value: object) -> tuple[ToolSpec, ...]:
@@ -200,23 +160,27 @@ def _tools(value: object) -> tuple[ToolSpec, ...]:
         return ()
     specs: list[ToolSpec] = []
     seen: set[str] = set()
-    for i, raw in enumerate(_list(value, "tools", MAX_TOOLS)):
-        tool = _obj(raw, f"tools[{i}]")
+    for i, raw in enumerate(fields.list_of(value, "tools", MAX_TOOLS)):
+        tool = fields.obj(raw, f"tools[{i}]")
         if tool.get("type", "function") != "function":
             continue  # custom grammar tools, hosted tools: nothing we can offer
-        function = _obj(tool.get("function"), f"tools[{i}].function")
-        name = _str(function.get("name"), f"tools[{i}].function.name", nonempty=True, cap=MAX_NAME)
+        function = fields.obj(tool.get("function"), f"tools[{i}].function")
+        name = fields.text(
+            function.get("name"), f"tools[{i}].function.name", nonempty=True, cap=MAX_NAME
+        )
         if name in seen:
-            _fail(f"tools[{i}].function.name", f"{name!r} is defined twice")
+            fields.fail(f"tools[{i}].function.name", f"{name!r} is defined twice")
         seen.add(name)
         description = function.get("description")
         if description is not None:
-            _str(description, f"tools[{i}].function.description")
+            fields.text(description, f"tools[{i}].function.description")
         parameters = function.get("parameters")
         if parameters is None:
             parameters = {"type": "object", "properties": {}}
         specs.append(
-            ToolSpec(name, description or "", _obj(parameters, f"tools[{i}].function.parameters"))
+            ToolSpec(
+                name, description or "", fields.obj(parameters, f"tools[{i}].function.parameters")
+            )
         )
     return tuple(specs)
 
@@ -226,8 +190,8 @@ def _stop(value: object) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,) if value else ()
-    items = _list(value, "stop", MAX_STOP)
-    return tuple(_str(s, f"stop[{i}]", nonempty=True) for i, s in enumerate(items))
+    items = fields.list_of(value, "stop", MAX_STOP)
+    return tuple(fields.text(s, f"stop[{i}]", nonempty=True) for i, s in enumerate(items))
 
 
 def _check_ignored(body: dict[str, Any]) -> None:
@@ -235,46 +199,46 @@ def _check_ignored(body: dict[str, Any]) -> None:
     if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
-        _fail("tool_choice", "must be none, auto, required or an object with a type")
+        fields.fail("tool_choice", "must be none, auto, required or an object with a type")
     if choice["type"] == "function":
-        function = _obj(choice.get("function"), "tool_choice.function")
-        _str(function.get("name"), "tool_choice.function.name", nonempty=True)
+        function = fields.obj(choice.get("function"), "tool_choice.function")
+        fields.text(function.get("name"), "tool_choice.function.name", nonempty=True)
 
 
 def parse_chat(body: object) -> tuple[ChatRequest, ChatOptions]:
     """A ``POST /v1/chat/completions`` body (decoded JSON) as a request and its options."""
-    data = _obj(body, "the body")
-    model = _str(data.get("model"), "model", nonempty=True, cap=MAX_NAME)
+    data = fields.obj(body, "the body")
+    model = fields.text(data.get("model"), "model", nonempty=True, cap=MAX_NAME)
     max_tokens: int | None = None
     for key in ("max_completion_tokens", "max_tokens"):
         if data.get(key) is not None:
-            max_tokens = _int(data[key], key, 1)
+            max_tokens = fields.integer(data[key], key, 1)
             break
     temperature = data.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            _fail("temperature", "must be a number")
+            fields.fail("temperature", "must be a number")
         if not 0 <= temperature <= 2:
-            _fail("temperature", "must be between 0 and 2")
+            fields.fail("temperature", "must be between 0 and 2")
         temperature = float(temperature)
     n = data.get("n")
-    if n is not None and _int(n, "n", 1) != 1:
-        _fail("n", "must be 1: this gateway returns one choice")
+    if n is not None and fields.integer(n, "n", 1) != 1:
+        fields.fail("n", "must be 1: this gateway returns one choice")
     stream = data.get("stream")
-    stream = False if stream is None else _bool(stream, "stream")
+    stream = False if stream is None else fields.boolean(stream, "stream")
     include_usage = False
     if data.get("stream_options") is not None:
-        raw_include = _obj(data["stream_options"], "stream_options").get("include_usage")
+        raw_include = fields.obj(data["stream_options"], "stream_options").get("include_usage")
         if raw_include is not None:
-            include_usage = _bool(raw_include, "stream_options.include_usage")
+            include_usage = fields.boolean(raw_include, "stream_options.include_usage")
     user = data.get("user")
     if user is not None:
-        user = _str(user, "user", cap=MAX_USER)
+        user = fields.text(user, "user", cap=MAX_USER)
     stop = _stop(data.get("stop"))
     _check_ignored(data)
-    raw_messages = _list(data.get("messages"), "messages", MAX_MESSAGES)
+    raw_messages = fields.list_of(data.get("messages"), "messages", MAX_MESSAGES)
     if not raw_messages:
-        _fail("messages", "must hold at least one message")
+        fields.fail("messages", "must hold at least one message")
     messages = tuple(_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages))
     request = ChatRequest(
         messages, _tools(data.get("tools")), temperature=temperature, max_tokens=max_tokens
