@@ -376,5 +376,5 @@ def test_resume_after_sigkill_at_every_step(rig: Rig) -> None:
     with rig.store() as store:
         (decision,) = store.decisions("T")
     assert decision.decided_by == "human:cli" and decision.reason == "ship it"
-    kinds = [k for k, _ in events.all()]
+    kinds = [k for k, _ in events.all() if k != "llm:call"]  # the gateway's come off-path
     assert kinds.count("task:resumed") >= 5 and kinds[-1] == "task:finished"

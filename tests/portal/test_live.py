@@ -109,7 +109,9 @@ async def test_seed_client_sees_the_loop_live_then_a_late_client_gets_it_all(
     assert live.beats and live.beats[0]["full"]
     final = [b["heartbeats"].get("impl-1-1") for b in live.beats if "impl-1-1" in b["heartbeats"]]
     assert any(beat and beat["status"] == "done" for beat in final), live.beats
-    kinds = [k for k, _ in live.events if k != "replay:done"]
+    # (The LLM gateway's llm:call events are written off its request path: one may
+    # arrive after the loop's last event.)
+    kinds = [k for k, _ in live.events if k not in ("replay:done", "llm:call")]
     assert kinds[-1] == "task:finished" and "gate" in kinds and "consensus" in kinds
     assert next(d for k, d in live.events if k == "task:finished")["status"] == "succeeded"
 
