@@ -20,6 +20,7 @@ import redis
 from cfn.coordination.embedded import EmbeddedRedis
 from cfn.errors import InvalidInputError, UnknownWorktreeError
 from cfn.settings import Settings
+from cfn.system.proc import proc_alive
 from cfn.worktree import manage
 from cfn.worktree.manage import read_env
 from cfn.worktree.ports import calculate_ports, port_is_free
@@ -258,6 +259,9 @@ def test_two_worktrees_run_loops_at_the_same_time_in_isolation(repo: Path) -> No
     assert ports[0] != ports[1]
 
     for branch, path, port in zip(branches, paths, ports, strict=True):
+        # Each worktree's loop started its own LLM gateway; removing the worktree stops it.
+        gateway = json.loads((path / ".cfn" / "llm-gateway" / "instance.json").read_text())
         gone = cfn(repo, "worktree", "remove", branch)
         assert gone.returncode == 0, gone.stderr
         assert not path.exists() and port_is_free(port)
+        assert not proc_alive(gateway["pid"], gateway.get("pid_start"))

@@ -34,7 +34,12 @@ from dotenv import dotenv_values
 
 from cfn.errors import InvalidInputError, UnknownWorktreeError, WorktreeError
 from cfn.settings import WORKTREE_ENV, Settings
-from cfn.system.instances import portal_daemon, redis_daemon, running_instance
+from cfn.system.instances import (
+    llm_gateway_daemon,
+    portal_daemon,
+    redis_daemon,
+    running_instance,
+)
 from cfn.worktree.ports import (
     MAIN_ORCHESTRATOR,
     MAIN_POSTGRES,
@@ -405,6 +410,8 @@ def remove(start: Path, branch: str, force: bool = False) -> Removed:
     if tree.state_dir.exists():
         redis_stopped = redis_daemon(tree.state_dir).stop_recorded(STOP_GRACE)
         portal_stopped = portal_daemon(tree.state_dir).stop_recorded(STOP_GRACE)
+        # Its LLM gateway too (started by its loops on first need).
+        llm_gateway_daemon(tree.state_dir).stop_recorded(STOP_GRACE)
     if tree.state_dir.exists():
         shutil.rmtree(tree.state_dir)
     root = main_checkout(start)
