@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from cfn.errors import AgentLookupError, AgentSpawnError
 from cfn.loop.ports import AgentPlan, RunningAgent
 from cfn.profiles import AgentProfile
 from cfn.providers import LLMService, TaskTraits
-from cfn.providers.gateway.server import agent_environment
+from cfn.providers.gateway.server import agent_environment, ensure_gateway
 from cfn.settings import Settings
 from cfn.system.proc import proc_cpu_ticks
 
@@ -59,6 +60,8 @@ def profile_for(role: str, agent_id: str) -> str:
 log = logging.getLogger(__name__)
 
 REAP_WAIT = 30.0
+#: How long the launcher trusts that the LLM gateway it found still runs.
+GATEWAY_RECHECK = 30.0
 _REAPERS: set[asyncio.Future[None]] = set()
 
 
@@ -137,6 +140,7 @@ class ProcessLauncher:
         self.settings = settings
         self.service = service
         self.backend = backend
+        self._gateway: tuple[str, float] | None = None
         self.redis_url = redis_url
         self.workspace = workspace
         self.traits = traits
@@ -183,15 +187,14 @@ class ProcessLauncher:
             redis_username=creds.username if creds else "",
             redis_password=creds.password if creds else "",
         )
-        llm = await asyncio.to_thread(
-            agent_environment,
+        llm = agent_environment(
             self.settings,
             plan.agent_id,
             plan.task_id,
             provider=decision.provider,
             model=decision.model,
             providers=tuple(r.provider for r in decision.chain),
-            containers=self.spawner.engine is not None,
+            url=await self._gateway_url(),
         )
         env = {**self._mcp_env(plan, profile), **self._redis_env(creds), **llm}
         try:
@@ -228,6 +231,17 @@ class ProcessLauncher:
         if not argv:
             raise AgentSpawnError("the agent command is empty")
         return backend, argv
+
+    async def _gateway_url(self) -> str:
+        """The LLM gateway's URL, made sure of (started if need be) at most every
+        GATEWAY_RECHECK seconds, not once per agent: a team starts in one go."""
+        now = time.monotonic()
+        if self._gateway is None or now - self._gateway[1] > GATEWAY_RECHECK:
+            url = await asyncio.to_thread(
+                ensure_gateway, self.settings, containers=self.spawner.engine is not None
+            )
+            self._gateway = (url, now)
+        return self._gateway[0]
 
     def _redis_env(self, creds: AgentCredentials | None) -> dict[str, str]:
         """The agent's own Redis user (per-agent ACL), for any spawner."""

@@ -399,10 +399,12 @@ def agent_environment(
     model: str,
     providers: tuple[str, ...] = (),
     containers: bool = False,
+    url: str | None = None,
 ) -> dict[str, str]:
-    """What an agent process is given to reach its LLM: the gateway's URL and its token."""
+    """What an agent process is given to reach its LLM: the gateway's URL (``url``, when
+    the caller has just made sure of it) and its token."""
     return {
-        "CFN_LLM_GATEWAY_URL": ensure_gateway(settings, containers=containers),
+        "CFN_LLM_GATEWAY_URL": url or ensure_gateway(settings, containers=containers),
         "CFN_LLM_TOKEN": mint_agent_token(
             settings, agent_id, task_id, provider=provider, model=model, providers=providers
         ),
