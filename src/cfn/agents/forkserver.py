@@ -423,12 +423,14 @@ def preload() -> None:
     import mcp.client.streamable_http  # noqa: F401
     from redis.utils import get_lib_version
 
+    import cfn.agents.claude_code
     import cfn.agents.mcp_tools
     import cfn.agents.runtime
-    import cfn.providers.clients.anthropic_http
+    import cfn.providers.clients.anthropic_http  # the LLM gateway's, when forked from here
     import cfn.providers.clients.offline
     import cfn.providers.clients.openai_http
-    import cfn.store.repository  # noqa: F401  (agents record their LLM calls)
+    import cfn.providers.gateway.client  # how an agent calls the LLM gateway
+    import cfn.store.repository  # noqa: F401  (the LLM gateway records calls)
 
     # Cached once read (redis-py sends it on every connection): reading the package's
     # metadata costs each forked child ~3 ms otherwise.
