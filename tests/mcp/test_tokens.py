@@ -94,14 +94,14 @@ def test_skill_mapping_configurable_and_checked() -> None:
 
 
 def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cfn.mcp.tokens as tokens
+    import cfn.system.signed as signed  # where tokens are verified (and the clock read)
 
     authority = TokenAuthority(b"s" * 32, leeway=0)
     token = authority.mint("impl-1-1", "task-1", ["redis-management"], ttl=60)
     first = authority.verify(token)
     assert authority.verify(token) is first  # the second check is the cache's
     later = first.expires_at + 1
-    monkeypatch.setattr(tokens.time, "time", lambda: float(later))
+    monkeypatch.setattr(signed.time, "time", lambda: float(later))
     with pytest.raises(McpAuthError, match="expired"):
         authority.verify(token)
     forged = TokenAuthority(b"f" * 32).mint("impl-1-1", "task-1", ["redis-management"])

@@ -20,27 +20,19 @@ the gateway's process.
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from cfn import keys
-from cfn.errors import AuthError, ConfigError, InvalidInputError
+from cfn.errors import AuthError, InvalidInputError
 from cfn.providers.routes import MODEL_NAME, validate_provider_name
 from cfn.settings import Settings
 from cfn.system.secrets import read_or_create
+from cfn.system.signed import SignedTokens, Words
 
-ISSUER = "cfn"
 AUDIENCE = "cfn-llm"
-ALGORITHM = "HS256"
-MIN_SECRET = 32
-MAX_TOKEN = 8192
-VERIFIED_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -75,15 +67,45 @@ def _model(value: object) -> str:
     return value
 
 
+def _claims(data: Mapping[str, Any]) -> LlmClaims:
+    providers = data.get("providers") or ()
+    if not isinstance(providers, list):
+        raise InvalidInputError("providers must be a list")
+    return LlmClaims(
+        agent_id=keys.validate_id(data["sub"], "agent id"),
+        task_id=keys.validate_id(data.get("task"), "task id"),
+        provider=validate_provider_name(str(data.get("provider"))),
+        model=_model(data.get("model")),
+        providers=_providers(providers),
+        expires_at=int(data["exp"]),
+        token_id=str(data.get("jti", "")),
+    )
+
+
+WORDS = Words(
+    missing="missing token: send the agent's cfn LLM token as 'x-api-key' or "
+    "'Authorization: Bearer'",
+    expired="expired token: the agent's LLM token has expired",
+    malformed="malformed token: not a cfn LLM gateway token",
+    audience="token is not meant for the LLM gateway",
+)
+
+
 class LlmTokenAuthority:
-    """Mints and verifies gateway tokens under one secret."""
+    """Mints and verifies gateway tokens under one secret (cfn.system.signed)."""
 
     def __init__(self, secret: bytes, *, leeway: float = 5.0) -> None:
-        if len(secret) < MIN_SECRET:
-            raise ConfigError(f"the LLM gateway secret must be at least {MIN_SECRET} bytes")
-        self._secret = secret
-        self.leeway = leeway
-        self._verified: dict[str, LlmClaims] = {}
+        self._tokens = SignedTokens(
+            secret,
+            AUDIENCE,
+            parse=_claims,
+            expires_at=lambda c: c.expires_at,
+            error=AuthError,
+            words=WORDS,
+            leeway=leeway,
+            check_audience_first=True,
+            what="LLM gateway secret",
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlmTokenAuthority:
@@ -103,87 +125,17 @@ class LlmTokenAuthority:
         keys.validate_id(agent_id, "agent id")
         keys.validate_id(task_id, "task id")
         chosen = validate_provider_name(provider)
-        allowed = _providers([chosen, *providers])
-        if isinstance(ttl, bool) or not 0 < ttl <= 30 * 24 * 3600:
-            raise InvalidInputError("token ttl must be from 1 s to 30 days")
-        issued = int(now if now is not None else time.time())
-        payload: dict[str, Any] = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": agent_id,
+        claims = {
             "task": task_id,
             "provider": chosen,
             "model": _model(model),
-            "providers": list(allowed),
-            "iat": issued,
-            "exp": issued + int(ttl),
-            "jti": uuid.uuid4().hex,
+            "providers": list(_providers([chosen, *providers])),
         }
-        return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
+        return self._tokens.mint(agent_id, claims, ttl, now)
 
     def verify(self, token: str | None) -> LlmClaims:
         """The token's claims; ``AuthError`` (401) with the reason when it is not acceptable."""
-        if not token:
-            raise AuthError(
-                "missing token: send the agent's cfn LLM token as 'x-api-key' or "
-                "'Authorization: Bearer'"
-            )
-        known = self._verified.get(token)
-        if known is not None:
-            if time.time() <= known.expires_at + self.leeway:
-                return known
-            del self._verified[token]
-            raise AuthError("expired token: the agent's LLM token has expired")
-        claims = self._verify(token)
-        if len(self._verified) >= VERIFIED_CACHE:
-            self._verified.clear()
-        self._verified[token] = claims
-        return claims
-
-    def _verify(self, token: str) -> LlmClaims:
-        if len(token) > MAX_TOKEN or token.count(".") != 2:
-            raise AuthError("malformed token: not a cfn LLM gateway token")
-        try:  # the audience first, unverified, only to say why a token is refused
-            claimed = jwt.decode(token, options={"verify_signature": False}).get("aud")
-        except jwt.InvalidTokenError:
-            claimed = None
-        if claimed is not None and claimed != AUDIENCE:
-            raise AuthError(
-                f"token is not meant for the LLM gateway (audience {str(claimed)[:40]!r})"
-            )
-        try:
-            data = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                leeway=self.leeway,
-                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("expired token: the agent's LLM token has expired") from None
-        except jwt.InvalidSignatureError:
-            raise AuthError("forged token: its signature does not match") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError("token is not meant for the LLM gateway (audience)") from None
-        except jwt.InvalidTokenError as exc:
-            raise AuthError(f"malformed token: {exc}") from None
-        try:
-            providers = data.get("providers") or ()
-            if not isinstance(providers, list):
-                raise InvalidInputError("providers must be a list")
-            return LlmClaims(
-                agent_id=keys.validate_id(data["sub"], "agent id"),
-                task_id=keys.validate_id(data.get("task"), "task id"),
-                provider=validate_provider_name(str(data.get("provider"))),
-                model=_model(data.get("model")),
-                providers=_providers(providers),
-                expires_at=int(data["exp"]),
-                token_id=str(data.get("jti", "")),
-            )
-        except (InvalidInputError, TypeError, ValueError) as exc:
-            raise AuthError(f"malformed token claims: {exc}") from None
+        return self._tokens.verify(token)
 
 
 def token_from_headers(api_key: str | None, authorization: str | None) -> str | None:
