@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything cfn needs on a fresh Debian machine; safe to run again.
 #   - Debian packages (redis-server, redis-tools) when missing
-#   - a virtualenv at .venv with cfn and its dev tools, reinstalled only when
-#     pyproject.toml changes
+#   - a virtualenv at .venv with cfn and its dev tools (installed with uv),
+#     reinstalled only when pyproject.toml changes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,15 +34,33 @@ fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv --without-pip .venv
 fi
+
+# uv installs the ~100 packages in seconds where pip takes ~40 s (most of it
+# unpacking and compiling one wheel after another); the system pip only puts uv
+# itself into .venv. pip stays available in .venv for users, and is the fallback
+# when uv cannot be had.
+install_packages() {
+  if [ ! -x .venv/bin/uv ]; then
+    "$PYTHON" -m pip --python .venv/bin/python install -q uv >/dev/null 2>&1 || return 1
+  fi
+  # uv reads none of pip's settings; pass on the certificate bundle pip is told to use
+  if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then
+    export SSL_CERT_FILE="$PIP_CERT"
+  fi
+  .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode pip -e '.[dev]'
+}
 
 stamp=.venv/.cfn-installed
 want="$(sha256sum pyproject.toml | cut -c1-64)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing Python packages into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  if ! install_packages; then
+    echo "[bootstrap] uv is unavailable; installing with pip"
+    if [ ! -x .venv/bin/pip ]; then .venv/bin/python -m ensurepip -q; fi
+    .venv/bin/python -m pip install -q -e '.[dev]'
+  fi
   echo "$want" > "$stamp"
 fi
 

@@ -64,9 +64,21 @@ heartbeat() {
   rcli SET "$HB_KEY" "{\"ts\":$(date +%s.%N),\"pid\":$$,\"status\":\"$1\"}" PX "$HB_TTL_MS" >/dev/null
 }
 heartbeat running
-( while sleep "$HB_INTERVAL"; do heartbeat running || true; done ) &
+# The beat loop sleeps in the background so a TERM ends it at once; a TERM that
+# arrives during a beat waits for that beat's redis-cli to finish, so once
+# stop_beats returns no "running" beat can land after the final one.
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "$HB_INTERVAL" & nap=$!
+    wait "$nap"
+    heartbeat running || true
+  done ) &
 HB_LOOP=$!
-trap 'kill "$HB_LOOP" 2>/dev/null || true' EXIT
+stop_beats() {
+  kill "$HB_LOOP" 2>/dev/null || true
+  wait "$HB_LOOP" 2>/dev/null || true
+}
+trap stop_beats EXIT
 
 # The seed's signal_completion, verbatim but for redis-cli's connection flags.
 signal_completion() {
@@ -85,7 +97,7 @@ signal_completion() {
 # --- 4. a stop signal queued before we start counts too -----------------------------
 signal="$(rcli RPOP "$SIGNAL_KEY")"
 if [[ "$signal" == *'"type": "stop"'* || "$signal" == stop ]]; then
-  kill "$HB_LOOP" 2>/dev/null || true
+  stop_beats
   heartbeat stopped
   signal_completion "$TASK_ID" "$AGENT_ID" stopped \
     "{\"agent_id\":\"$AGENT_ID\",\"status\":\"stopped\",\"reason\":\"stop signal\"}"
@@ -108,7 +120,7 @@ confidence="${BASH_AGENT_CONFIDENCE:-0.85}"
 if ! grep -q "agent $AGENT_ID" "$report"; then
   confidence=0.1
 fi
-kill "$HB_LOOP" 2>/dev/null || true
+stop_beats
 heartbeat done
 payload="{\"agent_id\":\"$AGENT_ID\",\"confidence\":$confidence,\"deliverables\":[\"$(basename "$report")\"],\"lines\":$lines}"
 signal_completion "$TASK_ID" "$AGENT_ID" success "$payload"

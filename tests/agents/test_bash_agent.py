@@ -45,7 +45,9 @@ async def test_bash_agent_reports_a_completion_collect_results_reads(
                 redis_host="127.0.0.1",
                 redis_port=auth_server.port,
                 workspace=workspace,
-                heartbeat_interval=0.5,
+                # The final "done" beat lives 2 x interval: long enough to be read
+                # after both agents are reaped, however loaded the machine is.
+                heartbeat_interval=5.0,
             )
             handles.append(
                 await spawner.spawn(

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -60,6 +61,8 @@ BASE_PACKAGES = (
 #: Bump when the recipe changes in a way the inputs below do not show.
 RECIPE = "1"
 LABEL = "cfn.inputs"
+#: SOURCE_DATE_EPOCH for the cfn wheel: 1980-01-01, the earliest time a zip stores.
+WHEEL_EPOCH = "315532800"
 DOCKERFILES = {
     "agent": "Dockerfile.agent",
     "orchestrator": "Dockerfile.orchestrator",
@@ -99,6 +102,73 @@ def _tree_files(root: Path) -> list[Path]:
 
 def _tree_hash(root: Path, files: Iterable[Path]) -> str:
     return _sha(part for p in files for part in (str(p.relative_to(root)).encode(), p.read_bytes()))
+
+
+def _complete(folder: Path, inputs: str) -> bool:
+    """Whether ``folder`` holds a finished set of wheels built from ``inputs``."""
+    stamp = folder / ".inputs"
+    try:
+        return stamp.read_text() == inputs
+    except OSError:
+        return False
+
+
+def _share(built: Path, shared: Path) -> None:
+    """Copy freshly built dependency wheels into the machine's cache, atomically.
+
+    The copy is made beside its final place and renamed into it, so another checkout
+    building at the same time finds either nothing or a complete set; whoever
+    renames second drops its copy. A cache that cannot be written costs only speed.
+    """
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".wheels-", dir=shared.parent))
+    except OSError as exc:
+        log.warning("cannot cache the dependency wheels in %s: %s", shared.parent, exc)
+        return
+    try:
+        shutil.copytree(built, scratch / "w")
+        os.replace(scratch / "w", shared)
+    except OSError as exc:
+        if not _complete(shared, (built / ".inputs").read_text()):
+            log.warning("cannot cache the dependency wheels in %s: %s", shared, exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def build_cfn_wheel(python: str, root: Path, out: Path, *, scratch: Path) -> None:
+    """Build cfn's own wheel from the checkout at ``root`` into ``out``.
+
+    It is built from a copy (setuptools would leave build/ and *.egg-info in the
+    checkout), with a fixed SOURCE_DATE_EPOCH that stamps every zip entry alike: the
+    same sources give the same wheel bytes in every checkout, so the images built
+    from them stay up to date across clones.
+    """
+    with tempfile.TemporaryDirectory(dir=scratch) as work:
+        copy = Path(work) / "src"
+        copy.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, copy / name)
+        shutil.copytree(
+            root / "src",
+            copy / "src",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+        )
+        _run(
+            [
+                python,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--wheel-dir",
+                str(out),
+                str(copy),
+            ],
+            "pip wheel (cfn)",
+            env={**os.environ, "SOURCE_DATE_EPOCH": WHEEL_EPOCH},
+        )
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None, **kw: Any) -> None:
@@ -266,7 +336,13 @@ class ImageBuilder:
         deps = self.dependencies()
         deps_want = _sha([RECIPE.encode(), *(d.encode() for d in deps)])
         stamp = deps_dir / ".inputs"
+        shared = self.settings.cache_dir / "wheels" / deps_want
         if stamp.exists() and stamp.read_text() == deps_want:
+            report.cached.append("dependency wheels")
+        elif _complete(shared, deps_want):
+            self.progress("wheels", f"dependency wheels from {shared}")
+            shutil.rmtree(deps_dir, ignore_errors=True)
+            shutil.copytree(shared, deps_dir)
             report.cached.append("dependency wheels")
         else:
             self.progress("wheels", f"pip wheel: {len(deps)} dependencies and theirs")
@@ -279,6 +355,7 @@ class ImageBuilder:
             (deps_dir / "requirements.txt").write_text("\n".join(deps) + "\n")
             self._complete_for_image(deps_dir)
             stamp.write_text(deps_want)
+            _share(deps_dir, shared)
             report.built.append("dependency wheels")
         sources = [self.root / "pyproject.toml", self.root / "README.md"]
         sources += _tree_files(self.root / "src")
@@ -290,31 +367,7 @@ class ImageBuilder:
             self.progress("wheels", "pip wheel: cfn")
             shutil.rmtree(cfn_dir, ignore_errors=True)
             cfn_dir.mkdir(parents=True)
-            with tempfile.TemporaryDirectory(dir=self.dir) as scratch:
-                # Build from a copy: setuptools would leave build/ and *.egg-info in the checkout.
-                copy = Path(scratch) / "src"
-                copy.mkdir()
-                for name in ("pyproject.toml", "README.md"):
-                    shutil.copy2(self.root / name, copy / name)
-                shutil.copytree(
-                    self.root / "src",
-                    copy / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
-                )
-                _run(
-                    [
-                        self.python,
-                        "-m",
-                        "pip",
-                        "wheel",
-                        "--quiet",
-                        "--no-deps",
-                        "--wheel-dir",
-                        str(cfn_dir),
-                        str(copy),
-                    ],
-                    "pip wheel (cfn)",
-                )
+            build_cfn_wheel(self.python, self.root, cfn_dir, scratch=self.dir)
             stamp.write_text(cfn_want)
             report.built.append("cfn wheel")
         report.seconds["wheels"] = round(time.monotonic() - started, 1)

@@ -120,6 +120,11 @@ class Settings(BaseModel):
     cfn_state_dir: Path | None = Field(
         default=None, description="Where cfn keeps its state; default <checkout>/.cfn"
     )
+    cfn_cache_dir: Path | None = Field(
+        default=None,
+        description="What checkouts of one machine share (the images' dependency wheels); "
+        "default $XDG_CACHE_HOME/cfn, else ~/.cache/cfn.",
+    )
     cfn_network_subnet: str = Field(
         default="172.30.0.0/16",
         description="cfn-network's subnet; a worktree gets its own (Docker refuses overlaps).",
@@ -187,6 +192,7 @@ class Settings(BaseModel):
         "then cfn-<uid>); each checkout's is a directory in it.",
     )
     xdg_runtime_dir: Path | None = None
+    xdg_cache_home: Path | None = None
 
     # --- Providers (seed: "Provider Routing") -------------------------------
     cfn_custom_routing: bool = Field(
@@ -491,6 +497,13 @@ class Settings(BaseModel):
     @property
     def state_dir(self) -> Path:
         return (self.cfn_state_dir or self.project_root / ".cfn").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.cfn_cache_dir is not None:
+            return self.cfn_cache_dir.resolve()
+        base = self.xdg_cache_home or Path.home() / ".cache"
+        return (base / "cfn").resolve()
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,73 @@
+"""What lets a fresh checkout reuse the images another checkout built.
+
+The agent and orchestrator images are labelled with a hash of their wheels, so the
+cfn wheel must come out byte for byte the same from any checkout of the same sources,
+and the dependency wheels are shared through the machine's cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from cfn.deploy.images import _complete, _share, build_cfn_wheel
+from cfn.settings import Settings, find_project_root
+
+
+def _checkout_copy(dest: Path, mtime: int) -> Path:
+    root = find_project_root()
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, dest / name)
+    shutil.copytree(root / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in dest.rglob("*"):
+        os.utime(path, (mtime, mtime))
+    return dest
+
+
+def test_the_cfn_wheel_has_the_same_bytes_in_two_checkouts(tmp_path: Path) -> None:
+    digests = []
+    for n, mtime in enumerate((1_600_000_000, 1_700_000_000)):
+        checkout = _checkout_copy(tmp_path / f"checkout{n}", mtime)
+        out = tmp_path / f"out{n}"
+        build_cfn_wheel(sys.executable, checkout, out, scratch=tmp_path)
+        (wheel,) = out.glob("cfn-*.whl")
+        digests.append(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_shared_wheels_appear_whole_or_not_at_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "a-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (built / ".inputs").write_text("inputs-1")
+    shared = tmp_path / "cache" / "wheels" / "inputs-1"
+    assert not _complete(shared, "inputs-1")
+    _share(built, shared)
+    assert _complete(shared, "inputs-1") and not _complete(shared, "inputs-2")
+    assert (shared / "a-1.0-py3-none-any.whl").read_bytes() == b"wheel"
+    # a second checkout sharing the same set finds it there and leaves it whole
+    _share(built, shared)
+    assert _complete(shared, "inputs-1")
+    assert sorted(p.name for p in shared.parent.iterdir()) == ["inputs-1"]
+    # a cache that cannot be written costs speed, never the build
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with caplog.at_level(logging.WARNING, logger="cfn.deploy.images"):
+        _share(built, blocked / "wheels" / "inputs-1")
+    assert "cannot cache the dependency wheels" in caplog.text
+
+
+def test_the_cache_dir_follows_its_settings(tmp_path: Path) -> None:
+    assert Settings(cfn_cache_dir=tmp_path / "c").cache_dir == tmp_path / "c"
+    assert Settings(xdg_cache_home=tmp_path / "x").cache_dir == tmp_path / "x" / "cfn"
+    unset = Settings(cfn_cache_dir=None, xdg_cache_home=None)
+    assert unset.cache_dir == (Path.home() / ".cache" / "cfn").resolve()
