@@ -12,7 +12,7 @@ import pytest
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
 from tests.support.cgroups import private_cgroups
-from tests.support.runlog import RunLog
+from tests.support.runlog import RunLog, measured
 from tests.support.servers import RedisServer
 
 CFN = [sys.executable, "-m", "cfn"]
@@ -78,6 +78,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             _run_log = RunLog(session.config)
         except OSError:  # a read-only home: the run goes on unrecorded
             _run_log = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    yield from measured(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield from measured(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield from measured(item)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

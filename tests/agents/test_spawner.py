@@ -200,7 +200,9 @@ async def test_reattach_by_pid_after_the_orchestrator_is_gone(
 ) -> None:
     # Another process (like a crashed orchestrator) spawns the agent and exits.
     env = cfn_env(tmp_path, REDIS_URL=redis_server.url)
-    script = "echo started; sleep 1.5; echo finished; exit 3"
+    # It runs until the test has seen it running, however loaded the machine is.
+    go = tmp_path / "go"
+    script = f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; echo finished; exit 3"
     out = subprocess.run(
         [*CFN, "spawn-agent", "impl-1-1", task_id, "--workspace", str(workspace),
          "--command", f"sh -c '{script}'"],
@@ -219,6 +221,7 @@ async def test_reattach_by_pid_after_the_orchestrator_is_gone(
 
     handle = await spawner.attach(task_id, "impl-1-1", pid=state["pid"])
     assert handle.running
+    go.touch()
     info = await handle.wait()
     assert info.exit_code == 3
     assert info.status == "failed"

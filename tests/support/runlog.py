@@ -7,11 +7,14 @@ why. The controlling pytest process writes, under
 ``KEEP`` runs are kept), one log per run:
 
 * ``start`` / ``finish`` lines: the checkout, the arguments, the load average;
-* a ``sample`` line every ``SAMPLE_S`` seconds while it runs: the load, the
-  tests finished so far, and the processes using the most CPU since the last
-  sample, so a stuck or runaway process shows;
+* a ``sample`` line every ``SAMPLE_S`` seconds while it runs: the load, how
+  busy the CPUs were (``busy``: 1.0 is every core all the time), the tests
+  finished so far, and the processes using the most CPU since the last sample,
+  so a stuck or runaway process shows;
 * a ``slow`` line for each test phase over ``SLOW_S`` seconds, as it ends;
-* at the end, the 40 slowest test phases.
+* at the end, the 40 slowest test phases, and the 40 tests that used the most
+  CPU (the worker's own and that of the processes it started and reaped, from
+  ``getrusage``; daemons that outlive their test are not counted).
 
 It records; it decides nothing and fails nothing.
 """
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +63,30 @@ def _cpu_ticks() -> dict[int, tuple[int, str]]:
     return out
 
 
+def _busy() -> tuple[int, int]:
+    """Busy and total jiffies of all CPUs since boot (/proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return (0, 0)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle, sum(fields))
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measured(item: pytest.Item) -> Iterator[None]:
+    """The CPU a test phase used, passed to the controller with the phase's report
+    (tests/conftest.py wraps each phase in it on the workers)."""
+    before = _cpu_seconds()
+    yield
+    item.user_properties.append(("cpu_s", round(_cpu_seconds() - before, 3)))
+
+
 class RunLog:
     def __init__(self, config: pytest.Config) -> None:
         folder = _cache_dir()
@@ -68,6 +97,7 @@ class RunLog:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.started))
         self.path = folder / f"{stamp}-{os.getpid()}.log"
         self.durations: list[tuple[float, str]] = []
+        self.cpu: dict[str, float] = {}
         self.finished = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,8 +118,13 @@ class RunLog:
 
     def _sample(self) -> None:
         before = _cpu_ticks()
+        busy_before = _busy()
         while not self._stop.wait(SAMPLE_S):
             now = _cpu_ticks()
+            busy_now = _busy()
+            spent = busy_now[1] - busy_before[1]
+            busy = (busy_now[0] - busy_before[0]) / spent if spent > 0 else None
+            busy_before = busy_now
             used = sorted(
                 (
                     (ticks - before.get(pid, (0, ""))[0], pid, cmd)
@@ -101,6 +136,7 @@ class RunLog:
             self.write(
                 "sample",
                 load=os.getloadavg(),
+                busy=None if busy is None else round(busy, 2),
                 finished=self.finished,
                 top=[{"pid": pid, "cpu_s": d / 100, "cmd": cmd} for d, pid, cmd in used if d > 0],
             )
@@ -109,12 +145,16 @@ class RunLog:
         if report.when == "call":
             self.finished += 1
         self.durations.append((report.duration, f"{report.nodeid} [{report.when}]"))
+        for name, value in report.user_properties:
+            if name == "cpu_s" and isinstance(value, float | int):
+                self.cpu[report.nodeid] = self.cpu.get(report.nodeid, 0.0) + float(value)
         if report.duration >= SLOW_S:
             self.write("slow", test=report.nodeid, when=report.when, s=round(report.duration, 1))
 
     def finish(self, status: int) -> None:
         self._stop.set()
         slowest = sorted(self.durations, reverse=True)[:40]
+        most_cpu = sorted(((v, k) for k, v in self.cpu.items()), reverse=True)[:40]
         self.write(
             "finish",
             status=status,
@@ -122,4 +162,6 @@ class RunLog:
             tests=self.finished,
             load=os.getloadavg(),
             slowest=[[round(d, 1), name] for d, name in slowest],
+            cpu_s=round(sum(self.cpu.values()), 1),
+            most_cpu=[[round(c, 1), name] for c, name in most_cpu],
         )
