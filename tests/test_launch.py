@@ -82,8 +82,12 @@ def shared(tmp_path: Path, redis_server: RedisServer) -> dict[str, str]:
 def test_which_commands_may_be_forked() -> None:
     assert forkable(["signal", "send"]) and forkable(["-v", "context", "get"])
     assert forkable([]) and forkable(["--help"])
-    for name in ("run", "orchestrate", "portal", "agents", "spawn-agent", "redis", "health"):
+    assert forkable(["decide", "T1", "PROCEED"]) and forkable(["health", "--json"])
+    assert forkable(["agents", "list"]) and forkable(["-v", "agents", "kill", "a"])
+    for name in ("run", "orchestrate", "resume", "portal", "agents", "spawn-agent", "redis"):
         assert not forkable([name])
+    # the server's own management never runs on the server it manages
+    assert not forkable(["agents", "server", "stop"]) and not forkable(["agents", "--help"])
 
 
 def test_a_plain_run_starts_the_server_and_the_next_command_is_forked(
@@ -112,6 +116,11 @@ def test_forked_commands_answer_as_plain_ones(shared: dict[str, str]) -> None:
         ("context",),
         ("--help",),
         ("context", "store", "--no-such-option"),
+        ("decide", "T1", "SOMETIMES"),
+        ("decide", "no-such-task", "PROCEED"),
+        ("agents", "list", "--task-id", "T1"),
+        ("agents", "kill", "../x"),
+        ("token", "--role", "root"),
     ]
     for args in cases:
         forked, here = probe(env, *args)

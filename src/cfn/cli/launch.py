@@ -45,8 +45,14 @@ FORKABLE = frozenset(
         "token",
         "validate-config",
         "ports",
+        "decide",
+        "token",
+        "health",
     }
 )
+#: Groups of which only some subcommands may be forked: ``cfn agents server ...``
+#: manages the very server that would fork it, so it always runs here.
+FORKABLE_SUBCOMMANDS = {"agents": frozenset({"list", "logs", "stats", "kill"})}
 #: Top-level options that come before the command and keep it forkable.
 OPTIONS = frozenset({"-v", "--verbose"})
 CONNECT_TIMEOUT = 2.0
@@ -69,8 +75,13 @@ def prog_name(argv0: str) -> str:
 
 
 def forkable(argv: list[str]) -> bool:
-    name = command_of(argv)
-    return name is None or name in FORKABLE or name in ("--help", "--version")
+    rest = argv[:]
+    while rest and rest[0] in OPTIONS:
+        rest.pop(0)
+    if not rest or rest[0] in FORKABLE or rest[0] in ("--help", "--version"):
+        return True
+    subcommands = FORKABLE_SUBCOMMANDS.get(rest[0])
+    return subcommands is not None and len(rest) > 1 and rest[1] in subcommands
 
 
 def run_on_server(argv: list[str], path: str) -> int | None:

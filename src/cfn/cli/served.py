@@ -43,10 +43,10 @@ def _preload() -> None:
 
     import cfn.providers.gateway.app
     import cfn.providers.gateway.recorder  # noqa: F401  (the LLM gateway, cfn.providers.gateway.forked)
-    from cfn.cli.launch import FORKABLE
+    from cfn.cli.launch import FORKABLE, FORKABLE_SUBCOMMANDS
     from cfn.cli.main import warm
 
-    warm(FORKABLE)
+    warm([*FORKABLE, *FORKABLE_SUBCOMMANDS])
 
 
 def serve(directory: Path, idle: float, *, preload: bool = True) -> int:
