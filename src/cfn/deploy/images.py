@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -63,6 +64,8 @@ RECIPE = "1"
 LABEL = "cfn.inputs"
 #: SOURCE_DATE_EPOCH for the cfn wheel: 1980-01-01, the earliest time a zip stores.
 WHEEL_EPOCH = "315532800"
+#: The setuptools major version pyproject.toml's [build-system] asks for (">=77").
+SETUPTOOLS_MAJOR = 77
 DOCKERFILES = {
     "agent": "Dockerfile.agent",
     "orchestrator": "Dockerfile.orchestrator",
@@ -154,21 +157,31 @@ def build_cfn_wheel(python: str, root: Path, out: Path, *, scratch: Path) -> Non
             copy / "src",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
         )
+        flags = ["--quiet", "--no-deps", "--wheel-dir", str(out)]
+        if _builds_here(python):
+            flags.append("--no-build-isolation")
         _run(
-            [
-                python,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--no-deps",
-                "--wheel-dir",
-                str(out),
-                str(copy),
-            ],
+            [python, "-m", "pip", "wheel", *flags, str(copy)],
             "pip wheel (cfn)",
             env={**os.environ, "SOURCE_DATE_EPOCH": WHEEL_EPOCH},
         )
+
+
+def _builds_here(python: str) -> bool:
+    """Whether ``python`` (this interpreter) has the build backend pyproject.toml asks for.
+
+    Then pip builds the wheel with it instead of installing setuptools into a fresh
+    build environment first (about 4 s of CPU each time; the dev extra installs it).
+    """
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        return False
+    try:
+        setuptools = importlib.metadata.version("setuptools")
+        importlib.metadata.version("wheel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major = setuptools.split(".", 1)[0]
+    return major.isdigit() and int(major) >= SETUPTOOLS_MAJOR
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None, **kw: Any) -> None:
