@@ -46,7 +46,6 @@ FORKABLE = frozenset(
         "validate-config",
         "ports",
         "decide",
-        "token",
         "health",
     }
 )
