@@ -3,6 +3,9 @@
 .PHONY: run test test-long lint bootstrap bench
 
 VENV := .venv/bin
+# mypy keeps its cache with the machine's other caches (CFN_CACHE_DIR, ~/.cache/cfn by
+# default), so a fresh clone checks only what differs: ~2 s instead of ~23 s of CPU.
+MYPY := $(VENV)/mypy --strict --cache-dir "$${CFN_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/cfn}/mypy"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -22,7 +25,7 @@ run: bootstrap
 
 lint: bootstrap
 	$(VENV)/ruff check src tests bench
-	$(VENV)/mypy --strict src/
+	$(MYPY) src/
 
 # Most of the suite waits on real processes and servers, so pytest runs on more xdist
 # workers than this 2-core machine has cores; --dist loadgroup keeps the tests of one
@@ -32,7 +35,7 @@ XDIST ?= -n 4 --dist loadgroup
 
 test: bootstrap
 	$(VENV)/ruff check src tests bench
-	@out=$$(mktemp); $(VENV)/mypy --strict src/ >$$out 2>&1 & mypy=$$!; \
+	@out=$$(mktemp); $(MYPY) src/ >$$out 2>&1 & mypy=$$!; \
 	$(VENV)/pytest -q $(XDIST); status=$$?; \
 	wait $$mypy || status=1; echo "mypy --strict src/:"; cat $$out; rm -f $$out; exit $$status
 

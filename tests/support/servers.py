@@ -239,6 +239,22 @@ class SentinelServer:
             args.append("--sentinel")
         return args
 
+    def knows_replica(self, port: int) -> bool:
+        """Whether the Sentinel has found ``port`` as a healthy replica (it learns of
+        replicas from the master's INFO, so a master killed before that is never failed
+        over)."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        try:
+            replicas = client.sentinel_slaves(self.master_name)
+        finally:
+            client.close()
+        return any(
+            int(item["port"]) == port
+            and set(str(item.get("flags", "")).split(",")) == {"slave"}
+            and item.get("master-link-status") == "ok"
+            for item in replicas
+        )
+
     def master_port_now(self) -> int:
         client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
         try:
