@@ -8,7 +8,9 @@ why. The controlling pytest process writes, under
 
 * ``start`` / ``finish`` lines: the checkout, the arguments, the load average;
 * a ``sample`` line every ``SAMPLE_S`` seconds while it runs: the load, how
-  busy the CPUs were (``busy``: 1.0 is every core all the time), the tests
+  busy the CPUs were (``busy``: 1.0 is every core all the time), the CPU
+  seconds each kind of process used (``by_kind``: pytest workers, podman, redis,
+  cfn commands, ...; a process that ended between samples is not counted), the tests
   finished so far, and the processes using the most CPU since the last sample,
   so a stuck or runaway process shows;
 * a ``slow`` line for each test phase over ``SLOW_S`` seconds, as it ends;
@@ -61,6 +63,29 @@ def _cpu_ticks() -> dict[int, tuple[int, str]]:
         fields = stat.rsplit(")", 1)[-1].split()
         out[int(entry.name)] = (int(fields[11]) + int(fields[12]), cmd.strip()[:160])
     return out
+
+
+#: What a process is, for the CPU-by-kind totals of each sample (first match wins).
+KINDS = (
+    ("pytest-worker", "exec(eval(sys.stdin"),
+    ("mypy", "mypy"),
+    ("podman", "podman"),
+    ("container", "/opt/cfn/"),
+    ("chromium", "chromium"),
+    ("claude-code", "claude"),
+    ("redis", "redis-"),
+    ("postgres", "postgres"),
+    ("cfn-agent-server", "agents server serve"),
+    ("cfn", "cfn"),
+    ("pytest", "pytest"),
+)
+
+
+def kind_of(cmd: str) -> str:
+    for kind, mark in KINDS:
+        if mark in cmd:
+            return kind
+    return "other"
 
 
 def _busy() -> tuple[int, int]:
@@ -125,6 +150,12 @@ class RunLog:
             spent = busy_now[1] - busy_before[1]
             busy = (busy_now[0] - busy_before[0]) / spent if spent > 0 else None
             busy_before = busy_now
+            by_kind: dict[str, float] = {}
+            for pid, (ticks, cmd) in now.items():
+                delta = ticks - before.get(pid, (0, ""))[0]
+                if delta > 0:
+                    kind = kind_of(cmd)
+                    by_kind[kind] = by_kind.get(kind, 0.0) + delta / 100
             used = sorted(
                 (
                     (ticks - before.get(pid, (0, ""))[0], pid, cmd)
@@ -137,6 +168,7 @@ class RunLog:
                 "sample",
                 load=os.getloadavg(),
                 busy=None if busy is None else round(busy, 2),
+                by_kind={k: round(v, 1) for k, v in sorted(by_kind.items())},
                 finished=self.finished,
                 top=[{"pid": pid, "cpu_s": d / 100, "cmd": cmd} for d, pid, cmd in used if d > 0],
             )
