@@ -126,37 +126,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _image_build.join()
 
 
-#: Modules with the suite's longest tests (the run log's "slowest", ~/.cache/cfn/test-runs),
-#: handed out first so that none of them starts last and leaves the other workers idle at
-#: the end. The container tests are not among them: they wait for the image build, which
-#: runs in the background during the first half minute.
-SLOW_FIRST = (
-    "tests/mcp/test_servers.py",
-    "tests/faults/test_orchestrator_kills.py",
-    "tests/health/test_debug.py",
-    "tests/security/test_corpus_cli.py",
-    "tests/loop/test_decisions.py",
-    "tests/loop/test_resume.py",
-    "tests/portal/test_dashboard.py",
-    "tests/load/test_load.py",
-    "tests/worktree/test_worktree.py",
-    "tests/faults/test_sentinel_loop.py",
-    "tests/coordination/test_embedded.py",
-)
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests of one expensive fixture on one xdist worker, so it is built once,
-    and hand out the longest tests first (SLOW_FIRST).
+    """Keep the tests of one expensive fixture on one xdist worker, so it is built once.
 
     A module-scoped fixture (the security corpora run every case in their setup) would
-    otherwise be set up again on each worker that gets one of the module's tests. Every
-    worker collects and orders the same way (xdist requires it): the order depends only
-    on the node ids.
+    otherwise be set up again on each worker that gets one of the module's tests.
     """
-    rank = {path: n for n, path in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:

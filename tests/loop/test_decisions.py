@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cfn.loop.launcher import REAP_WAIT
 from tests.loop.test_faults import wait_gone
 from tests.loop.test_resume import CFN, Rig, running_rig
 from tests.support.servers import RedisServer
@@ -79,7 +80,9 @@ def test_human_decisions_proceed_and_abort(rig: Rig) -> None:
             wait_gone(rig.pid_of(task, agent))
     # ... and the orchestrators have deleted the agents' Redis ACL users (done
     # after each agent's process ended: the last commands before the silence).
-    deadline = time.monotonic() + 30
+    # A user whose agent's end the orchestrator no longer watches goes in the background
+    # once the process is reaped, at the latest REAP_WAIT after it stopped watching.
+    deadline = time.monotonic() + REAP_WAIT + 30
     while any(user.startswith("cfn:") for user in rig.client.acl_users()):
         assert time.monotonic() < deadline, rig.client.acl_users()
         time.sleep(0.05)
