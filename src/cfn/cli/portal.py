@@ -49,6 +49,15 @@ def portal_cmd(
             "--token-ttl", min=60, help="Lifetime of the session the printed link opens (s)."
         ),
     ] = DASHBOARD_TTL,
+    no_link: Annotated[
+        bool,
+        typer.Option(
+            "--no-link",
+            hidden=True,
+            help="Print the address without a login code (the detached portal's log is "
+            "not a place for credentials; `cfn portal --detach` prints the link itself).",
+        ),
+    ] = False,
 ) -> None:
     """Start the portal on the orchestrator port; prints the dashboard's address."""
     if ctx.invoked_subcommand is not None:
@@ -71,7 +80,8 @@ def portal_cmd(
         )
     chosen = server.resolve_port(cfg, port)
     base = instances.Instance(0, host or cfg.cfn_portal_host, chosen).url
-    out.print(f"dashboard: {_dashboard_url(base, token_ttl)}", markup=False)
+    link = f"{base}/" if no_link else _dashboard_url(base, token_ttl)
+    out.print(f"dashboard: {link}", markup=False)
     out.print(f"API docs: {base}/docs", markup=False)
 
     async def main() -> None:
@@ -105,9 +115,7 @@ def portal_stop() -> None:
 def portal_link(
     token_ttl: Annotated[
         int,
-        typer.Option(
-            "--token-ttl", min=60, help="Lifetime of the session the link opens (s)."
-        ),
+        typer.Option("--token-ttl", min=60, help="Lifetime of the session the link opens (s)."),
     ] = DASHBOARD_TTL,
 ) -> None:
     """Print a fresh dashboard link for the running portal (single use, valid 10 min)."""

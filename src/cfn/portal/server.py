@@ -99,7 +99,8 @@ def start_detached(settings: Settings, port: int | None = None) -> tuple[Instanc
     chosen = resolve_port(settings, port)
     daemon = portal_daemon(settings.state_dir)
     log = daemon.log_file
-    proc = daemon.spawn([sys.executable, "-m", "cfn", "portal", "--port", str(chosen)])
+    # --no-link: the login code goes to the caller's terminal, never into portal.log
+    proc = daemon.spawn([sys.executable, "-m", "cfn", "portal", "--port", str(chosen), "--no-link"])
     instance = Instance(proc.pid, settings.cfn_portal_host, chosen)
     if wait_until(
         lambda: answers(instance.url, 0.5),
