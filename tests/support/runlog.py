@@ -16,7 +16,8 @@ why. The controlling pytest process writes, under
 * a ``slow`` line for each test phase over ``SLOW_S`` seconds, as it ends;
 * at the end, the 40 slowest test phases, and the 40 tests that used the most
   CPU (the worker's own and that of the processes it started and reaped, from
-  ``getrusage``; daemons that outlive their test are not counted).
+  ``getrusage``; daemons that outlive their test are not counted), and the 40 that
+  used the most in the worker itself (in-process servers, hypothesis, ...).
 
 It records; it decides nothing and fails nothing.
 """
@@ -98,18 +99,21 @@ def _busy() -> tuple[int, int]:
     return (sum(fields) - idle, sum(fields))
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and of its reaped children."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def measured(item: pytest.Item) -> Iterator[None]:
     """The CPU a test phase used, passed to the controller with the phase's report
     (tests/conftest.py wraps each phase in it on the workers)."""
-    before = _cpu_seconds()
+    own, children = _cpu_seconds()
     yield
-    item.user_properties.append(("cpu_s", round(_cpu_seconds() - before, 3)))
+    own_after, children_after = _cpu_seconds()
+    item.user_properties.append(("cpu_s", round(own_after - own + children_after - children, 3)))
+    item.user_properties.append(("cpu_self_s", round(own_after - own, 3)))
 
 
 class RunLog:
@@ -123,6 +127,7 @@ class RunLog:
         self.path = folder / f"{stamp}-{os.getpid()}.log"
         self.durations: list[tuple[float, str]] = []
         self.cpu: dict[str, float] = {}
+        self.cpu_self: dict[str, float] = {}
         self.finished = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -180,6 +185,8 @@ class RunLog:
         for name, value in report.user_properties:
             if name == "cpu_s" and isinstance(value, float | int):
                 self.cpu[report.nodeid] = self.cpu.get(report.nodeid, 0.0) + float(value)
+            if name == "cpu_self_s" and isinstance(value, float | int):
+                self.cpu_self[report.nodeid] = self.cpu_self.get(report.nodeid, 0.0) + float(value)
         if report.duration >= SLOW_S:
             self.write("slow", test=report.nodeid, when=report.when, s=round(report.duration, 1))
 
@@ -187,6 +194,7 @@ class RunLog:
         self._stop.set()
         slowest = sorted(self.durations, reverse=True)[:40]
         most_cpu = sorted(((v, k) for k, v in self.cpu.items()), reverse=True)[:40]
+        most_self = sorted(((v, k) for k, v in self.cpu_self.items()), reverse=True)[:40]
         self.write(
             "finish",
             status=status,
@@ -195,5 +203,7 @@ class RunLog:
             load=os.getloadavg(),
             slowest=[[round(d, 1), name] for d, name in slowest],
             cpu_s=round(sum(self.cpu.values()), 1),
+            cpu_self_s=round(sum(self.cpu_self.values()), 1),
+            most_cpu_self=[[round(c, 1), name] for c, name in most_self],
             most_cpu=[[round(c, 1), name] for c, name in most_cpu],
         )
