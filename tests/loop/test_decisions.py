@@ -151,7 +151,10 @@ def test_orchestrate_bad_input_writes_nothing(rig: Rig) -> None:
         "unknown mode": ["--task-id", "T", "--mode", "turbo", "--epic", "Build it"],
         "invalid task id": ["--task-id", "bad id!", "--mode", "mvp", "--epic", "Build it"],
         "epic must be": ["--task-id", "T", "--mode", "mvp", "--epic", "   "],
-    }
+        "unknown provider 'nope-provider'": [
+            "--task-id", "T", "--mode", "mvp", "--epic", "Build it", "--provider", "nope-provider"
+        ],
+    }  # fmt: skip
     procs = {
         why: subprocess.Popen(
             [*CFN, "orchestrate", *args],

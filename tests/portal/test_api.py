@@ -161,6 +161,8 @@ def test_roles_and_agent_scope(
         ({"epic": "x", "task_id": "a b"}, "task id"),
         ({"epic": "x", "task_id": "../etc"}, "task id"),
         ({"epic": "x", "provider": "no such"}, "provider"),
+        # a well-formed name no route knows: refused at the door, not queued to fail later
+        ({"epic": "x", "provider": "nope-provider"}, "unknown provider 'nope-provider'"),
     ],
 )
 def test_bad_task_bodies_change_nothing(
@@ -197,6 +199,8 @@ def test_not_json_and_unknown_ids(
             ("POST", "/api/agents/spawn", {"agentId": "a", "taskId": "nope"}, 404),
             ("POST", "/api/agents/spawn", {"agentId": "solo", "taskId": "t-a"}, 409),
             ("POST", "/api/agents/spawn", {"agentId": "a b", "taskId": "t-a"}, 400),
+            ("POST", "/api/agents/spawn",
+             {"agentId": "a", "taskId": "t-a", "provider": "nope-provider"}, 400),
             ("POST", "/api/tasks/t-a/decision", {"decision": "MAYBE"}, 422),
             ("POST", "/api/tasks/t-a/decision", {"decision": "PROCEED"}, 409),
             ("GET", "/api/no/such/route", None, 404),

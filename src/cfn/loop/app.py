@@ -33,6 +33,7 @@ from cfn.loop.state import DECISION_MODES, TaskOptions
 from cfn.loop.team import SpawnerStopper, Team
 from cfn.loop.workspace import is_build_task
 from cfn.providers import LLMService, TaskTraits, build_service
+from cfn.providers.routes import load_route_table
 from cfn.settings import Settings
 from cfn.store.records import AgentRecord
 from cfn.store.repository import Store
@@ -150,6 +151,15 @@ async def submit_decision(
     return await send_decision(RedisBoard(redis), task_id, decision, by, reason)
 
 
+def check_provider(settings: Settings, provider: str | None) -> None:
+    """A provider forced on a task or an agent must be one the route table knows.
+
+    Checked at the door (``cfn run``, ``orchestrate``, the portal's create and spawn),
+    so a task that could never run is refused, not queued: UnknownProviderError."""
+    if provider is not None:
+        load_route_table(settings).route(provider)
+
+
 def new_task(
     settings: Settings,
     epic: str,
@@ -175,6 +185,7 @@ def new_task(
         raise InvalidInputError(
             f"unknown decision {decision!r}; use one of {', '.join(DECISION_MODES)}"
         )
+    check_provider(settings, provider)
     task_id = task_id or new_task_id()
     ws = workspace.resolve() if workspace else default_workspace(settings, task_id)
     return TaskOptions(

@@ -471,7 +471,9 @@ class Portal:
     # --- actions ----------------------------------------------------------------------
 
     async def create_task(self, body: TaskCreate) -> dict[str, Any]:
-        from cfn.loop.app import default_workspace, new_task_id
+        from cfn.loop.app import check_provider, default_workspace, new_task_id
+
+        check_provider(self.settings, body.provider)
 
         # An empty task_id is a bad id, not "generate one" (omit it for that).
         task_id = new_task_id() if body.task_id is None else body.task_id
@@ -536,12 +538,13 @@ class Portal:
         return {"taskId": task_id, "decision": body.decision, "iteration": iteration}
 
     async def spawn_agent(self, body: SpawnBody, me: Principal) -> dict[str, Any]:
-        from cfn.loop.app import join_agent
+        from cfn.loop.app import check_provider, join_agent
 
         task_id = keys.validate_id(body.taskId, "task id")
         agent_id = keys.validate_id(body.agentId, "agent id")
         if body.provider is not None:
             keys.validate_id(body.provider, "provider")
+        check_provider(self.settings, body.provider)
         team, row, handle = await join_agent(
             self.settings,
             self.redis,
