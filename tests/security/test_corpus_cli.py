@@ -158,6 +158,10 @@ def _cases(files: Path) -> list[Case]:
         ("mcp-token-scope", ["mcp", "token", "--agent-id", "a", "--task-id", "t",
                              "--skills", "redis-management", "--scope", "root"], True),
         ("orchestrate-task", ["orchestrate", "--task-id", "../t", "--epic", "x"], True),
+        ("run-workspace-proc", ["run", "--epic", "x", "--workspace", "/proc/self"], True),
+        ("run-workspace-file", ["run", "--epic", "x", "--workspace", str(bad_ctx)], True),
+        ("run-provider-unknown", ["run", "--epic", "x", "--provider", "nope-provider"], True),
+        ("agent-run-endless", ["agent", "run", "--context", "/dev/zero"], True),
         ("orchestrate-implementers", ["orchestrate", "--task-id", "t1", "--epic", "x",
                                       "--implementers", "0"], False),
         ("orchestrate-mode", ["orchestrate", "--task-id", "t1", "--epic", "x",
@@ -289,6 +293,8 @@ def test_cli_case(cli_run: dict[str, Outcome], name: str, wants_error_line: bool
         assert len(lines[0]) > len("[ERROR] ") + 10
     else:  # the option parser's usage error (a bad number, an out-of-range option)
         assert got.returncode == 2 and "Error" in got.stderr, (got.argv, got.stderr)
+    if name.startswith("run-"):  # a refused `cfn run` announces no task id
+        assert "task id" not in got.stdout, got.stdout
 
 
 def test_cli_corpus_wrote_nothing(cli_run: dict[str, Outcome]) -> None:

@@ -245,7 +245,15 @@ class AgentContext(_Strict):
                 raise AgentContextError(
                     f"context file {file}: {size} bytes, over the {MAX_CONTEXT_BYTES}-byte limit"
                 )
-            text = file.read_text(encoding="utf-8")
+            # Read no more than the limit allows whatever stat said: a device or a pipe
+            # (/dev/zero, a FIFO) reports size 0 and would otherwise be read forever.
+            with open(file, "rb") as handle:
+                data = handle.read(MAX_CONTEXT_BYTES + 1)
+            if len(data) > MAX_CONTEXT_BYTES:
+                raise AgentContextError(
+                    f"context file {file}: over the {MAX_CONTEXT_BYTES}-byte limit"
+                )
+            text = data.decode("utf-8")
         except FileNotFoundError:
             raise AgentContextError(f"context file {file} does not exist") from None
         except IsADirectoryError:

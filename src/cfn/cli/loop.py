@@ -257,8 +257,8 @@ def run_cmd(
             f"unknown agent backend {backend!r}; use one of {', '.join(BACKENDS)}"
         )
     task_id = new_task_id()
-    out.print(f"task id: [bold]{task_id}[/]")
-    orchestrate_cmd(
+    # Every option is checked before the id is announced: a refused run names no task.
+    options = _options(
         task_id,
         epic,
         mode,
@@ -268,10 +268,12 @@ def run_cmd(
         implementers,
         validators,
         workspace,
-        provider,
         max_iterations,
+        provider,
         backend,
     )
+    out.print(f"task id: [bold]{task_id}[/]")
+    raise typer.Exit(_run(options, None).exit_code)
 
 
 def resume_cmd(task_id: Annotated[str, typer.Argument(help="The task to continue.")]) -> None:

@@ -160,6 +160,18 @@ def check_provider(settings: Settings, provider: str | None) -> None:
         load_route_table(settings).route(provider)
 
 
+#: Kernel file systems: their "files" are not a project (and reading some never ends).
+VIRTUAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_workspace(path: Path) -> None:
+    """A task's workspace is a directory (or can become one) outside /proc, /sys, /dev."""
+    if any(path == root or root in path.parents for root in VIRTUAL_ROOTS):
+        raise InvalidInputError(f"workspace {path} is in a kernel file system: use a directory")
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"workspace {path} exists and is not a directory")
+
+
 def new_task(
     settings: Settings,
     epic: str,
@@ -188,6 +200,7 @@ def new_task(
     check_provider(settings, provider)
     task_id = task_id or new_task_id()
     ws = workspace.resolve() if workspace else default_workspace(settings, task_id)
+    check_workspace(ws)
     return TaskOptions(
         task_id=task_id,
         epic=epic,

@@ -54,11 +54,18 @@ def snapshot(root: Path) -> dict[str, str]:
             if path.is_symlink() or not path.is_file():
                 continue
             digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 16), b""):
-                    digest.update(chunk)
+            try:
+                with open(path, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 16), b""):
+                        digest.update(chunk)
+                size = path.stat().st_size
+            except OSError:
+                # A file that vanished or cannot be read (an agent may leave anything)
+                # is in the snapshot as unreadable, not the end of the loop.
+                result[path.relative_to(root).as_posix()] = "unreadable"
+                continue
             rel = path.relative_to(root).as_posix()
-            result[rel] = f"{path.stat().st_size}:{digest.hexdigest()}"
+            result[rel] = f"{size}:{digest.hexdigest()}"
             if len(result) >= MAX_FILES:
                 return result
     return result
