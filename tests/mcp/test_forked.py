@@ -3,12 +3,17 @@ fraction of the start cost; without the server (or with it off) they start as be
 
 from __future__ import annotations
 
+import json
 import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cfn.agents.forkserver import AgentServer
+from cfn.errors import CfnError
 from cfn.mcp.launcher import Launcher
 from cfn.settings import Settings
 from cfn.system.proc import proc_alive, proc_stat_fields
@@ -67,3 +72,35 @@ def test_servers_start_as_their_own_python_without_it(tmp_path: Path) -> None:
         ]
     finally:
         launcher.down()
+
+
+def test_a_port_answered_by_another_process_is_an_error_not_healthy(tmp_path: Path) -> None:
+    """Another checkout's server on the port answers /health too: `up` must not take that
+    answer for its own server, which died with EADDRINUSE."""
+
+    class Foreign(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "server": "redis-tools", "pid": 1}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    foreign = ThreadingHTTPServer(("127.0.0.1", port), Foreign)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    settings = _settings(tmp_path, cfn_agent_server="off", mcp_redis_tools_port=port)
+    launcher = Launcher(settings)
+    try:
+        with pytest.raises(CfnError, match="redis-tools MCP server exited at start"):
+            launcher.up(["redis-tools"])
+        (status,) = [s for s in launcher.status() if s.name == "redis-tools"]
+        assert not status.healthy
+    finally:
+        launcher.down()
+        foreign.shutdown()
+        foreign.server_close()

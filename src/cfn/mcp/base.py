@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -281,7 +282,14 @@ class ToolServer:
         async def health(request: Request) -> Response:
             extra = await self._health() if self._health is not None else {}
             return JSONResponse(
-                {"status": "ok", "server": self.name, "tools": list(self.tools), **extra}
+                {
+                    "status": "ok",
+                    "server": self.name,
+                    # whose answer this is: `cfn mcp up` checks it is its own process's
+                    "pid": os.getpid(),
+                    "tools": list(self.tools),
+                    **extra,
+                }
             )
 
         @contextlib.asynccontextmanager

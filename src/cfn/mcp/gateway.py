@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -653,7 +654,9 @@ class Gateway:
             return name, "ok" if reply.status_code == 200 else f"http {reply.status_code}"
 
         states = dict(await asyncio.gather(*(one(n, u) for n, u in self.upstreams.items())))
-        return JSONResponse({"status": "ok", "server": "gateway", "upstreams": states})
+        return JSONResponse(
+            {"status": "ok", "server": "gateway", "pid": os.getpid(), "upstreams": states}
+        )
 
     # --- the app ----------------------------------------------------------------------------
 

@@ -119,6 +119,27 @@ def _set_cpu_quota(groups: Cgroups, cpus: float | None) -> None:
     groups.set_cpu_quota(cpus)
 
 
+def _answers_as(item: ServerProcess, timeout: float) -> str | None:
+    """None when ``item``'s own process answers its /health; otherwise what is wrong.
+
+    Another process on the port (another checkout's server, while ours died with
+    EADDRINUSE) answers too: the pid in the reply tells them apart."""
+    try:
+        reply = httpx.get(item.url + "/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if reply.status_code != 200:
+        return f"HTTP {reply.status_code}"
+    try:
+        body = reply.json()
+    except ValueError:
+        body = None
+    pid = body.get("pid") if isinstance(body, dict) else None
+    if pid != item.pid:
+        return f"port {item.port} is answered by another process (pid {pid}), not {item.pid}"
+    return None
+
+
 class Launcher:
     def __init__(self, settings: Settings, *, python: str = sys.executable) -> None:
         self.settings = settings
@@ -269,9 +290,7 @@ class Launcher:
 
     def _wait_healthy(self, item: ServerProcess, deadline: float) -> None:
         def healthy() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(item.url + "/health", timeout=1.0).status_code == 200
-            return False
+            return _answers_as(item, 1.0) is None
 
         def exited() -> bool:
             return not proc_alive(item.pid, item.pid_start)
@@ -329,12 +348,9 @@ class Launcher:
             healthy = False
             detail = ""
             if running:
-                try:
-                    reply = httpx.get(item.url + "/health", timeout=2.0)
-                    healthy = reply.status_code == 200
-                    detail = "" if healthy else f"health: HTTP {reply.status_code}"
-                except httpx.HTTPError as exc:
-                    detail = f"health: {type(exc).__name__}"
+                problem = _answers_as(item, 2.0)
+                healthy = problem is None
+                detail = "" if problem is None else f"health: {problem}"
             usage = Cgroups(dict(item.cgroups)).memory_usage() if item.cgroups else None
             out.append(
                 ServerStatus(
