@@ -27,13 +27,17 @@ DECISION = "decision"
 
 
 def validate_id(value: object, what: str = "id") -> str:
-    """Return ``value`` if it is 1..128 of ``[A-Za-z0-9._-]``, else raise."""
+    """Return ``value`` if it is 1..128 of ``[A-Za-z0-9._-]``, not ``.``/``..`` and not
+    starting with ``-``, else raise."""
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
         raise InvalidIdError(
             f"invalid {what} {value!r}: use 1 to 128 characters from A-Z a-z 0-9 . _ -"
         )
     if value in {".", ".."}:
         raise InvalidIdError(f"invalid {what} {value!r}: '.' and '..' are reserved")
+    if value.startswith("-"):
+        # `cfn resume -rf` would read the id as options: no id may be mistaken for one
+        raise InvalidIdError(f"invalid {what} {value!r}: it may not start with '-'")
     return value
 
 

@@ -8,6 +8,7 @@ from cfn import keys
 from cfn.errors import InvalidIdError
 
 BAD_IDS = ["", "*", "a*", "?", "a?b", "[", "a[b]", ":", "a:b", "a b", "a\nb", "x" * 129, ".", ".."]
+BAD_IDS += ["-rf", "--help", "-"]  # a command line would read them as options
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
@@ -61,3 +62,4 @@ def test_any_accepted_id_is_safe(value: str) -> None:
         return
     assert 1 <= len(value) <= 128
     assert not set(value) & set("*?[]: \n\r\t\\")
+    assert not value.startswith("-") and value not in (".", "..")

@@ -158,6 +158,7 @@ def _cases(files: Path) -> list[Case]:
         ("mcp-token-scope", ["mcp", "token", "--agent-id", "a", "--task-id", "t",
                              "--skills", "redis-management", "--scope", "root"], True),
         ("orchestrate-task", ["orchestrate", "--task-id", "../t", "--epic", "x"], True),
+        ("orchestrate-task-dash", ["orchestrate", "--task-id", "-rf", "--epic", "x"], True),
         ("run-workspace-proc", ["run", "--epic", "x", "--workspace", "/proc/self"], True),
         ("run-workspace-file", ["run", "--epic", "x", "--workspace", str(bad_ctx)], True),
         ("run-provider-unknown", ["run", "--epic", "x", "--provider", "nope-provider"], True),
