@@ -64,3 +64,7 @@ async def test_bad_calls(ws: Workspace) -> None:
     assert (await execute(ws, bad)).startswith("error: arguments are not valid JSON")
     assert (await execute(ws, call("write_file", path="a", content=3))).startswith("error:")
     assert (await execute(ws, call("run_command", command=" "))).startswith("error:")
+    # NaN and infinity from a model's JSON: refused, not a command killed at once
+    for timeout in (float("nan"), float("inf"), -1, 0, True, "5"):
+        reply = await execute(ws, call("run_command", command="echo ran", timeout=timeout))
+        assert reply.startswith("error: timeout must be"), (timeout, reply)

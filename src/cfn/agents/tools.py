@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -101,8 +102,13 @@ class Workspace:
             raise ToolError("command must be a non-empty string")
         limit = self.command_timeout
         if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-                raise ToolError("timeout must be a positive number of seconds")
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                raise ToolError("timeout must be a positive, finite number of seconds")
             limit = min(float(timeout), self.command_timeout)
         proc = await asyncio.create_subprocess_exec(
             "bash",
