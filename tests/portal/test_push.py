@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -333,3 +334,26 @@ def test_cli_prints_a_login_link_not_a_token(
         assert reply.status_code == 200 and reply.json()["expiresIn"] == 900
         assert reply.json()["role"] == "operator"
         assert http.post("/api/login", json={"code": code}).status_code == 401
+
+
+def test_malformed_socketio_packets_are_dropped_in_a_line_each_second(
+    portal: RunningPortal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Packets that do not decode (bad JSON, unknown types, events without a name, deep
+    nesting) reach no handler, log no traceback, and leave the portal answering."""
+    base = f"{portal.url}/socket.io/?EIO=4&transport=polling"
+    bad = [b"40/cfn-loop,{bad"] * 50
+    bad += [b"9", b"42", b"42/cfn-loop,", b"42[1]", b"47", b"40/cfn-loop," + b"[" * 100_000]
+    with caplog.at_level(logging.WARNING), httpx.Client(timeout=10) as http:
+        for body in bad:
+            opened = http.get(base)
+            assert opened.status_code == 200, opened.text
+            sid = json.loads(opened.text[1:])["sid"]
+            reply = http.post(f"{base}&sid={sid}", content=body)
+            assert reply.status_code in (200, 400), reply.text
+        with portal.client() as api:
+            assert api.get("/api/health/system").status_code in (200, 503)
+            assert api.get("/api/tasks").status_code == 200
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    dropped = [r for r in caplog.records if "malformed Socket.IO" in r.getMessage()]
+    assert 1 <= len(dropped) <= 5, [r.getMessage() for r in dropped]

@@ -135,6 +135,87 @@ class TokenBody(_Body):
 # --- the portal -----------------------------------------------------------------------
 
 
+class _OneLine(logging.Filter):
+    """Engine.IO logs a client's bad packet as an exception with its traceback; here it
+    becomes one line naming the exception, at most one a second (with a count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reported_at = 0.0
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None:
+            return True
+        self._held += 1
+        now = time.monotonic()
+        if now - self._reported_at < 1.0:
+            return False
+        error = record.exc_info[1]
+        record.msg = f"{record.getMessage()}: {type(error).__name__} (x{self._held})"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        self._reported_at, self._held = now, 0
+        return True
+
+
+#: Engine.IO's log: its exceptions (a client's malformed packets) as short lines.
+_ENGINEIO_LOG = logging.getLogger("cfn.portal.engineio")
+_ENGINEIO_LOG.setLevel(logging.ERROR)  # what engineio_logger=False gives its own logger
+_ENGINEIO_LOG.addFilter(_OneLine())
+
+#: What a client may send: CONNECT, DISCONNECT, EVENT, ACK and their binary kinds
+#: (python-socketio raises, and Engine.IO logs a traceback, for anything else).
+_CLIENT_PACKETS = frozenset({0, 1, 2, 3, 5, 6})
+
+
+class _SocketServer(socketio.AsyncServer):  # type: ignore[misc]  # socketio has no types
+    """The Socket.IO server, dropping packets that do not decode.
+
+    python-socketio decodes a packet inside Engine.IO's message handler, which logs a
+    failure as a full traceback: a client sending ``40/cfn-loop,{bad`` a hundred times
+    wrote half a megabyte of them. Here such a packet reaches no handler and costs at
+    most one short warning a second, however many arrive. (Closing the sender's session
+    from inside this handler stalls Engine.IO's polling transport, so it is not done.)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dropped = 0
+        self._unreported = 0
+        self._reported_at = 0.0
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, str) and eio_sid not in self._binary_packet:
+            try:
+                pkt = self.packet_class(encoded_packet=data)
+                if pkt.packet_type not in _CLIENT_PACKETS:
+                    raise ValueError(f"packet type {pkt.packet_type!r}")
+                if pkt.packet_type in (2, 5) and not (  # an event: [name, *args]
+                    isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+                ):
+                    raise ValueError("an event without a name")
+            except (ValueError, TypeError, IndexError, RecursionError) as exc:
+                self._drop(len(data), type(exc).__name__)
+                return
+        await super()._handle_eio_message(eio_sid, data)
+
+    def _drop(self, size: int, why: str) -> None:
+        self.dropped += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._reported_at >= 1.0:
+            log.warning(
+                "dropped %d malformed Socket.IO packet(s) (the last: %d bytes, %s)",
+                self._unreported,
+                size,
+                why,
+            )
+            self._unreported = 0
+            self._reported_at = now
+
+
 class Portal:
     """The portal's shared state and its ASGI app."""
 
@@ -166,7 +247,7 @@ class Portal:
         self._list_watch: tuple[TaskListWatch, asyncio.Task[None]] | None = None
         self._list_clients: dict[str, Principal] = {}
         self._list_expiry: dict[str, asyncio.TimerHandle] = {}
-        self.sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+        self.sio = _SocketServer(async_mode="asgi", logger=False, engineio_logger=_ENGINEIO_LOG)
         self.gateway: Gateway | None = None
         self.gateway_app: ASGIApp | None = None
         self._gateway_stack: contextlib.AsyncExitStack | None = None
