@@ -3,6 +3,7 @@ forged tokens. Each is a 4xx with a JSON error, and nothing changes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -265,3 +266,36 @@ def test_cli_token_and_worker_flags(portal_settings: Settings) -> None:
         assert proc.stderr.startswith("[ERROR]")
     help_text = subprocess.run([*CFN, "worker", "--help"], capture_output=True, text=True).stdout
     assert "--concurrency" in help_text
+
+
+#: What an agent could leave in its own heartbeat key (its ACL lets it SET it).
+HOSTILE_BEATS = {
+    "nan": '{"ts": NaN, "pid": 7, "status": "running"}',
+    "infinity": '{"ts": 1e400, "pid": -1, "status": "running"}',
+    "deep": "[" * 50_000 + "]" * 50_000,
+    "huge": json.dumps({"ts": 1.0, "status": "x" * 100_000}),
+    "list": "[1, 2]",
+    "types": '{"ts": "yesterday", "pid": true, "status": {"a": 1}}',
+    "not-json": "\x00\xff garbage",
+}
+
+
+def test_hostile_heartbeats_leave_status_answering(
+    portal: RunningPortal, portal_settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    agents = sorted(HOSTILE_BEATS)
+    _seed_task(portal_settings, "t-beats", tmp_path, agents)
+    client = redis_server.client()
+    for agent, value in HOSTILE_BEATS.items():
+        client.set(f"swarm:t-beats:heartbeat:{agent}", value, px=60_000)
+    with portal.client() as http:
+        status = http.get("/api/tasks/t-beats/status")
+        listed = http.get("/api/agents/t-beats")
+    assert status.status_code == 200, status.text
+    assert listed.status_code == 200, listed.text
+    beats = {a["agentId"]: a["heartbeat"] for a in status.json()["agents"]}
+    assert set(beats) == set(agents)
+    for agent, beat in beats.items():
+        if beat is not None:  # fields that are not what they should be read as None
+            assert beat["ts"] is None and beat["ageSeconds"] is None, (agent, beat)
+            assert beat["status"] in (None, "running"), (agent, beat)

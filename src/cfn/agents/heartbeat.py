@@ -92,14 +92,53 @@ async def read_heartbeat(redis: RedisManager, task_id: str, agent_id: str) -> di
     return _parse(await redis.run(lambda r: r.get(key)))
 
 
-def _parse(raw: Any) -> dict[str, Any] | None:
-    if raw is None:
+#: A beat is ``{"ts", "pid", "status"}``: far below this; a longer value is not a beat.
+MAX_BEAT_BYTES = 4096
+#: Above the kernel's largest pid_max.
+MAX_PID = 1 << 22
+
+
+def parse_beat(raw: object) -> dict[str, Any] | None:
+    """A heartbeat value as everyone reads it: ``{"status", "ts", "pid"}``, or None.
+
+    An agent writes its own beat, so the value is untrusted: anything that is not a
+    small JSON object is None, and each field that is not what it should be (a status
+    id, a finite time, a pid) is None in the result. NaN, infinities, nesting, huge
+    values and other types therefore never reach a reader (a dashboard answering 500,
+    an age of NaN)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(raw, str) or len(raw) > MAX_BEAT_BYTES:
         return None
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested too deep
-        return {"status": RUNNING, "raw": str(raw)}
-    return value if isinstance(value, dict) else {"status": RUNNING, "raw": value}
+        return None
+    if not isinstance(value, dict):
+        return None
+    status, ts, pid = value.get("status"), value.get("ts"), value.get("pid")
+    return {
+        "status": status if isinstance(status, str) and keys.ID_PATTERN.fullmatch(status) else None,
+        "ts": float(ts)
+        if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts)
+        else None,
+        "pid": pid
+        if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < MAX_PID
+        else None,
+    }
+
+
+def _parse(raw: Any) -> dict[str, Any] | None:
+    """For the watch: a key that exists is a live agent, whatever its value holds."""
+    if raw is None:
+        return None
+    beat = parse_beat(raw)
+    if beat is None or beat["status"] is None:
+        return {"status": RUNNING, "ts": None if beat is None else beat["ts"], "pid": None}
+    return beat
 
 
 class Heartbeater:

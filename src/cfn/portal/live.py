@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from cfn import keys
+from cfn.agents.heartbeat import parse_beat
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.watch import KeyWatch
 from cfn.errors import CfnError
@@ -70,9 +70,9 @@ async def ensure_stream_notifications(redis: RedisManager) -> bool:
     """
 
     async def op(r: Any) -> bool:
-        current = str((await r.config_get("notify-keyspace-events")).get(
-            "notify-keyspace-events", ""
-        ))
+        current = str(
+            (await r.config_get("notify-keyspace-events")).get("notify-keyspace-events", "")
+        )
         if "t" in current or "A" in current:
             return True
         flags = current if "K" in current or "E" in current else current + "K"
@@ -89,22 +89,6 @@ async def ensure_stream_notifications(redis: RedisManager) -> bool:
             NO_NOTIFY_WAKE,
         )
         return False
-
-
-def parse_beat(raw: str) -> dict[str, Any] | None:
-    """A heartbeat value as the dashboard shows it: status, ts, pid (None if unreadable)."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    ts = value.get("ts")
-    return {
-        "status": value.get("status"),
-        "ts": ts if isinstance(ts, int | float) else None,
-        "pid": value.get("pid"),
-    }
 
 
 async def read_heartbeats(redis: RedisManager, task_id: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cfn import keys
+from cfn.agents.heartbeat import parse_beat
 from cfn.coordination.connection import RedisManager
 from cfn.errors import InvalidInputError, NotFoundError
 from cfn.loop.state import Checkpoint, TaskOptions
@@ -60,13 +61,8 @@ async def _heartbeats(
     values = await redis.run(lambda r: r.mget(names))
     out: dict[str, dict[str, Any]] = {}
     for agent_id, raw in zip(agent_ids, values, strict=True):
-        if raw is None:
-            continue
-        try:
-            beat = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(beat, dict):
+        beat = parse_beat(raw)
+        if beat is not None:
             out[agent_id] = beat
     return out
 
@@ -150,15 +146,12 @@ async def task_status(reader: StatusReader, redis: RedisManager, task_id: str) -
     raw_decision = replies[0]
     beats: dict[str, dict[str, Any]] = {}
     for row, raw in zip(rows, replies[1:], strict=True):
-        try:
-            beat = json.loads(raw) if raw is not None else None
-        except ValueError:
-            beat = None
-        if isinstance(beat, dict):
+        beat = parse_beat(raw)
+        if beat is not None:
             beats[row.agent_id] = beat
     try:
         decision_state = json.loads(raw_decision) if raw_decision else None
-    except ValueError:
+    except (ValueError, RecursionError):
         decision_state = None
     awaiting = (
         isinstance(decision_state, dict)
