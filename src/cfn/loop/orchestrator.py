@@ -406,9 +406,9 @@ class Orchestrator:
             await asyncio.gather(*announcements, return_exceptions=True)
             for watcher in watchers:
                 watcher.cancel()
-            for watcher in watchers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            # gather, not `suppress(CancelledError): await watcher`: that would also
+            # swallow a cancellation of this task arriving meanwhile (a stop, a kill).
+            await asyncio.gather(*watchers, return_exceptions=True)
             stop.set()
             for relay in relays:
                 with contextlib.suppress(Exception):
