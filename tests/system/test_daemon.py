@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from cfn.system.daemon import Daemon, is_ours, record_of, stop_process, wait_until
+from cfn.system.daemon import (
+    LOG_ROTATE_BYTES,
+    Daemon,
+    is_ours,
+    record_of,
+    rotate_log,
+    stop_process,
+    wait_until,
+)
 from cfn.system.proc import proc_alive, proc_start_ticks
 
 #: Prints, creates its ready file, then waits; SIGTERM ends it (or, with "stubborn", not).
@@ -93,9 +101,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace(
         stop_process(pid, grace=0)
 
 
-def test_a_stop_without_a_signal_waits_for_another_request(
-    daemon: Daemon, tmp_path: Path
-) -> None:
+def test_a_stop_without_a_signal_waits_for_another_request(daemon: Daemon, tmp_path: Path) -> None:
     """Redis is asked with SHUTDOWN, then waited for; nothing else is sent first."""
     pid, _ = _start(daemon, tmp_path)
     timer = threading.Timer(0.3, os.kill, (pid, signal.SIGTERM))
@@ -131,3 +137,22 @@ def test_the_lock_serialises_starts(daemon: Daemon) -> None:
         order.append("first")
     thread.join(10)
     assert order == ["first", "second"]
+
+
+def test_a_log_past_its_limit_is_kept_once_as_dot_1(daemon: Daemon, tmp_path: Path) -> None:
+    log = daemon.log_file
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("the run before\n")
+    os.truncate(log, LOG_ROTATE_BYTES + 1)  # sparse: large to stat, nothing on disk
+    older = log.with_name(log.name + ".1")
+    older.write_text("the run before that\n")
+    pid, _ = _start(daemon, tmp_path)
+    try:
+        assert older.stat().st_size == LOG_ROTATE_BYTES + 1
+        assert older.read_bytes().startswith(b"the run before\n")
+        assert daemon.log_tail() == "hello from the server"
+        assert sorted(p.name for p in log.parent.glob(log.name + "*")) == [log.name, older.name]
+    finally:
+        stop_process(pid, grace=0)
+    assert not rotate_log(log)  # a small log stays where it is
+    assert not rotate_log(tmp_path / "no-such.log")

@@ -34,6 +34,9 @@ from typing import Any
 from cfn.system.proc import proc_alive, proc_cmdline, proc_start_ticks, reap, signal_pid
 
 POLL = 0.05
+#: A daemon's log above this when it starts again is kept as ``<log>.1`` (the one
+#: before is dropped) and a fresh log begun: one restart's worth of history, bounded.
+LOG_ROTATE_BYTES = 16 * 1024 * 1024
 KILL_WAIT = 5.0
 
 
@@ -95,6 +98,21 @@ def stop_process(
         while proc_alive(pid, start_ticks) and time.monotonic() < deadline:
             time.sleep(POLL / 5)
     reap(pid)
+    return True
+
+
+def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> bool:
+    """Keep ``path`` as ``path.1`` when it has grown past ``limit``; True if it did.
+
+    Called as a daemon starts, so a log and its one predecessor are all that is
+    kept, however often the daemon restarts. A running daemon's log grows until its
+    next start: the daemon writes to it through the descriptor it was started with."""
+    try:
+        if path.stat().st_size <= limit:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:  # no log yet, or it cannot be moved: the daemon still starts
+        return False
     return True
 
 
@@ -194,6 +212,7 @@ class Daemon:
         OSError / SubprocessError when it cannot be started."""
         path = log if log is not None else self.log_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rotate_log(path)
         log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             return subprocess.Popen(
