@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from playwright.async_api import (
     Browser,
@@ -53,6 +54,20 @@ ALWAYS_ALLOWED = ("about:blank", "data:*")
 
 
 def url_allowed(url: str, patterns: Sequence[str]) -> bool:
+    """Whether ``url`` matches the allow-list (fnmatch patterns over the whole URL).
+
+    A pattern such as ``http://127.0.0.1:*`` also matches
+    ``http://127.0.0.1:80@outside.example/``, whose host is ``outside.example``
+    (``127.0.0.1:80`` is its user info); URLs with user info, a backslash, whitespace
+    or control characters are therefore refused before any pattern is tried."""
+    if not isinstance(url, str) or not url.isprintable() or any(c in url for c in " \\"):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if "@" in parts.netloc:
+        return False
     return any(fnmatch.fnmatchcase(url, p) for p in (*ALWAYS_ALLOWED, *patterns))
 
 
