@@ -88,9 +88,17 @@ def test_human_decisions_proceed_and_abort(rig: Rig) -> None:
         time.sleep(0.05)
     blocked = [c for c in rig.client.client_list() if c["cmd"] == "brpop" and "b" in c["flags"]]
     assert len(blocked) == 2, blocked
-    calls = command_calls(rig)
-    time.sleep(1.0)  # observing silence: there is no event to wait for
-    assert command_calls(rig) == calls
+    # Observing silence (there is no event to wait for): a full second in which Redis
+    # serves no command. A write already under way (the LLM gateway records its calls
+    # off the request path) may land in the first windows; a poller never goes quiet.
+    quiet = []
+    for _ in range(5):
+        calls = command_calls(rig)
+        time.sleep(1.0)
+        quiet.append(command_calls(rig) - calls)
+        if quiet[-1] == 0:
+            break
+    assert quiet[-1] == 0, quiet
     assert first.poll() is None and second.poll() is None
 
     go = rig.cfn("decide", "T1", "proceed")
@@ -111,11 +119,13 @@ def test_human_decisions_proceed_and_abort(rig: Rig) -> None:
     assert json.loads(rig.client.get("coord:T2:decision") or "{}")["decision"] == "ABORT"
 
     # Decided already: refused, the recorded decision named, nothing sent.
-    before = rig.client.dbsize()
+    before = set(rig.client.keys("*"))
     again = rig.cfn("decide", "T1", "ABORT")
     assert again.returncode == 1
     assert "not waiting for a decision (its last decision: PROCEED)" in error_line(again)
-    assert rig.client.llen("coord:T1:decision:input") == 0 and rig.client.dbsize() == before
+    # no key made (one with a TTL, a heartbeat say, may expire meanwhile)
+    assert rig.client.llen("coord:T1:decision:input") == 0
+    assert set(rig.client.keys("*")) <= before
     with rig.store() as store:
         assert len(store.decisions("T1")) == 1 and store.get_task("T1").status == "succeeded"
 

@@ -99,18 +99,7 @@ class SentinelCluster:
         assert self.sentinel is not None
         master = self.master_port()
         (other,) = (port for port in self.nodes if port != master)
-        client = redis.Redis(host="127.0.0.1", port=self.sentinel.port, decode_responses=True)
-        try:
-            replicas = client.sentinel_slaves(self.master_name)
-        finally:
-            client.close()
-        seen = any(
-            int(item["port"]) == other
-            and set(str(item.get("flags", "")).split(",")) == {"slave"}
-            and item.get("master-link-status") == "ok"
-            for item in replicas
-        )
-        if not seen:
+        if not self.sentinel.knows_replica(other):
             return False
         node = self.nodes[other].client()
         try:
