@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -56,8 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
     one waited on its lock. Started here, it overlaps the rest of the suite; the
     workers' ``engine`` fixture then waits on the same lock only if it is not done.
     """
-    global _image_build
-    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+    global _image_build, _podman_was_running
+    if hasattr(config, "workerinput"):
+        return
+    _podman_was_running = _podman_running()
+    if not config.getoption("numprocesses", None):
         return
     root = Path(__file__).resolve().parent.parent
     paths = [Path(a.split("::")[0]).resolve() for a in config.args] or [root / "tests"]
@@ -124,6 +128,32 @@ def _stop_test_gateways(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _image_build is not None:
         _image_build.join()
+    if not hasattr(config, "workerinput") and _podman_was_running is False:
+        _stop_podman()
+
+
+#: Whether the checkout's podman service ran before this run (None: not known).
+_podman_was_running: bool | None = None
+
+
+def _podman_running() -> bool | None:
+    from cfn.system.podman import PodmanService
+    from tests.deploy.conftest import image_settings
+
+    try:
+        return PodmanService(image_settings()).pid() is not None
+    except Exception:  # no podman here: nothing to stop afterwards either
+        return None
+
+
+def _stop_podman() -> None:
+    """The podman service this run started goes with it (it runs with --time=0: a fresh
+    clone's service, left behind, would burn CPU on this machine for good)."""
+    from cfn.system.podman import PodmanService
+    from tests.deploy.conftest import image_settings
+
+    with contextlib.suppress(Exception):
+        PodmanService(image_settings()).stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
