@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -300,3 +301,19 @@ async def test_embedded_redis_takes_agent_users(tmp_path: Path) -> None:
         admin.close()
     finally:
         embedded.stop()
+
+
+async def test_a_delete_that_fails_is_tried_again_then_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A busy machine can time a DELUSER out; the user would keep its rights, so the
+    delete is tried again (acl.DELETE_RETRIES) before one warning says it failed."""
+    from tests.support.servers import free_port
+
+    users = acl.AgentAcl([f"redis://127.0.0.1:{free_port()}/0"], "on")  # nothing listens
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="cfn.coordination.acl"):
+        await users.delete("t1", "impl-1-1")  # never raises
+    assert time.monotonic() - began >= sum(acl.DELETE_RETRIES)
+    warned = [r for r in caplog.records if "could not delete" in r.getMessage()]
+    assert len(warned) == 1 and "cfn:t1:impl-1-1" in warned[0].getMessage()

@@ -29,6 +29,7 @@ once and gives agents the shared credentials; ``on`` makes that an error;
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -187,6 +188,10 @@ def agent_environment(
     return env
 
 
+#: Pauses (s) before each further try of a failed ACL DELUSER.
+DELETE_RETRIES = (0.5, 2.0)
+
+
 class AgentAcl:
     """Creates and deletes agents' ACL users through an admin connection."""
 
@@ -252,7 +257,18 @@ class AgentAcl:
         if not self.enabled:
             return
         for url in self.admin_urls:
-            try:
-                await self._on(url, "ACL", "DELUSER", username)
-            except (RedisError, OSError) as exc:
-                log.warning("could not delete Redis ACL user %s (%s)", username, type(exc).__name__)
+            # A busy machine can time a connection out: a user left behind would keep
+            # its rights until someone deletes it, so a failed delete is tried again.
+            for pause in (*DELETE_RETRIES, None):
+                try:
+                    await self._on(url, "ACL", "DELUSER", username)
+                    break
+                except (RedisError, OSError) as exc:
+                    if pause is None:
+                        log.warning(
+                            "could not delete Redis ACL user %s (%s)",
+                            username,
+                            type(exc).__name__,
+                        )
+                    else:
+                        await asyncio.sleep(pause)
