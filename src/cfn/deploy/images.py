@@ -350,7 +350,7 @@ class ImageBuilder:
         deps_want = _sha([RECIPE.encode(), *(d.encode() for d in deps)])
         stamp = deps_dir / ".inputs"
         shared = self.settings.cache_dir / "wheels" / deps_want
-        if stamp.exists() and stamp.read_text() == deps_want:
+        if _complete(deps_dir, deps_want):
             report.cached.append("dependency wheels")
         elif _complete(shared, deps_want):
             self.progress("wheels", f"dependency wheels from {shared}")
@@ -374,7 +374,7 @@ class ImageBuilder:
         sources += _tree_files(self.root / "src")
         cfn_want = _tree_hash(self.root, sources)
         stamp = cfn_dir / ".inputs"
-        if stamp.exists() and stamp.read_text() == cfn_want:
+        if _complete(cfn_dir, cfn_want):
             report.cached.append("cfn wheel")
         else:
             self.progress("wheels", "pip wheel: cfn")
