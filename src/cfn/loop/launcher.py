@@ -15,7 +15,8 @@ import contextlib
 import logging
 import shlex
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfn.agents.context import generate_cli_context, resolve_endpoint
@@ -65,6 +66,15 @@ GATEWAY_RECHECK = 30.0
 _REAPERS: set[asyncio.Future[None]] = set()
 
 
+def _in_background(work: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    """Run ``work`` as its own task, kept alive until done (the loop only holds weak
+    references to tasks)."""
+    task = asyncio.ensure_future(work)
+    _REAPERS.add(task)
+    task.add_done_callback(_REAPERS.discard)
+    return task
+
+
 def describe_exit(info: ExitInfo) -> str:
     return info.reason or info.status
 
@@ -77,6 +87,7 @@ class _Running:
     model: str | None
     acl: AgentAcl | None = None
     backend: str | None = None
+    _deleting: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def pid(self) -> int:
@@ -97,15 +108,20 @@ class _Running:
         ran (an agent that reported before the collector looked), so ``wait``'s own
         cancellation is not enough."""
         if self.acl is not None:
-            task = asyncio.ensure_future(self._drop_user_after_exit())
-            _REAPERS.add(task)
-            task.add_done_callback(_REAPERS.discard)
+            _in_background(self._drop_user_after_exit())
 
     async def _drop_user(self) -> None:
-        """The agent has ended: delete its Redis ACL user (and with it any connection)."""
+        """The agent has ended: delete its Redis ACL user (and with it any connection).
+
+        The deletion is a task of its own that a cancellation of the caller does not
+        reach: the orchestrator cancels an agent's watcher once its team is collected,
+        and a watcher cancelled while it talked to Redis left the user behind for good
+        (``self.acl`` was already cleared, so ``release`` had nothing left to do)."""
         if self.acl is not None:
             acl, self.acl = self.acl, None
-            await acl.delete(self.handle.task_id, self.handle.agent_id)
+            self._deleting = _in_background(acl.delete(self.handle.task_id, self.handle.agent_id))
+        if self._deleting is not None:
+            await asyncio.shield(self._deleting)
 
     async def _drop_user_after_exit(self) -> None:
         try:
