@@ -8,8 +8,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from cfn.cli.launch import forkable
+from cfn.settings import early
+from cfn.system import forkwire
 from cfn.system.proc import proc_alive
 from tests.support.servers import RedisServer, cfn_env
 
@@ -162,3 +166,44 @@ def test_signals_reach_the_command_and_a_dead_caller_takes_it_along(
     caller.kill()
     caller.wait()
     assert wait_for(lambda: not proc_alive(command), timeout=30)
+
+
+def test_a_signal_before_the_pid_arrives_is_held_and_relayed() -> None:
+    """A Ctrl-C between the server's fork and the pid line reaches the command (it used
+    to kill the caller by the default handler and leave the command running)."""
+    # A short directory: a unix socket's path holds at most 107 bytes.
+    short = tempfile.TemporaryDirectory(prefix="cfn-sig-", dir="/tmp")
+    env = {**os.environ, "CFN_AGENT_SERVER": "auto", "CFN_AGENT_SERVER_DIR": short.name}
+    path = early.launcher_socket(env)
+    assert path is not None
+    Path(path).parent.mkdir(parents=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(30)
+    command = subprocess.Popen(["sleep", "60"])  # stands in for the forked command
+    caller = subprocess.Popen(
+        [*CFN, "signal", "wait", "--task-id", "T1", "--channel", "c"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            assert conn.recv(1) == forkwire.COMMAND
+            caller.send_signal(signal.SIGINT)  # the pid is not sent yet
+            time.sleep(0.3)
+            assert caller.poll() is None  # held, not fatal
+            conn.sendall(forkwire.pid_line(command.pid))
+            assert command.wait(timeout=30) == -signal.SIGINT  # relayed once the pid came
+            conn.sendall(forkwire.exit_line(signal.SIGINT, 0.0, 0.0, 0))
+            _out, err = caller.communicate(timeout=30)
+        assert caller.returncode == 130 and "Traceback" not in err
+    finally:
+        for process in (command, caller):
+            process.kill()
+            process.wait()
+        listener.close()
+        short.cleanup()

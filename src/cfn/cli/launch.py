@@ -87,6 +87,10 @@ def run_on_server(argv: list[str], path: str) -> int | None:
     """Run the command on the server at ``path``; its exit code, or None when the server
     did not take it (then nothing ran, and the caller runs it itself)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    # Signals wait until the relay is in place: a Ctrl-C between the server's fork and
+    # the pid's arrival used to kill this process by the default handler and leave the
+    # command running on.
+    unblocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, RELAYED)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
         connect_unix(sock, path)
@@ -98,6 +102,8 @@ def run_on_server(argv: list[str], path: str) -> int | None:
         pid = wire.parse_pid(wire.read_line(sock.recv))
     except (OSError, ValueError):
         sock.close()
+        # A Ctrl-C that came meanwhile is raised here (KeyboardInterrupt, see main).
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, unblocked)
         return None  # not there, or refused (stale code, ...): nothing was forked
 
     def relay(signum: int, _frame: object) -> None:
@@ -108,6 +114,7 @@ def run_on_server(argv: list[str], path: str) -> int | None:
 
     for signum in RELAYED:
         _signal.signal(signum, relay)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, unblocked)  # one held meanwhile is relayed
     try:
         sock.settimeout(None)
         report = wire.parse_exit(wire.read_line(sock.recv))
@@ -143,7 +150,10 @@ def main() -> None:
     wanted = forkable(argv)
     path = early.launcher_socket() if wanted else None
     if path is not None:
-        code = run_on_server(argv, path)
+        try:
+            code = run_on_server(argv, path)
+        except KeyboardInterrupt:  # before anything was forked: as a plain run ends
+            sys.exit(130)
         if code is not None:
             sys.exit(code)
     from cfn.cli.main import main as run_here
