@@ -296,3 +296,19 @@ def test_computed_imports_are_the_known_ones() -> None:
             ):
                 found.add(name)
     assert found == set(COMPUTED_IMPORTS)
+
+
+def test_no_asyncio_wait_for() -> None:
+    """``asyncio.timeout`` only: on Python 3.11 ``asyncio.wait_for`` drops a cancellation
+    that arrives as the awaited thing finishes, and a stopped task runs on."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "wait_for"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "asyncio"
+            ):
+                found.append(f"{name}:{node.lineno}")
+    assert found == []

@@ -588,7 +588,8 @@ async def _bounded(
 ) -> list[Check]:
     began = time.perf_counter()
     try:
-        result = await asyncio.wait_for(make(), limit)
+        async with asyncio.timeout(limit):
+            result = await make()
     except TimeoutError:
         return [Check(name, "error", f"no answer within {limit:g} s", _ms(began))]
     except CfnError as exc:

@@ -374,7 +374,8 @@ async def kill_agent(
     handle = await spawner_for(settings).attach(agent.task_id, agent.agent_id)
     await (handle.stop() if graceful else handle.kill())
     try:
-        return await asyncio.wait_for(handle.wait(), wait)
+        async with asyncio.timeout(wait):
+            return await handle.wait()
     except TimeoutError:
         raise CfnError(f"{agent.name} did not end within {wait:g} s of the signal") from None
 

@@ -661,6 +661,19 @@ KILL_POINTS = [
 ]
 
 
+async def test_a_stop_that_comes_with_a_completion_is_not_lost() -> None:
+    """A cancellation that arrives while the board's change is already set still ends
+    the collect (asyncio.wait_for on Python 3.11 returned the result and dropped it,
+    and the orchestrator ran on after a kill)."""
+    board = InMemoryBoard()
+    collect = asyncio.ensure_future(board.collect("t1", ["impl-1-1", "impl-2-1"], 60.0))
+    await asyncio.sleep(0.01)  # it waits for a change
+    board.complete("t1", "impl-1-1", payload={"confidence": 0.9})
+    collect.cancel()  # in the same turn of the event loop
+    await asyncio.wait({collect}, timeout=5.0)
+    assert collect.cancelled()
+
+
 @pytest.mark.parametrize(("kind", "detail"), KILL_POINTS, ids=[f"{k}-{d}" for k, d in KILL_POINTS])
 async def test_resume_after_a_kill_at_every_step_finishes_the_task_once(
     cleanup: list[InMemoryLoop], kind: str, detail: str | None

@@ -452,13 +452,15 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     try:
         _signal_all(pgid, tree, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), TERM_GRACE)
+            async with asyncio.timeout(TERM_GRACE):
+                await proc.wait()
     finally:
         # Whatever the CLI did not stop (or everything, when cancelled mid-grace);
         # processes started during the grace are found again.
         _signal_all(pgid, tree | _descendants(pgid), signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), TERM_GRACE)
+        async with asyncio.timeout(TERM_GRACE):
+            await proc.wait()
 
 
 def _stderr_tail(run: ClaudeRun) -> str:

@@ -125,7 +125,8 @@ class _Running:
 
     async def _drop_user_after_exit(self) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(self.handle.wait()), REAP_WAIT)
+            async with asyncio.timeout(REAP_WAIT):
+                await asyncio.shield(self.handle.wait())
         except TimeoutError:
             pass
         except Exception as exc:  # the user goes whatever waiting for the process did

@@ -201,7 +201,8 @@ class _Changes:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter, max(0.0, timeout))
+            async with asyncio.timeout(max(0.0, timeout)):
+                await waiter
 
 
 class InMemoryBoard:

@@ -159,9 +159,8 @@ class Team:
                 after, steps = read.result()
                 await self._emit_steps(task_id, agent_id, steps)
             with contextlib.suppress(TimeoutError):
-                after, steps = await asyncio.wait_for(
-                    self.board.agent_steps(task_id, agent_id, after, 0), RELAY_DRAIN
-                )
+                async with asyncio.timeout(RELAY_DRAIN):
+                    after, steps = await self.board.agent_steps(task_id, agent_id, after, 0)
                 await self._emit_steps(task_id, agent_id, steps)
         finally:
             stopping.cancel()

@@ -295,7 +295,8 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def _take(self) -> tuple[str, dict[str, str], bool] | None:
         """A dead worker's task (XAUTOCLAIM), else a new one (XREADGROUP BLOCK)."""

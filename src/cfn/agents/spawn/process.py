@@ -231,7 +231,8 @@ async def _read_ready(fd: int, timeout: float) -> bytes:
 
     loop.add_reader(fd, on_readable)
     try:
-        await asyncio.wait_for(done, timeout)
+        async with asyncio.timeout(timeout):
+            await done
     finally:
         loop.remove_reader(fd)
     return b"".join(chunks)
