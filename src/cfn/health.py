@@ -44,8 +44,7 @@ from cfn.coordination.connection import RedisManager, mask_url
 from cfn.coordination.embedded import EmbeddedRedis
 from cfn.errors import CfnError, ConfigError, InvalidInputError
 from cfn.mcp.launcher import Launcher
-from cfn.mcp.routing import SERVERS
-from cfn.mcp.serve import GATEWAY
+from cfn.mcp.routing import GATEWAY, SERVERS
 from cfn.settings import Settings
 from cfn.store import migrate
 from cfn.store.engine import database_url, describe, make_engine, ping

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cfn.deploy.images import _complete, _share, build_cfn_wheel
+from cfn.deploy.images import BuildReport, ImageBuilder, _complete, _prune, _share, build_cfn_wheel
 from cfn.settings import Settings, find_project_root
 
 
@@ -42,6 +42,37 @@ def test_the_cfn_wheel_has_the_same_bytes_in_two_checkouts(tmp_path: Path) -> No
     assert digests[0] == digests[1]
 
 
+def test_a_second_checkout_takes_the_cfn_wheel_from_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    reports, wheels = [], []
+    for n in range(2):
+        checkout = _checkout_copy(tmp_path / f"checkout{n}", 1_600_000_000 + n)
+        settings = Settings(cfn_cache_dir=cache, cfn_state_dir=checkout / ".cfn")
+        builder = ImageBuilder(settings, client=None)  # type: ignore[arg-type]  # no engine needed
+        builder.root = checkout
+        report = BuildReport()
+        builder.build_cfn_wheel(report)
+        reports.append(report)
+        (wheel,) = (checkout / ".cfn" / "images" / "context" / "wheels" / "cfn").glob("*.whl")
+        wheels.append(wheel.read_bytes())
+    assert reports[0].built == ["cfn wheel"] and reports[0].cached == []
+    assert reports[1].built == [] and reports[1].cached == ["cfn wheel"]
+    assert wheels[0] == wheels[1]
+    assert [p.name[:4] for p in (cache / "wheels").iterdir()] == ["cfn-"]
+
+
+def test_only_the_newest_cfn_wheels_are_kept(tmp_path: Path) -> None:
+    for n in range(10):
+        (tmp_path / f"cfn-{n}").mkdir()
+        os.utime(tmp_path / f"cfn-{n}", (1_600_000_000 + n, 1_600_000_000 + n))
+    (tmp_path / "deadbeef").mkdir()  # a set of dependency wheels: not the cfn wheel's
+    _prune(tmp_path, "cfn-", 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        *(f"cfn-{n}" for n in range(2, 10)),
+        "deadbeef",
+    ]
+
+
 def test_shared_wheels_appear_whole_or_not_at_all(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -63,7 +94,7 @@ def test_shared_wheels_appear_whole_or_not_at_all(
     blocked.write_text("not a directory")
     with caplog.at_level(logging.WARNING, logger="cfn.deploy.images"):
         _share(built, blocked / "wheels" / "inputs-1")
-    assert "cannot cache the dependency wheels" in caplog.text
+    assert "cannot cache the wheels" in caplog.text
 
 
 def test_the_cache_dir_follows_its_settings(tmp_path: Path) -> None:

@@ -3,11 +3,16 @@ with an agent's token, as Claude Code does with ANTHROPIC_BASE_URL=<portal>/llm.
 
 from __future__ import annotations
 
-import anthropic
 import httpx
+import pytest
 
 from cfn.providers.gateway.server import mint_agent_token
 from tests.portal.conftest import RunningPortal, wait_for
+from tests.support.lazy import LazyModule
+
+anthropic = LazyModule("anthropic")  # imported by the worker that runs these tests
+# One xdist worker runs the tests that import the SDKs (seconds of CPU each).
+pytestmark = pytest.mark.xdist_group("llm-sdks")
 
 
 def test_portal_serves_the_llm_gateway_under_llm(bare_portal: RunningPortal) -> None:

@@ -62,6 +62,9 @@ BASE_PACKAGES = (
 #: Bump when the recipe changes in a way the inputs below do not show.
 RECIPE = "1"
 LABEL = "cfn.inputs"
+#: The shared cfn wheels (``<cache>/wheels/cfn-<sources' sha256>``) and how many are kept.
+CFN_WHEEL_PREFIX = "cfn-"
+CFN_WHEELS_KEPT = 8
 #: SOURCE_DATE_EPOCH for the cfn wheel: 1980-01-01, the earliest time a zip stores.
 WHEEL_EPOCH = "315532800"
 #: The setuptools major version pyproject.toml's [build-system] asks for (">=77").
@@ -117,7 +120,7 @@ def _complete(folder: Path, inputs: str) -> bool:
 
 
 def _share(built: Path, shared: Path) -> None:
-    """Copy freshly built dependency wheels into the machine's cache, atomically.
+    """Copy freshly built wheels into the machine's cache, atomically.
 
     The copy is made beside its final place and renamed into it, so another checkout
     building at the same time finds either nothing or a complete set; whoever
@@ -127,16 +130,30 @@ def _share(built: Path, shared: Path) -> None:
         shared.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".wheels-", dir=shared.parent))
     except OSError as exc:
-        log.warning("cannot cache the dependency wheels in %s: %s", shared.parent, exc)
+        log.warning("cannot cache the wheels in %s: %s", shared.parent, exc)
         return
     try:
         shutil.copytree(built, scratch / "w")
         os.replace(scratch / "w", shared)
     except OSError as exc:
         if not _complete(shared, (built / ".inputs").read_text()):
-            log.warning("cannot cache the dependency wheels in %s: %s", shared, exc)
+            log.warning("cannot cache the wheels in %s: %s", shared, exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prune(folder: Path, prefix: str, keep: int) -> None:
+    """Remove all but the ``keep`` newest entries of ``folder`` named ``prefix...``."""
+    try:
+        found = sorted(
+            (p for p in folder.iterdir() if p.name.startswith(prefix)),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return
+    for old in found[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_cfn_wheel(python: str, root: Path, out: Path, *, scratch: Path) -> None:
@@ -345,7 +362,6 @@ class ImageBuilder:
         started = time.monotonic()
         wheels = self.context / "wheels"
         deps_dir = wheels / "deps"
-        cfn_dir = wheels / "cfn"
         deps = self.dependencies()
         deps_want = _sha([RECIPE.encode(), *(d.encode() for d in deps)])
         stamp = deps_dir / ".inputs"
@@ -370,11 +386,25 @@ class ImageBuilder:
             stamp.write_text(deps_want)
             _share(deps_dir, shared)
             report.built.append("dependency wheels")
+        self.build_cfn_wheel(report)
+        report.seconds["wheels"] = round(time.monotonic() - started, 1)
+
+    def build_cfn_wheel(self, report: BuildReport) -> None:
+        """cfn's own wheel into the build context: kept, taken from the cache, or built."""
+        cfn_dir = self.context / "wheels" / "cfn"
         sources = [self.root / "pyproject.toml", self.root / "README.md"]
         sources += _tree_files(self.root / "src")
         cfn_want = _tree_hash(self.root, sources)
         stamp = cfn_dir / ".inputs"
+        # Every clone of one commit has the same sources, so the wheel is shared too
+        # (a fresh clone of a tested commit builds nothing); the newest few are kept.
+        shared = self.settings.cache_dir / "wheels" / f"{CFN_WHEEL_PREFIX}{cfn_want}"
         if _complete(cfn_dir, cfn_want):
+            report.cached.append("cfn wheel")
+        elif _complete(shared, cfn_want):
+            self.progress("wheels", f"cfn wheel from {shared}")
+            shutil.rmtree(cfn_dir, ignore_errors=True)
+            shutil.copytree(shared, cfn_dir)
             report.cached.append("cfn wheel")
         else:
             self.progress("wheels", "pip wheel: cfn")
@@ -382,8 +412,9 @@ class ImageBuilder:
             cfn_dir.mkdir(parents=True)
             build_cfn_wheel(self.python, self.root, cfn_dir, scratch=self.dir)
             stamp.write_text(cfn_want)
+            _share(cfn_dir, shared)
+            _prune(shared.parent, CFN_WHEEL_PREFIX, CFN_WHEELS_KEPT)
             report.built.append("cfn wheel")
-        report.seconds["wheels"] = round(time.monotonic() - started, 1)
 
     # --- 3. images ----------------------------------------------------------------------
 

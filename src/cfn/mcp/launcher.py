@@ -34,8 +34,7 @@ import httpx
 
 from cfn.errors import McpServerError
 from cfn.mcp import forked
-from cfn.mcp.routing import SERVERS
-from cfn.mcp.serve import GATEWAY, port_of
+from cfn.mcp.routing import GATEWAY, SERVERS, port_of
 from cfn.settings import Settings, early
 from cfn.system import forkwire
 from cfn.system.cgroups import Cgroups

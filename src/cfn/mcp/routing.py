@@ -53,6 +53,17 @@ SERVERS: dict[str, ServerSpec] = {
     )
 }  # fmt: skip
 
+#: The authenticating gateway's name where a server's name goes (``cfn.mcp.serve gateway``).
+GATEWAY = "gateway"
+
+
+def port_of(name: str, settings: Settings) -> int:
+    """The port of a server, or of the gateway."""
+    if name == GATEWAY:
+        return settings.mcp_gateway_port
+    return SERVERS[name].port(settings)
+
+
 DEFAULT_SKILL_MAPPING: dict[str, tuple[str, ...]] = {
     "browser-automation": ("playwright",),
     "redis-management": ("redis-tools",),

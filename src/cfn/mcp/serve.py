@@ -20,14 +20,13 @@ from starlette.types import ASGIApp
 from cfn.errors import CfnError
 from cfn.mcp.audit import AuditLog, audit_path
 from cfn.mcp.base import Common
-from cfn.mcp.routing import SERVERS, skill_mapping
+from cfn.mcp.routing import GATEWAY, SERVERS, port_of, skill_mapping
 from cfn.mcp.tokens import TokenAuthority
 from cfn.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from cfn.store.repository import Store
 
-GATEWAY = "gateway"
 KEEP_ALIVE = 60
 QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "alembic")
 
@@ -67,12 +66,6 @@ def _http_protocol() -> type[asyncio.Protocol] | Literal["auto"]:
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
         return "auto"
     return http_protocol()
-
-
-def port_of(name: str, settings: Settings) -> int:
-    if name == GATEWAY:
-        return settings.mcp_gateway_port
-    return SERVERS[name].port(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic
 import httpx
-import openai
 import pytest
 
 from cfn.coordination.connection import RedisManager
@@ -18,6 +16,7 @@ from cfn.mcp.tokens import TokenAuthority
 from cfn.providers import RedisLedger
 from cfn.providers.gateway.tokens import LlmTokenAuthority
 from tests.providers.gateway.conftest import GatewayFactory, wait_for
+from tests.support.lazy import LazyModule
 from tests.support.llm_servers import (
     LLMServer,
     anthropic_sse,
@@ -26,6 +25,11 @@ from tests.support.llm_servers import (
     openai_sse,
 )
 from tests.support.servers import RedisServer
+
+anthropic = LazyModule("anthropic")  # imported by the worker that runs these tests
+openai = LazyModule("openai")  # imported by the worker that runs these tests
+# One xdist worker runs the tests that import the SDKs (seconds of CPU each).
+pytestmark = pytest.mark.xdist_group("llm-sdks")
 
 
 async def test_anthropic_sdk_streams_text_and_tool_use_from_an_openai_provider(
