@@ -207,3 +207,26 @@ def test_a_signal_before_the_pid_arrives_is_held_and_relayed() -> None:
             process.wait()
         listener.close()
         short.cleanup()
+
+
+def test_a_command_that_outlives_its_dead_callers_interrupt_is_killed() -> None:
+    """The forked command of a caller that died gets SIGINT, then SIGKILL after the grace
+    (a command that took the interrupt for something else ran on for its whole timeout)."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, socket, time\n"
+            "from cfn.cli.served import _watch_caller\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)  # deaf to the interrupt\n"
+            "ours, caller = socket.socketpair()\n"
+            "_watch_caller(ours)\n"
+            "caller.close()  # the caller dies\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    try:
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()

@@ -25,12 +25,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from cfn.agents import forkserver
 from cfn.mcp import forked
 from cfn.providers.gateway import forked as gateway_forked
 from cfn.system import forkwire as wire
+
+#: Seconds a command whose caller died has to end after the SIGINT, before SIGKILL.
+CALLER_GONE_GRACE = 2.0
 
 
 def _preload() -> None:
@@ -91,7 +95,14 @@ def _read_payload(conn: socket.socket) -> bytes:
 
 
 def _watch_caller(conn: socket.socket) -> None:
-    """Interrupt the command once the caller's end of the connection closes."""
+    """Interrupt the command once the caller's end of the connection closes, and end it
+    for good if the interruption does not (the caller waits for the command's end, so
+    only a caller killed outright closes first, and a plain run would be gone with it).
+
+    A command may outlive a Ctrl-C: code that takes KeyboardInterrupt or a cancellation
+    for something else runs on, holding its Redis connections and subscriptions, for as
+    long as its own timeout says.
+    """
 
     def watch() -> None:
         try:
@@ -101,6 +112,8 @@ def _watch_caller(conn: socket.socket) -> None:
         except OSError:
             pass
         os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(CALLER_GONE_GRACE)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="cfn-caller-watch", daemon=True).start()
 
