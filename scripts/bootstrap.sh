@@ -41,15 +41,30 @@ fi
 # unpacking and compiling one wheel after another); the system pip only puts uv
 # itself into .venv. pip stays available in .venv for users, and is the fallback
 # when uv cannot be had.
+# uv is one static executable: a copy in the machine's cache (refreshed weekly) spares
+# each fresh clone the ~4 s of starting pip to fetch it.
+CACHE_DIR="${CFN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cfn}"
+install_uv() {
+  local cached="$CACHE_DIR/bin/uv"
+  if [ -n "$(find "$cached" -mtime -7 2>/dev/null)" ] && "$cached" --version >/dev/null 2>&1; then
+    cp "$cached" .venv/bin/uv && return 0
+  fi
+  "$PYTHON" -m pip --python .venv/bin/python install -q uv >/dev/null 2>&1 || return 1
+  if mkdir -p "$CACHE_DIR/bin" 2>/dev/null && cp .venv/bin/uv "$cached.$$" 2>/dev/null; then
+    mv -f "$cached.$$" "$cached"
+  fi
+  return 0
+}
+
 install_packages() {
   if [ ! -x .venv/bin/uv ]; then
-    "$PYTHON" -m pip --python .venv/bin/python install -q uv >/dev/null 2>&1 || return 1
+    install_uv || return 1
   fi
   # uv reads none of pip's settings; pass on the certificate bundle pip is told to use
   if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then
     export SSL_CERT_FILE="$PIP_CERT"
   fi
-  .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode pip -e '.[dev]'
+  .venv/bin/uv pip install -q --python .venv/bin/python pip -e '.[dev]'
 }
 
 stamp=.venv/.cfn-installed
@@ -64,9 +79,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Machines of this kind set PYTHONDONTWRITEBYTECODE=1, so Python never caches cfn's
-# own modules (pip compiles site-packages, not an editable install): every cfn
-# process (CLI command, agent, orchestrator, MCP server) would compile ~140 modules
-# from source again, 0.1-0.6 CPU-s each. compileall writes the caches regardless of
-# that variable and skips what is up to date.
+# Machines of this kind set PYTHONDONTWRITEBYTECODE=1, so Python never caches what
+# it imports: every cfn process (CLI command, agent, orchestrator, MCP server) would
+# compile its modules from source again, seconds of CPU each. py_compile writes the
+# caches regardless of that variable (scripts/compile_bytecode.py, once per install;
+# compileall for cfn's own sources, skipping what is up to date). Left out, as no
+# cfn process imports them: the LLM SDKs (two fifths of site-packages; one test
+# worker imports them), pip and setuptools (image builds), mypy and mypyc (mypy
+# runs its compiled extension modules, not the .py files beside them).
+SKIP='/site-packages/(anthropic|openai|pip|setuptools|pkg_resources|_distutils_hack|mypy|mypyc)/'
+if [ ! -f .venv/.cfn-compiled ] || [ "$(cat .venv/.cfn-compiled)" != "$want" ]; then
+  .venv/bin/python scripts/compile_bytecode.py "$SKIP" .venv/lib/python3*/site-packages
+  echo "$want" > .venv/.cfn-compiled
+fi
 .venv/bin/python -m compileall -q -j 0 src >/dev/null
