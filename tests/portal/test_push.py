@@ -357,3 +357,11 @@ def test_malformed_socketio_packets_are_dropped_in_a_line_each_second(
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     dropped = [r for r in caplog.records if "malformed Socket.IO" in r.getMessage()]
     assert 1 <= len(dropped) <= 5, [r.getMessage() for r in dropped]
+
+
+def test_every_login_code_reads_back() -> None:
+    """Its nonce is an id: one that began with '-' made one code in 64 unreadable."""
+    secret = b"k" * 48
+    for _ in range(500):
+        code = mint_login_code(secret, "dashboard", "operator", session_ttl=600)
+        assert read_login_code(secret, code).sub == "dashboard"

@@ -280,7 +280,8 @@ def mint_login_code(
         "r": role,
         "e": issued + int(ttl),
         "t": int(session_ttl),
-        "n": secrets.token_urlsafe(12),
+        # hex: a nonce is an id (keys.validate_id), and an id may not start with "-"
+        "n": secrets.token_hex(12),
     }
     payload = _b64(json.dumps(body, separators=(",", ":")).encode())
     return f"{payload}.{_b64(_login_mac(secret, payload))}"
