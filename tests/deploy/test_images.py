@@ -102,3 +102,23 @@ def test_the_cache_dir_follows_its_settings(tmp_path: Path) -> None:
     assert Settings(xdg_cache_home=tmp_path / "x").cache_dir == tmp_path / "x" / "cfn"
     unset = Settings(cfn_cache_dir=None, xdg_cache_home=None)
     assert unset.cache_dir == (Path.home() / ".cache" / "cfn").resolve()
+
+
+def test_the_shared_dependency_wheels_replace_a_checkouts_older_set(tmp_path: Path) -> None:
+    """Unpinned requirements: a set built before a new release and one built after have
+    the same inputs; every checkout takes the shared one, so their images agree."""
+    settings = Settings(cfn_cache_dir=tmp_path / "cache", cfn_state_dir=tmp_path / ".cfn")
+    builder = ImageBuilder(settings, client=None)  # type: ignore[arg-type]  # no engine needed
+    inputs = builder.dependency_inputs()
+    mine = builder.context / "wheels" / "deps"
+    shared = settings.cache_dir / "wheels" / inputs
+    for folder, version in ((mine, "0.29.2"), (shared, "0.29.3")):
+        folder.mkdir(parents=True)
+        (folder / f"typer-{version}-py3-none-any.whl").write_bytes(b"wheel")
+        (folder / ".inputs").write_text(inputs)
+    report = BuildReport()
+    builder.build_dependency_wheels(report)
+    assert sorted(p.name for p in mine.iterdir()) == [".inputs", "typer-0.29.3-py3-none-any.whl"]
+    assert report.cached == ["dependency wheels"] and report.built == []
+    builder.build_dependency_wheels(report)  # the same set now: nothing to do
+    assert report.cached == ["dependency wheels"] * 2

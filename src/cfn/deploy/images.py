@@ -119,6 +119,11 @@ def _complete(folder: Path, inputs: str) -> bool:
         return False
 
 
+def _listing(folder: Path) -> list[tuple[str, int]]:
+    """The names and sizes of a folder's wheels: what tells two sets apart."""
+    return sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+
+
 def _share(built: Path, shared: Path) -> None:
     """Copy freshly built wheels into the machine's cache, atomically.
 
@@ -360,13 +365,26 @@ class ImageBuilder:
 
     def build_wheels(self, report: BuildReport) -> None:
         started = time.monotonic()
-        wheels = self.context / "wheels"
-        deps_dir = wheels / "deps"
+        self.build_dependency_wheels(report)
+        self.build_cfn_wheel(report)
+        report.seconds["wheels"] = round(time.monotonic() - started, 1)
+
+    def dependency_inputs(self) -> str:
+        return _sha([RECIPE.encode(), *(d.encode() for d in self.dependencies())])
+
+    def build_dependency_wheels(self, report: BuildReport) -> None:
+        """The dependencies' wheels into the build context: kept, from the cache, or built."""
+        deps_dir = self.context / "wheels" / "deps"
         deps = self.dependencies()
-        deps_want = _sha([RECIPE.encode(), *(d.encode() for d in deps)])
+        deps_want = self.dependency_inputs()
         stamp = deps_dir / ".inputs"
         shared = self.settings.cache_dir / "wheels" / deps_want
-        if _complete(deps_dir, deps_want):
+        # The machine's shared set wins over this checkout's: the requirements are not
+        # pinned, so two sets for the same inputs may differ by a release made between
+        # their builds, and images built from each would replace each other's.
+        if _complete(deps_dir, deps_want) and not (
+            _complete(shared, deps_want) and _listing(shared) != _listing(deps_dir)
+        ):
             report.cached.append("dependency wheels")
         elif _complete(shared, deps_want):
             self.progress("wheels", f"dependency wheels from {shared}")
@@ -386,8 +404,6 @@ class ImageBuilder:
             stamp.write_text(deps_want)
             _share(deps_dir, shared)
             report.built.append("dependency wheels")
-        self.build_cfn_wheel(report)
-        report.seconds["wheels"] = round(time.monotonic() - started, 1)
 
     def build_cfn_wheel(self, report: BuildReport) -> None:
         """cfn's own wheel into the build context: kept, taken from the cache, or built."""
