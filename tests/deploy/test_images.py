@@ -31,33 +31,31 @@ def _checkout_copy(dest: Path, mtime: int) -> Path:
     return dest
 
 
-def test_the_cfn_wheel_has_the_same_bytes_in_two_checkouts(tmp_path: Path) -> None:
-    digests = []
-    for n, mtime in enumerate((1_600_000_000, 1_700_000_000)):
-        checkout = _checkout_copy(tmp_path / f"checkout{n}", mtime)
-        out = tmp_path / f"out{n}"
-        build_cfn_wheel(sys.executable, checkout, out, scratch=tmp_path)
-        (wheel,) = out.glob("cfn-*.whl")
-        digests.append(hashlib.sha256(wheel.read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
-
-
-def test_a_second_checkout_takes_the_cfn_wheel_from_the_cache(tmp_path: Path) -> None:
+def test_the_cfn_wheel_has_the_same_bytes_in_every_checkout_and_is_shared(
+    tmp_path: Path,
+) -> None:
+    """Two checkouts of the same sources (different file times) build the same bytes;
+    a third takes the wheel from the machine's cache instead of building it."""
     cache = tmp_path / "cache"
-    reports, wheels = [], []
-    for n in range(2):
-        checkout = _checkout_copy(tmp_path / f"checkout{n}", 1_600_000_000 + n)
-        settings = Settings(cfn_cache_dir=cache, cfn_state_dir=checkout / ".cfn")
-        builder = ImageBuilder(settings, client=None)  # type: ignore[arg-type]  # no engine needed
-        builder.root = checkout
-        report = BuildReport()
-        builder.build_cfn_wheel(report)
-        reports.append(report)
-        (wheel,) = (checkout / ".cfn" / "images" / "context" / "wheels" / "cfn").glob("*.whl")
-        wheels.append(wheel.read_bytes())
+    wheels, reports = [], []
+    for n, mtime in enumerate((1_600_000_000, 1_700_000_000, 1_650_000_000)):
+        checkout = _checkout_copy(tmp_path / f"checkout{n}", mtime)
+        if n == 1:  # built without the cache
+            out = tmp_path / "out"
+            build_cfn_wheel(sys.executable, checkout, out, scratch=tmp_path)
+        else:
+            settings = Settings(cfn_cache_dir=cache, cfn_state_dir=checkout / ".cfn")
+            builder = ImageBuilder(settings, client=None)  # type: ignore[arg-type]  # no engine
+            builder.root = checkout
+            report = BuildReport()
+            builder.build_cfn_wheel(report)
+            reports.append(report)
+            out = checkout / ".cfn" / "images" / "context" / "wheels" / "cfn"
+        (wheel,) = out.glob("cfn-*.whl")
+        wheels.append(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    assert wheels[0] == wheels[1] == wheels[2]
     assert reports[0].built == ["cfn wheel"] and reports[0].cached == []
     assert reports[1].built == [] and reports[1].cached == ["cfn wheel"]
-    assert wheels[0] == wheels[1]
     assert [p.name[:4] for p in (cache / "wheels").iterdir()] == ["cfn-"]
 
 
