@@ -13,7 +13,7 @@ import pytest
 from cfn.coordination.connection import RedisManager
 from cfn.settings import Settings
 from tests.support.cgroups import private_cgroups
-from tests.support.runlog import RunLog, measured
+from tests.support.runlog import RunLog, keep_failure_files, measured
 from tests.support.servers import RedisServer
 
 CFN = [sys.executable, "-m", "cfn"]
@@ -97,6 +97,17 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield from measured(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    """A failed test's files are kept outside its temporary folder (runlog.py)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.failed:
+        kept = keep_failure_files(item, report)
+        if kept is not None:
+            report.sections.append(("kept files", str(kept)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -19,6 +19,11 @@ why. The controlling pytest process writes, under
   ``getrusage``; daemons that outlive their test are not counted), and the 40 that
   used the most in the worker itself (in-process servers, hypothesis, ...).
 
+Beside them, ``failures/`` keeps what a failed test left in its ``tmp_path`` (the
+logs, task records and instance files of the servers and agents it ran; text files
+up to ``KEPT_FILE_MAX`` each), since pytest deletes old temporary folders within
+three runs: a flake seen in CI can be read afterwards. The newest ``KEEP`` are kept.
+
 It records; it decides nothing and fails nothing.
 """
 
@@ -26,7 +31,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +46,8 @@ import pytest
 KEEP = 20
 SAMPLE_S = 30.0
 SLOW_S = 20.0
+KEPT_FILE_MAX = 512 * 1024
+KEPT_TOTAL_MAX = 16 * 1024 * 1024
 
 
 def _cache_dir() -> Path:
@@ -114,6 +124,39 @@ def measured(item: pytest.Item) -> Iterator[None]:
     own_after, children_after = _cpu_seconds()
     item.user_properties.append(("cpu_s", round(own_after - own + children_after - children, 3)))
     item.user_properties.append(("cpu_self_s", round(own_after - own, 3)))
+
+
+def keep_failure_files(item: pytest.Item, report: pytest.TestReport) -> Path | None:
+    """Copy what the failed test left in its ``tmp_path`` to ``failures/`` (on the worker
+    that ran it); the folder, or None when there was nothing to keep."""
+    funcargs = getattr(item, "funcargs", {})
+    source = funcargs.get("tmp_path")
+    if not report.failed or not isinstance(source, Path) or not source.is_dir():
+        return None
+    root = _cache_dir() / "failures"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", report.nodeid)[-120:]
+    target = root / f"{stamp}-{report.when}-{name}"
+    total = 0
+    try:
+        for path in sorted(source.rglob("*")):
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_size > KEPT_FILE_MAX:
+                continue
+            if total + info.st_size > KEPT_TOTAL_MAX:
+                break
+            copy = target / path.relative_to(source)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+            total += info.st_size
+        for old in sorted(p for p in root.iterdir() if p.is_dir())[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        return None  # a read-only or full cache: the run goes on
+    return target if target.is_dir() else None
 
 
 class RunLog:
