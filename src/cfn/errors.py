@@ -46,6 +46,11 @@ class WaitTimeoutError(CfnError):
     """A wait (signal, results, lock) ran out of time."""
 
 
+class CorruptRecordError(CfnError):
+    """A coordination record in Redis is not what cfn writes there (a list overwritten by
+    a string, ...): an agent or another program damaged it."""
+
+
 class LockNotHeldError(CfnError):
     """A lock operation by someone who does not hold the lock."""
 

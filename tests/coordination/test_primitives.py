@@ -11,6 +11,7 @@ from cfn import keys
 from cfn.coordination import completion, context, locks, signals
 from cfn.coordination.connection import RedisManager
 from cfn.errors import (
+    CorruptRecordError,
     InvalidIdError,
     InvalidInputError,
     LockNotHeldError,
@@ -172,6 +173,24 @@ async def test_nan_confidence_written_by_a_raw_client_fails(manager: RedisManage
     await manager.client.lpush("coord:T1:complete", "a1:success")
     report = await completion.collect_results(manager, "T1", 1, 0.0, 5)
     assert not report.results[0].ok and "outside [0, 1]" in (report.results[0].reason or "")
+
+
+async def test_an_overwritten_payload_fails_that_agent_only(manager: RedisManager) -> None:
+    await manager.client.lpush("coord:T1:payload:a1", '{"confidence": 0.9}')
+    await manager.client.set("coord:T1:payload:a2", "a teammate's vandalism")
+    await manager.client.lpush("coord:T1:complete", "a1:success", "a2:success")
+    report = await completion.collect_results(manager, "T1", 2, 0.0, 5, payload_grace=0.1)
+    by_agent = {r.agent_id: r for r in report.results}
+    assert by_agent["a1"].ok and by_agent["a1"].confidence == 0.9
+    assert not by_agent["a2"].ok and "no payload" in (by_agent["a2"].reason or "")
+
+
+async def test_an_overwritten_completion_list_is_one_clear_error(manager: RedisManager) -> None:
+    await manager.client.set("coord:T1:complete", "garbage")
+    with pytest.raises(CorruptRecordError, match="coord:T1:complete is no longer a list"):
+        await completion.collect_results(manager, "T1", 1, 0.5, 5)
+    with pytest.raises(CorruptRecordError):
+        await completion.reported_agents(manager, "T1")
 
 
 async def test_error_result_counts_as_failed(manager: RedisManager) -> None:

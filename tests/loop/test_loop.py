@@ -174,3 +174,27 @@ async def test_resume_finishes_a_task_killed_between_its_outcome_and_its_status(
         loop_settings, resume_task="t1", listener=lambda _t, k, _d: again.append(k)
     )
     assert repeat.status == "succeeded" and again == []
+
+
+async def test_a_completion_list_overwritten_by_a_string_fails_the_task_once(
+    tmp_path: Path, loop_settings: Settings, redis_server: RedisServer
+) -> None:
+    """An agent may SET the task's completion list (its ACL lets it push there): the
+    orchestrator records one reason and ends the task, where it crashed (WRONGTYPE)
+    and left the task running for good, every resume crashing the same way."""
+    client = redis_server.client()
+
+    def vandal(_task: str, kind: str, data: dict[str, Any]) -> None:
+        if kind == "loop:progress" and data["loop"] == 3 and data["progress"] == 0.0:
+            client.set("coord:t1:complete", "garbage")
+
+    opts = options(tmp_path, implementers=1, validators=1)
+    outcome = await run_loop(loop_settings, options=opts, listener=vandal)
+    assert outcome.status == "failed" and outcome.decision is None
+    assert "coord:t1:complete is no longer a list" in outcome.reason
+    with Store.open(loop_settings) as store:
+        assert store.get_task("t1").status == "failed"
+        finished = [e for e in store.events("t1") if e.kind == "task:finished"]
+        assert len(finished) == 1 and store.decisions("t1") == []
+    again = await run_loop(loop_settings, resume_task="t1")  # the same answer
+    assert (again.status, again.reason) == (outcome.status, outcome.reason)

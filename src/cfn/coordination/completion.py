@@ -60,7 +60,12 @@ from cfn.coordination.validation import (
     check_timeout,
 )
 from cfn.coordination.watch import KeyWatch
-from cfn.errors import InvalidInputError, RedisUnavailableError, WaitTimeoutError
+from cfn.errors import (
+    CorruptRecordError,
+    InvalidInputError,
+    RedisUnavailableError,
+    WaitTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -434,10 +439,28 @@ def parse_entry(entry: str) -> tuple[str, str] | None:
     return agent, result
 
 
+def _wrong_type(exc: ResponseError) -> bool:
+    return str(exc).startswith("WRONGTYPE")
+
+
+async def _read_list(redis: RedisManager, key: str, stop: int) -> list[Any]:
+    """``LRANGE key 0 stop``; CorruptRecordError when the key is no list any more (an
+    agent may ``SET`` it: its ACL allows writing the task's completion list)."""
+    try:
+        entries: list[Any] = await redis.run(lambda r: r.lrange(key, 0, stop))
+    except ResponseError as exc:
+        if not _wrong_type(exc):
+            raise
+        raise CorruptRecordError(
+            f"{key} is no longer a list (something other than cfn overwrote it): the "
+            "task's completions cannot be read"
+        ) from None
+    return entries
+
+
 async def reported_agents(redis: RedisManager, task_id: str) -> set[str]:
     """Every agent with an entry on ``coord:{task}:complete`` (read, never consumed)."""
-    key = keys.coord_complete(task_id)
-    entries = await redis.run(lambda r: r.lrange(key, 0, -1))
+    entries = await _read_list(redis, keys.coord_complete(task_id), -1)
     return {parsed[0] for entry in entries if (parsed := parse_entry(str(entry)))}
 
 
@@ -460,7 +483,7 @@ class CompletionReader:
             self.generation = self.redis.generation
             self.seen = 0
         stop = -(self.seen + 1)
-        new = [str(e) for e in await self.redis.run(lambda r: r.lrange(self.key, 0, stop))]
+        new = [str(e) for e in await _read_list(self.redis, self.key, stop)]
         self.seen += len(new)
         new.reverse()
         return new
@@ -479,8 +502,13 @@ async def _read_payloads(
                     pipe.lindex(name, 0)
                 else:
                     pipe.get(name)
-            result: list[Any] = await pipe.execute()
-            return result
+            result: list[Any] = await pipe.execute(raise_on_error=False)
+        for value in result:
+            if isinstance(value, ResponseError) and not _wrong_type(value):
+                raise value
+        # A payload key of the wrong type (overwritten) reads as no payload: that
+        # agent's report is judged failed, its teammates' stand.
+        return [None if isinstance(v, ResponseError) else v for v in result]
 
     # The seed's payload list first; swarm:{task}:result:{agent} only for agents
     # without one (a second round trip that the usual case never needs).

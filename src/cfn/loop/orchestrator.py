@@ -24,7 +24,7 @@ from typing import Any
 
 from cfn import keys
 from cfn.coordination.completion import AgentResult, CollectReport
-from cfn.errors import CfnError, InvalidInputError, WaitTimeoutError
+from cfn.errors import CfnError, CorruptRecordError, InvalidInputError, WaitTimeoutError
 from cfn.loop import workspace as ws
 from cfn.loop.ports import (
     AgentLauncher,
@@ -240,9 +240,36 @@ class Orchestrator:
     # --- the loop ---------------------------------------------------------------------
 
     async def _run(self, options: TaskOptions, cp: Checkpoint) -> Outcome:
-        team = options.team
         task_id = options.task_id
         await self._save(task_id, cp, "running")
+        try:
+            await self._steps(options, cp)
+        except CorruptRecordError as exc:
+            # One recorded reason, not a crash that leaves the task running for good
+            # (and every resume crashing the same way).
+            log.error("task %s failed: %s", task_id, exc)
+            cp.phase, cp.outcome = Phase.DONE, None
+            cp.reason = f"coordination records damaged: {exc}"
+        status = (
+            "succeeded"
+            if cp.outcome == "PROCEED"
+            else ("aborted" if cp.outcome == "ABORT" else "failed")
+        )
+        await self._save(task_id, cp, status)
+        await self.events.emit(
+            task_id,
+            "task:finished",
+            status=status,
+            outcome=cp.outcome,
+            reason=cp.reason,
+            iterations=cp.iteration,
+        )
+        return self._outcome(options, cp, status)
+
+    async def _steps(self, options: TaskOptions, cp: Checkpoint) -> None:
+        """Run the loop's phases from the checkpoint until it is done."""
+        team = options.team
+        task_id = options.task_id
         while cp.phase is not Phase.DONE:
             if cp.phase is Phase.LOOP3:
                 await self.events.emit(
@@ -309,21 +336,6 @@ class Orchestrator:
                     cp.feedback = [f"product owner asked for another iteration: {row.reason}"]
                     self._next_iteration(cp, team.max_iterations, row.reason or "ITERATE")
                 await self._save(task_id, cp, "running")
-        status = (
-            "succeeded"
-            if cp.outcome == "PROCEED"
-            else ("aborted" if cp.outcome == "ABORT" else "failed")
-        )
-        await self._save(task_id, cp, status)
-        await self.events.emit(
-            task_id,
-            "task:finished",
-            status=status,
-            outcome=cp.outcome,
-            reason=cp.reason,
-            iterations=cp.iteration,
-        )
-        return self._outcome(options, cp, status)
 
     def _next_iteration(self, cp: Checkpoint, max_iterations: int, why: str) -> None:
         if cp.iteration >= max_iterations:
