@@ -97,6 +97,18 @@ async def test_signals_are_kept_and_delivered_in_order(manager: RedisManager) ->
     assert got == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
+async def test_a_channel_overwritten_by_a_string_starts_again_with_the_next_signal(
+    manager: RedisManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent may SET a task's channel: the orchestrator's next signal used to crash
+    it (WRONGTYPE); now that signal replaces the string, with one warning."""
+    await manager.client.set("coord:T1:loop2:start", "not json")
+    assert await signals.send_signal(manager, "T1", "loop2:start", '{"iteration": 1}') == 1
+    assert await manager.client.lrange("coord:T1:loop2:start", 0, -1) == ['{"iteration": 1}']
+    assert "coord:T1:loop2:start was not a list" in caplog.text
+    assert await signals.wait_signal(manager, "T1", "loop2:start", 5) == {"iteration": 1}
+
+
 async def test_signal_wait_times_out_clearly(manager: RedisManager) -> None:
     start = time.monotonic()
     with pytest.raises(WaitTimeoutError, match=r"no signal on coord:T1:decision within 0.3 s"):

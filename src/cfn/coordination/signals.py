@@ -8,14 +8,19 @@ sent before anyone waits are kept and delivered in order.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from cfn import keys
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.validation import check_json, check_timeout
 from cfn.errors import WaitTimeoutError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 
@@ -31,7 +36,24 @@ async def send_signal(
     """Push ``payload`` (JSON) on the channel; returns how many signals now wait there."""
     name = keys.coord(task_id, channel)
     check_json(payload, "signal payload", max_bytes)
-    return int(await redis.run(lambda r: r.lpush(name, payload)))
+    try:
+        return int(await redis.run(lambda r: r.lpush(name, payload)))
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+    # Something other than cfn made the channel a string (an agent's user may write
+    # the task's channels): what it held is gone already, so the channel starts again
+    # with this signal, in one transaction, instead of the sender crashing.
+    log.warning("%s was not a list (overwritten by something other than cfn); replaced", name)
+
+    async def replace(r: Any) -> int:
+        async with r.pipeline(transaction=True) as pipe:
+            pipe.delete(name)
+            pipe.lpush(name, payload)
+            _deleted, count = await pipe.execute()
+        return int(count)
+
+    return await redis.run(replace)
 
 
 async def wait_signal(redis: RedisManager, task_id: str, channel: str, timeout: float) -> Any:
