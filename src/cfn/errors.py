@@ -159,6 +159,10 @@ class ConflictError(CfnError):
     """The request contradicts the current state (HTTP 409): a duplicate, an ambiguous id."""
 
 
+class TaskLeaseError(ConflictError):
+    """Another orchestrator runs the task (or took it over from this one)."""
+
+
 # --- worktrees and deployment (issue 8) ------------------------------------------------
 
 

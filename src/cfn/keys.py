@@ -236,6 +236,12 @@ def task_queue() -> str:
     return "queue:tasks"
 
 
+def task_lease(task_id: str) -> str:
+    """``lease:task:{task}``: who runs the task now (one orchestrator at a time), with a
+    TTL its holder renews (cfn.coordination.lease)."""
+    return f"lease:task:{validate_id(task_id, 'task id')}"
+
+
 def queued_task(task_id: str) -> str:
     """``queue:task:{task}``: a queued task's options (JSON) until a worker has created it."""
     return f"queue:task:{validate_id(task_id, 'task id')}"

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cfn.errors import TaskLeaseError
 from cfn.loop.memory import (
     InMemoryBoard,
     InMemoryEventBus,
@@ -722,6 +723,21 @@ async def test_resume_after_a_kill_at_every_step_finishes_the_task_once(
     assert len(events(loop, "task:finished")) == 1
     resumed = events(loop, "task:resumed")
     assert len(resumed) == (0 if kind == "task:finished" else 1)
+
+
+async def test_a_second_orchestrator_on_a_running_task_is_refused(
+    cleanup: list[InMemoryLoop],
+) -> None:
+    loop = make(cleanup, {"implementer": Script(0.9, delay=0.2, writes={"a.py": "a\n"})})
+    first = asyncio.ensure_future(loop.orchestrator().start(task()))
+    while not events(loop, "agent:update"):
+        await asyncio.sleep(0.01)
+    with pytest.raises(TaskLeaseError, match="task t1 is run by another orchestrator"):
+        await loop.orchestrator().resume("t1")
+    outcome = await first
+    assert outcome == Outcome("t1", "succeeded", "PROCEED", 1, POLICY_REASON)
+    assert events(loop, "task:resumed") == [] and len(events(loop, "task:finished")) == 1
+    assert await loop.orchestrator().resume("t1") == outcome  # free again once it ended
 
 
 async def test_resume_reattaches_agents_still_running(cleanup: list[InMemoryLoop]) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from cfn import keys
 from cfn.agents.heartbeat import HeartbeatMonitor
 from cfn.agents.signals import record_agent_failure, send_stop
-from cfn.coordination import completion, signals
+from cfn.coordination import completion, lease, signals
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.context import store_context
@@ -55,6 +55,9 @@ class RedisBoard:
 
     async def reported(self, task_id: str) -> set[str]:
         return await completion.reported_agents(self.redis, task_id)
+
+    def lease(self, task_id: str) -> AbstractAsyncContextManager[None]:
+        return lease.held(self.redis, task_id)
 
     async def record_failure(self, task_id: str, agent_id: str, reason: str) -> bool:
         return await record_agent_failure(self.redis, task_id, agent_id, reason)

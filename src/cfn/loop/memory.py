@@ -42,7 +42,7 @@ from cfn.coordination.completion import (
     judge_payload,
     parse_entry,
 )
-from cfn.errors import InvalidInputError, NotFoundError, WaitTimeoutError
+from cfn.errors import InvalidInputError, NotFoundError, TaskLeaseError, WaitTimeoutError
 from cfn.loop.orchestrator import Orchestrator, PolicyOwner
 from cfn.loop.ports import (
     AgentPlan,
@@ -223,6 +223,8 @@ class InMemoryBoard:
         self.decision_inputs: dict[str, deque[dict[str, Any]]] = {}
         #: Live heartbeats: value and the monotonic time it expires at.
         self.beats: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        #: Tasks an orchestrator runs now (``lease``).
+        self.leases: set[str] = set()
         self.changes = _Changes()
 
     # --- what agents and people do ---
@@ -307,6 +309,17 @@ class InMemoryBoard:
 
     async def reported(self, task_id: str) -> set[str]:
         return {p[0] for e in self.completions.get(task_id, []) if (p := parse_entry(e))}
+
+    @contextlib.asynccontextmanager
+    async def lease(self, task_id: str) -> AsyncIterator[None]:
+        """One orchestrator per task: a second one is refused while the first runs."""
+        if task_id in self.leases:
+            raise TaskLeaseError(f"task {task_id} is run by another orchestrator")
+        self.leases.add(task_id)
+        try:
+            yield
+        finally:
+            self.leases.discard(task_id)
 
     async def record_failure(self, task_id: str, agent_id: str, reason: str) -> bool:
         if (task_id, agent_id) in self.payloads:

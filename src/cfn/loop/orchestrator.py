@@ -202,6 +202,16 @@ class Orchestrator:
 
     async def start(self, options: TaskOptions) -> Outcome:
         """Create the task (it must be new) and run it to the end."""
+        async with self.board.lease(options.task_id):
+            return await self._start(options)
+
+    async def resume(self, task_id: str) -> Outcome:
+        """Continue a task from its last checkpoint; TaskLeaseError when another
+        orchestrator runs it now."""
+        async with self.board.lease(task_id):
+            return await self._resume(task_id)
+
+    async def _start(self, options: TaskOptions) -> Outcome:
         await asyncio.to_thread(self.workspace.prepare, options.workspace_path)
         checkpoint = Checkpoint()
         baseline = await asyncio.to_thread(self.workspace.snapshot, options.workspace_path)
@@ -224,8 +234,7 @@ class Orchestrator:
         )
         return await self._run(options, checkpoint)
 
-    async def resume(self, task_id: str) -> Outcome:
-        """Continue a task from its last checkpoint."""
+    async def _resume(self, task_id: str) -> Outcome:
         options, checkpoint, status = await asyncio.to_thread(self.journal.load_task, task_id)
         if checkpoint.phase is Phase.DONE and status != "running":
             return self._outcome(options, checkpoint, status)

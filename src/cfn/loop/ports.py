@@ -170,6 +170,11 @@ class Coordination(Protocol):
         """Every agent with a completion (the durable record, never consumed)."""
         ...
 
+    def lease(self, task_id: str) -> AbstractAsyncContextManager[None]:
+        """Run the task as its one orchestrator for the block: TaskLeaseError when another
+        holds it, and when this one loses it (the block is then cancelled)."""
+        ...
+
     async def record_failure(self, task_id: str, agent_id: str, reason: str) -> bool:
         """A failed completion without confidence, unless the agent reported first."""
         ...

@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 
 from cfn import keys
 from cfn.coordination.connection import RedisManager
-from cfn.errors import CfnError, ConflictError, NotFoundError
+from cfn.errors import CfnError, ConflictError, NotFoundError, TaskLeaseError
 from cfn.loop.journal import SqlJournal
 from cfn.loop.orchestrator import Outcome
 from cfn.loop.state import TaskOptions
@@ -351,6 +351,11 @@ class Worker:
         except asyncio.CancelledError:
             acknowledge = False
             raise
+        except TaskLeaseError as exc:
+            # Another orchestrator runs it (a worker elsewhere, a `cfn resume`): the
+            # entry stays pending, to be claimed again if that one dies.
+            acknowledge = False
+            log.info("task %s is not ours to run now: %s", task_id, exc)
         except (CfnError, KeyError, ValueError, TypeError) as exc:
             log.error("task %s cannot run: %s", task_id, exc)
             self.finished.append((task_id, "error"))
