@@ -1,4 +1,5 @@
-"""One orchestrator per task: the lease on a real redis-server."""
+"""One orchestrator per task: the lease on a real redis-server (and the live stream's
+ids a resume reads)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from cfn.coordination import lease
 from cfn.coordination.connection import RedisManager
+from cfn.coordination.events import publish_event, recent_event_ids
 from cfn.coordination.lease import Holder
 from cfn.errors import TaskLeaseError
 from cfn.loop.journal import SqlJournal
@@ -101,3 +103,13 @@ def test_cfn_resume_of_a_task_run_elsewhere_says_who_and_exits(
     assert client.get("lease:task:T9") == holder.to_json()  # left alone
     with Store.open(settings) as store:
         assert store.events("T9") == []  # not even a task:resumed
+
+
+async def test_the_ids_of_the_live_streams_last_events(manager: RedisManager) -> None:
+    """What a resume compares with the journal to publish what a kill kept back."""
+    assert await recent_event_ids(manager, "T1", 10) == []
+    for event_id in (7, 8, 9):
+        await publish_event(manager, "T1", event_id, "agent:update", {"n": event_id})
+    await manager.client.xadd("events:T1", {"id": "not-a-number", "kind": "x"})
+    assert await recent_event_ids(manager, "T1", 10) == [9, 8, 7]
+    assert await recent_event_ids(manager, "T1", 2) == [9]

@@ -740,6 +740,27 @@ async def test_a_second_orchestrator_on_a_running_task_is_refused(
     assert await loop.orchestrator().resume("t1") == outcome  # free again once it ended
 
 
+async def test_a_resume_publishes_what_a_kill_kept_from_the_live_stream(
+    cleanup: list[InMemoryLoop],
+) -> None:
+    """Killed between the journal's write and the stream's (journal first), the last
+    orchestrator left `task:finished` out of the stream; a resume publishes it."""
+    loop = make(cleanup)
+    outcome = await loop.orchestrator().start(task())
+    stream = loop.board.stream["t1"]
+    lost = stream.pop()
+    assert lost[1] == "task:finished"
+    assert await loop.orchestrator().resume("t1") == outcome
+    assert loop.board.stream["t1"][-1] == lost
+    assert [k for _i, k, _d in loop.board.stream["t1"]].count("task:finished") == 1
+    # With the whole stream gone (Redis lost it), everything comes back but the
+    # workspace's file hashes, which were never published.
+    published = list(loop.board.stream["t1"])
+    loop.board.stream["t1"].clear()
+    await loop.orchestrator().resume("t1")
+    assert loop.board.stream["t1"] == published
+
+
 async def test_resume_reattaches_agents_still_running(cleanup: list[InMemoryLoop]) -> None:
     loop = make(cleanup, {"implementer": Script(0.9, delay=0.3, writes={"a.py": "a\n"})})
     first = loop.orchestrator()

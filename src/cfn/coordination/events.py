@@ -37,3 +37,16 @@ async def publish_event(
     await redis.run(
         lambda r: r.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
     )
+
+
+async def recent_event_ids(redis: RedisManager, task_id: str, count: int) -> list[int]:
+    """The SQL ids of the last ``count`` entries of ``events:{task}`` (entries that are
+    not cfn's, with no readable id, are passed over)."""
+    stream = keys.events(task_id)
+    reply: Any = await redis.run(lambda r: r.xrevrange(stream, "+", "-", count=count))
+    ids: list[int] = []
+    for _entry_id, fields in reply or []:
+        raw = fields.get("id") if isinstance(fields, dict) else None
+        if isinstance(raw, str) and raw.isdigit() and len(raw) < 20:
+            ids.append(int(raw))
+    return ids

@@ -20,7 +20,7 @@ from cfn.coordination import completion, lease, signals
 from cfn.coordination.completion import CollectReport
 from cfn.coordination.connection import RedisManager
 from cfn.coordination.context import store_context
-from cfn.coordination.events import publish_event
+from cfn.coordination.events import publish_event, recent_event_ids
 from cfn.loop.ports import HeartbeatWatch
 
 #: Transcript steps relayed per read.
@@ -91,6 +91,9 @@ class RedisBoard:
         self, task_id: str, event_id: int, kind: str, payload: dict[str, Any]
     ) -> None:
         await publish_event(self.redis, task_id, event_id, kind, payload)
+
+    async def recent_event_ids(self, task_id: str, count: int) -> list[int]:
+        return await recent_event_ids(self.redis, task_id, count)
 
     async def agent_steps(
         self, task_id: str, agent_id: str, after: str, timeout: float

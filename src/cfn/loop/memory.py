@@ -351,6 +351,9 @@ class InMemoryBoard:
         data = json.loads(json.dumps(payload, default=str))
         self.stream.setdefault(task_id, []).append((event_id, kind, data))
 
+    async def recent_event_ids(self, task_id: str, count: int) -> list[int]:
+        return [event_id for event_id, _k, _d in self.stream.get(task_id, [])[-count:]]
+
     def step(self, task_id: str, agent_id: str, fields: dict[str, str]) -> None:
         """An agent's transcript step (what ``cfn.agents.steps.StepWriter`` writes)."""
         self.steps.setdefault((task_id, agent_id), []).append(dict(fields))

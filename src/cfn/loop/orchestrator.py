@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds a newly started agent has to send its first heartbeat.
 STARTUP_GRACE = 60.0
+#: How far back a resume looks for events the live stream lost (``_republish``).
+REPUBLISH_WINDOW = 500
+#: Events kept in the journal only, never published (the workspace's file hashes).
+BASELINE_EVENT = "workspace:baseline"
+JOURNAL_ONLY = frozenset({BASELINE_EVENT})
 #: Seconds an agent may run past AGENT_TIMEOUT before its result counts as missing.
 COLLECT_SLACK = 30.0
 
@@ -236,6 +241,7 @@ class Orchestrator:
 
     async def _resume(self, task_id: str) -> Outcome:
         options, checkpoint, status = await asyncio.to_thread(self.journal.load_task, task_id)
+        await self._republish(task_id)
         if checkpoint.phase is Phase.DONE and status != "running":
             return self._outcome(options, checkpoint, status)
         # A checkpoint at DONE still marked running: the orchestrator was killed
@@ -245,6 +251,18 @@ class Orchestrator:
             task_id, "task:resumed", iteration=checkpoint.iteration, phase=checkpoint.phase.value
         )
         return await self._run(options, checkpoint)
+
+    async def _republish(self, task_id: str) -> None:
+        """Publish the events the journal holds and the live stream lacks: an orchestrator
+        killed between the two writes (journal first) left them out, and a follower of
+        the stream would wait for them (``task:finished``) for good."""
+        seen = await self.board.recent_event_ids(task_id, REPUBLISH_WINDOW)
+        after = min(seen) if seen else 0
+        logged = await asyncio.to_thread(self.journal.events, task_id, after)
+        known = set(seen)
+        lost = [e for e in logged if e[0] not in known and e[1] not in JOURNAL_ONLY]
+        for event_id, kind, payload in lost[-REPUBLISH_WINDOW:]:
+            await self.board.publish_event(task_id, event_id, kind, payload)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -583,13 +601,11 @@ class Orchestrator:
         return ws.diff(baseline, now)
 
     async def _store_baseline(self, task_id: str, snap: dict[str, str]) -> None:
-        await asyncio.to_thread(
-            self.journal.append_event, task_id, "workspace:baseline", {"files": snap}
-        )
+        await asyncio.to_thread(self.journal.append_event, task_id, BASELINE_EVENT, {"files": snap})
 
     async def _load_baseline(self, task_id: str) -> dict[str, str]:
         for _id, kind, payload in await asyncio.to_thread(self.journal.events, task_id):
-            if kind == "workspace:baseline":
+            if kind == BASELINE_EVENT:
                 files = payload.get("files", {})
                 return {str(k): str(v) for k, v in files.items()}
         return {}

@@ -199,6 +199,10 @@ class Coordination(Protocol):
         """The live copy of an event the journal holds (``events:{task}``)."""
         ...
 
+    async def recent_event_ids(self, task_id: str, count: int) -> list[int]:
+        """The journal ids of the last ``count`` events in the live copy."""
+        ...
+
     async def agent_steps(
         self, task_id: str, agent_id: str, after: str, timeout: float
     ) -> tuple[str, list[dict[str, str]]]:
