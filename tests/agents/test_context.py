@@ -89,6 +89,7 @@ _DELETE = object()
     [
         (("resources", "timeout"), _DELETE, "resources.timeout is missing"),
         (("mode",), _DELETE, "mode is missing"),
+        (("mode",), "mvp", "agent mode 'mvp' is not one of cli"),
         (("coordination", "redis", "port"), "6379", "coordination.redis.port"),
         (("coordination", "redis", "port"), 70000, "coordination.redis.port"),
         (("resources", "timeout"), "soon", "resources.timeout"),

@@ -172,6 +172,7 @@ def _cases(files: Path) -> list[Case]:
                                  "--backend", "../claude"], True),
         ("spawn-command-no-command", ["spawn-agent", "a1", "t1", "--backend", "command"],
          True),
+        ("spawn-mode-unknown", ["spawn-agent", "a1", "t1", "mvp"], True),
         ("spawn-builtin-with-command", ["spawn-agent", "a1", "t1", "--backend", "builtin",
                                         "--command", "echo hi"], True),
         ("llm-gateway-port", ["llm-gateway", "--port", "0"], False),

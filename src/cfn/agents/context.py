@@ -153,6 +153,20 @@ class CfnExtras(_Strict):
         return value
 
 
+#: The agent modes (``spawn-agent AGENT TASK [MODE]``, the context's ``mode``): the seed
+#: names one, ``cli``. The loop's mvp / standard / enterprise are ``cfn run --mode``.
+AGENT_MODES = ("cli",)
+
+
+def check_agent_mode(mode: object) -> str:
+    if mode not in AGENT_MODES:
+        raise InvalidInputError(
+            f"agent mode {mode!r} is not one of {', '.join(AGENT_MODES)} (the loop's "
+            "mvp, standard and enterprise are `cfn run --mode`)"
+        )
+    return str(mode)
+
+
 class AgentContext(_Strict):
     """One agent's context: the seed's keys plus the ``cfn`` object."""
 
@@ -164,10 +178,15 @@ class AgentContext(_Strict):
     resources: Resources
     cfn: CfnExtras
 
-    @field_validator("task_id", "agent_id", "mode")
+    @field_validator("task_id", "agent_id")
     @classmethod
     def _ids(cls, value: str, info: Any) -> str:
         return keys.validate_id(value, str(info.field_name).replace("_", " "))
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return check_agent_mode(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentContext:
@@ -357,7 +376,7 @@ def generate_cli_context(
     """
     keys.validate_id(task_id, "task id")
     keys.validate_id(agent_id, "agent id")
-    keys.validate_id(mode, "mode")
+    check_agent_mode(mode)
     keys.validate_id(provider, "provider")
     interval = heartbeat_interval or settings.cfn_agent_heartbeat_interval
     seconds = settings.agent_timeout if timeout is None else timeout
