@@ -61,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
     _podman_was_running = _podman_running()
+    _start_agent_server()
     if not config.getoption("numprocesses", None):
         return
     root = Path(__file__).resolve().parent.parent
@@ -69,6 +70,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if any(p in w.parents or p == w or w in p.parents for p in paths for w in wanted):
         _image_build = threading.Thread(target=_build_images_early, daemon=True)
         _image_build.start()
+
+
+def _start_agent_server() -> None:
+    """Start the agent server the tests' ``cfn`` subprocesses fork from (this checkout's
+    default one: ``cfn_env`` leaves no CFN_ variable), without waiting. Started here, it
+    is up when the first tests run, instead of their first commands each running plain
+    (about a CPU-second apiece) while the first of them starts it."""
+    from cfn.agents.forkserver import AgentServer
+    from cfn.settings import early
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CFN_"))}
+    path = early.launcher_socket(clean)
+    if path is not None:
+        AgentServer(Path(path).parent).start_background()
 
 
 _run_log: RunLog | None = None
