@@ -156,3 +156,19 @@ def test_db_commands(cli: Cli) -> None:
     with cli.store() as store:  # opening brings it back up; the seed tables kept their rows
         assert migrate.current(store.engine) == "0005"
         assert [s.name for s in store.list_skills()] == ["kept"]
+
+
+def test_the_database_file_is_for_its_owner_only(tmp_path: Path) -> None:
+    """It holds every task's records: 0600, and an older 0644 one is tightened."""
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn")
+    with Store.open(settings) as store:
+        store.create_task("t1", "mvp", "x")
+    db = tmp_path / ".cfn" / "cfn.db"
+    assert db.stat().st_mode & 0o777 == 0o600
+    db.chmod(0o644)
+    with Store.open(settings) as store:
+        assert store.get_task("t1").status
+    assert db.stat().st_mode & 0o777 == 0o600
+    for name in (f"{db}-wal", f"{db}-shm"):
+        if Path(name).exists():
+            assert Path(name).stat().st_mode & 0o777 == 0o600

@@ -15,6 +15,8 @@ rewritten to the ``postgresql+psycopg://`` driver. Sessions run in UTC so that
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -78,9 +80,29 @@ def make_engine(settings: Settings, url: URL | None = None) -> Engine:
     return _postgres_engine(url, settings)
 
 
+def _private_file(path: Path) -> None:
+    """The database file exists and only its owner may read it (0600): it holds every
+    task's records. SQLite gives its -wal and -shm files the database file's mode. A
+    file of ours made readable to others by an older cfn (0644) is tightened."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            if info.st_uid == os.getuid() and info.st_mode & 0o077:
+                for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    with contextlib.suppress(FileNotFoundError):
+                        name.chmod(0o600)
+        return
+    except OSError:
+        return  # not ours to create here: SQLite reports what is wrong when it opens it
+    os.close(fd)
+
+
 def _sqlite_engine(url: URL, settings: Settings) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(url.database))
     engine = create_engine(
         url,
         connect_args={"timeout": settings.cfn_db_busy_timeout, "check_same_thread": False},
