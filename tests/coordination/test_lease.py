@@ -113,3 +113,17 @@ async def test_the_ids_of_the_live_streams_last_events(manager: RedisManager) ->
     await manager.client.xadd("events:T1", {"id": "not-a-number", "kind": "x"})
     assert await recent_event_ids(manager, "T1", 10) == [9, 8, 7]
     assert await recent_event_ids(manager, "T1", 2) == [9]
+
+
+async def test_a_lease_that_lapsed_with_nobody_taking_it_is_kept(manager: RedisManager) -> None:
+    """Redis away longer than the TTL (or restarted without the key): the holder takes
+    its lease again and runs on."""
+    async with lease.held(manager, "T1", renew_every=0.05):
+        value = await manager.client.get("lease:task:T1")
+        await manager.client.delete("lease:task:T1")
+        for _ in range(100):
+            if await manager.client.get("lease:task:T1") == value:
+                break
+            await asyncio.sleep(0.02)
+        assert await manager.client.get("lease:task:T1") == value
+    assert await manager.client.get("lease:task:T1") is None

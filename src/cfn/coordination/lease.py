@@ -13,8 +13,9 @@ who holds it and goes away. A holder that died is taken over:
 
 Renewing and releasing are compare-and-act scripts on the holder's exact value, so
 a holder whose lease was taken over (it stalled past the TTL) cannot renew or
-delete the new holder's; it learns that it lost the task and stops
-(:class:`LeaseKeeper`). The SQL writes it may have in flight at that moment are
+delete the new holder's; it learns that it lost the task and stops (:func:`held`).
+A lease that lapsed with nobody taking it (Redis away longer than the TTL, or
+restarted without it) is simply taken again. The SQL writes it may have in flight at that moment are
 not fenced: the store keeps no lease number.
 """
 
@@ -182,6 +183,17 @@ async def renew(redis: RedisManager, task_id: str, value: str) -> bool:
     return int(await redis.run(_script(_RENEW, key, value, ttl_ms))) == 1
 
 
+async def _reclaim(redis: RedisManager, task_id: str, value: str) -> bool:
+    """Take the lease again when nobody holds it: it lapsed while Redis was away (or a
+    restarted Redis lost it). False when another holder has it."""
+    key = keys.task_lease(task_id)
+    ttl_ms = int(LEASE_TTL * 1000)
+    if await redis.run(lambda r: r.set(key, value, nx=True, px=ttl_ms)):
+        log.warning("task %s: its lease had lapsed (Redis away?); taken again", task_id)
+        return True
+    return False
+
+
 async def release(redis: RedisManager, task_id: str, value: str) -> None:
     """Give the lease up, when it is still ``value``."""
     key = keys.task_lease(task_id)
@@ -202,7 +214,7 @@ async def held(
         while True:
             await asyncio.sleep(renew_every)
             try:
-                if await renew(redis, task_id, value):
+                if await renew(redis, task_id, value) or await _reclaim(redis, task_id, value):
                     continue
             except CfnError as exc:  # Redis away for now: the TTL gives it time
                 log.warning("task %s: could not renew its lease (%s)", task_id, exc)
