@@ -35,6 +35,7 @@ from typing import Any
 
 from cfn import keys
 from cfn.coordination.connection import RedisManager
+from cfn.coordination.locks import COMPARE_AND_DELETE, COMPARE_AND_PEXPIRE
 from cfn.errors import CfnError, TaskLeaseError
 from cfn.system.proc import proc_alive, proc_start_ticks
 
@@ -49,20 +50,6 @@ _SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
-end
-return 0
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -180,7 +167,7 @@ async def renew(redis: RedisManager, task_id: str, value: str) -> bool:
     """Reset the lease's TTL; False when it is no longer ``value`` (lost)."""
     key = keys.task_lease(task_id)
     ttl_ms = int(LEASE_TTL * 1000)
-    return int(await redis.run(_script(_RENEW, key, value, ttl_ms))) == 1
+    return int(await redis.run(_script(COMPARE_AND_PEXPIRE, key, value, ttl_ms))) == 1
 
 
 async def _reclaim(redis: RedisManager, task_id: str, value: str) -> bool:
@@ -197,7 +184,7 @@ async def _reclaim(redis: RedisManager, task_id: str, value: str) -> bool:
 async def release(redis: RedisManager, task_id: str, value: str) -> None:
     """Give the lease up, when it is still ``value``."""
     key = keys.task_lease(task_id)
-    await redis.run(_script(_RELEASE, key, value))
+    await redis.run(_script(COMPARE_AND_DELETE, key, value))
 
 
 @contextlib.asynccontextmanager

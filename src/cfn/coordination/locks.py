@@ -33,14 +33,16 @@ end
 return {0, redis.call('PTTL', KEYS[1])}
 """
 
-_RELEASE = """
+#: Delete KEYS[1] only while it holds ARGV[1] (also the task lease's release).
+COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
 
-_EXTEND = """
+#: Reset KEYS[1]'s TTL to ARGV[2] ms only while it holds ARGV[1] (also the lease's renewal).
+COMPARE_AND_PEXPIRE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -116,7 +118,7 @@ async def acquire_lock(
 async def release_lock(redis: RedisManager, resource: str, token: str) -> None:
     """Release, only when ``token`` still holds the lock."""
     key = keys.lock(resource)
-    released = await redis.run(lambda r: r.eval(_RELEASE, 1, key, token))
+    released = await redis.run(lambda r: r.eval(COMPARE_AND_DELETE, 1, key, token))
     if int(released) != 1:
         raise LockNotHeldError(
             f"lock {resource!r} is not held with that token (expired, released, or taken by "
@@ -128,6 +130,6 @@ async def extend_lock(redis: RedisManager, resource: str, token: str, ttl: float
     """Reset the lock's TTL to ``ttl`` seconds, only for the holder."""
     key = keys.lock(resource)
     ms = _ttl_ms(ttl)
-    extended = await redis.run(lambda r: r.eval(_EXTEND, 1, key, token, ms))
+    extended = await redis.run(lambda r: r.eval(COMPARE_AND_PEXPIRE, 1, key, token, ms))
     if int(extended) != 1:
         raise LockNotHeldError(f"lock {resource!r} is not held with that token: not extended")
