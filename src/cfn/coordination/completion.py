@@ -52,7 +52,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from cfn import keys
-from cfn.coordination.connection import RedisManager
+from cfn.coordination.connection import RedisManager, is_wrong_type
 from cfn.coordination.validation import (
     check_count,
     check_fraction,
@@ -439,17 +439,13 @@ def parse_entry(entry: str) -> tuple[str, str] | None:
     return agent, result
 
 
-def _wrong_type(exc: ResponseError) -> bool:
-    return str(exc).startswith("WRONGTYPE")
-
-
 async def _read_list(redis: RedisManager, key: str, stop: int) -> list[Any]:
     """``LRANGE key 0 stop``; CorruptRecordError when the key is no list any more (an
     agent may ``SET`` it: its ACL allows writing the task's completion list)."""
     try:
         entries: list[Any] = await redis.run(lambda r: r.lrange(key, 0, stop))
     except ResponseError as exc:
-        if not _wrong_type(exc):
+        if not is_wrong_type(exc):
             raise
         raise CorruptRecordError(
             f"{key} is no longer a list (something other than cfn overwrote it): the "
@@ -504,7 +500,7 @@ async def _read_payloads(
                     pipe.get(name)
             result: list[Any] = await pipe.execute(raise_on_error=False)
         for value in result:
-            if isinstance(value, ResponseError) and not _wrong_type(value):
+            if isinstance(value, ResponseError) and not is_wrong_type(value):
                 raise value
         # A payload key of the wrong type (overwritten) reads as no payload: that
         # agent's report is judged failed, its teammates' stand.

@@ -31,6 +31,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -52,6 +53,12 @@ FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
     ReadOnlyError,
     OSError,
 )
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """Whether Redis refused a command for the key's type (WRONGTYPE): what another
+    writer of the key (an agent's user may write some of its task's keys) can cause."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
 def mask_url(url: str) -> str:

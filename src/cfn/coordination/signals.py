@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from cfn import keys
-from cfn.coordination.connection import RedisManager
+from cfn.coordination.connection import RedisManager, is_wrong_type
 from cfn.coordination.validation import check_json, check_timeout
 from cfn.errors import WaitTimeoutError
 
@@ -39,7 +39,7 @@ async def send_signal(
     try:
         return int(await redis.run(lambda r: r.lpush(name, payload)))
     except ResponseError as exc:
-        if not str(exc).startswith("WRONGTYPE"):
+        if not is_wrong_type(exc):
             raise
     # Something other than cfn made the channel a string (an agent's user may write
     # the task's channels): what it held is gone already, so the channel starts again
