@@ -14,9 +14,9 @@ who holds it and goes away. A holder that died is taken over:
 Renewing and releasing are compare-and-act scripts on the holder's exact value, so
 a holder whose lease was taken over (it stalled past the TTL) cannot renew or
 delete the new holder's; it learns that it lost the task and stops (:func:`held`).
-A lease that lapsed with nobody taking it (Redis away longer than the TTL, or
-restarted without it) is simply taken again. The SQL writes it may have in flight at that moment are
-not fenced: the store keeps no lease number.
+The SQL writes a stalled holder may have in flight when it learns this are not
+fenced: the store keeps no lease number. A lease that lapsed with nobody taking it
+(Redis away longer than the TTL, or restarted without it) is simply taken again.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from cfn.system.proc import proc_alive, proc_start_ticks
 log = logging.getLogger(__name__)
 
 LEASE_TTL = 30.0
+_TTL_MS = int(LEASE_TTL * 1000)
 RENEW_EVERY = 10.0
 #: A lease value longer than this is not one of ours (read as an unknown holder).
 MAX_VALUE = 4096
@@ -62,6 +63,11 @@ def _script(source: str, key: str, *args: object) -> Callable[[Any], Awaitable[A
         return await r.eval(source, 1, key, *args)
 
     return run
+
+
+async def _take_free(redis: RedisManager, key: str, value: str) -> bool:
+    """SET the lease to ``value`` when nobody holds it."""
+    return bool(await redis.run(lambda r: r.set(key, value, nx=True, px=_TTL_MS)))
 
 
 def _place() -> str:
@@ -138,16 +144,15 @@ async def acquire(redis: RedisManager, task_id: str, me: Holder | None = None) -
     """
     key = keys.task_lease(task_id)
     value = (me or Holder.here()).to_json()
-    ttl_ms = int(LEASE_TTL * 1000)
     for _attempt in range(3):
-        if await redis.run(lambda r: r.set(key, value, nx=True, px=ttl_ms)):
+        if await _take_free(redis, key, value):
             return value
         raw = await redis.run(lambda r: r.get(key))
         if raw is None:
             continue  # it expired or was released meanwhile
         holder = Holder.parse(raw)
         if holder is not None and holder.gone():
-            swapped = await redis.run(_script(_SWAP, key, raw, value, ttl_ms))
+            swapped = await redis.run(_script(_SWAP, key, raw, value, _TTL_MS))
             if int(swapped) == 1:
                 log.warning(
                     "task %s: took over from %s, which has ended", task_id, holder.describe()
@@ -166,16 +171,13 @@ async def acquire(redis: RedisManager, task_id: str, me: Holder | None = None) -
 async def renew(redis: RedisManager, task_id: str, value: str) -> bool:
     """Reset the lease's TTL; False when it is no longer ``value`` (lost)."""
     key = keys.task_lease(task_id)
-    ttl_ms = int(LEASE_TTL * 1000)
-    return int(await redis.run(_script(COMPARE_AND_PEXPIRE, key, value, ttl_ms))) == 1
+    return int(await redis.run(_script(COMPARE_AND_PEXPIRE, key, value, _TTL_MS))) == 1
 
 
 async def _reclaim(redis: RedisManager, task_id: str, value: str) -> bool:
     """Take the lease again when nobody holds it: it lapsed while Redis was away (or a
     restarted Redis lost it). False when another holder has it."""
-    key = keys.task_lease(task_id)
-    ttl_ms = int(LEASE_TTL * 1000)
-    if await redis.run(lambda r: r.set(key, value, nx=True, px=ttl_ms)):
+    if await _take_free(redis, keys.task_lease(task_id), value):
         log.warning("task %s: its lease had lapsed (Redis away?); taken again", task_id)
         return True
     return False
