@@ -41,9 +41,10 @@ async def send_signal(
     except ResponseError as exc:
         if not is_wrong_type(exc):
             raise
-    # Something other than cfn made the channel a string (an agent's user may write
-    # the task's channels): what it held is gone already, so the channel starts again
-    # with this signal, in one transaction, instead of the sender crashing.
+    # Something other than cfn made the channel a string (an agent that shares the
+    # orchestrator's credentials, CFN_REDIS_AGENT_ACL off, may write any of them): what
+    # it held is gone already, so the channel starts again with this signal, in one
+    # transaction, instead of the sender crashing.
     log.warning("%s was not a list (overwritten by something other than cfn); replaced", name)
 
     async def replace(r: Any) -> int:
