@@ -79,9 +79,9 @@ def _start_agent_server() -> None:
     (about a CPU-second apiece) while the first of them starts it."""
     from cfn.agents.forkserver import AgentServer
     from cfn.settings import early
+    from tests.support.servers import outside_env
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CFN_"))}
-    path = early.launcher_socket(clean)
+    path = early.launcher_socket(outside_env())
     if path is not None:
         AgentServer(Path(path).parent).start_background()
 

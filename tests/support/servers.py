@@ -270,9 +270,14 @@ class SentinelServer:
                 self.proc.wait(10)
 
 
+def outside_env() -> dict[str, str]:
+    """This process's environment without its Redis and cfn settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CFN_"))}
+
+
 def cfn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """An environment for running ``cfn`` as a subprocess, isolated to tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CFN_"))}
+    env = outside_env()
     env["CFN_STATE_DIR"] = str(tmp_path / ".cfn")
     # An LLM gateway the command starts goes away soon after the test (default: 1 h).
     env["CFN_LLM_GATEWAY_IDLE"] = "20"
