@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from cfn.errors import CfnError, InvalidInputError
 from cfn.settings import Settings
-from cfn.system.podman import PodmanService
+from cfn.system.podman import PodmanService, run_to_end
 
 if TYPE_CHECKING:
     import docker
@@ -330,25 +330,23 @@ class ImageBuilder:
         pip's --python-version does not evaluate python_full_version, so ask the image:
         a dry-run install against the wheel directory names what is missing.
         """
-        import docker.errors
-
         for _ in range(rounds):
-            try:
-                self.client.containers.run(
-                    BASE_IMAGE,
-                    [
-                        "sh",
-                        "-c",
-                        "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --dry-run "
-                        "--no-index --find-links /wheels -r /wheels/requirements.txt",
-                    ],
-                    volumes={str(deps_dir): {"bind": "/wheels", "mode": "ro"}},
-                    network_mode="none",
-                    remove=True,
-                )
+            status, output = run_to_end(
+                self.client,
+                BASE_IMAGE,
+                timeout=600,
+                command=[
+                    "sh",
+                    "-c",
+                    "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --dry-run "
+                    "--no-index --find-links /wheels -r /wheels/requirements.txt",
+                ],
+                volumes={str(deps_dir): {"bind": "/wheels", "mode": "ro"}},
+                network_mode="none",
+            )
+            if status == 0:
                 return
-            except docker.errors.ContainerError as exc:
-                text = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            text = output.decode(errors="replace")
             match = re.search(r"No matching distribution found for ([^;\s]+)", text)
             if match is None:
                 raise ImageBuildError(

@@ -244,3 +244,32 @@ def connect(settings: Settings, *, start: bool = True, timeout: int = 120) -> do
             + ("" if settings.docker_host else " (run `cfn docker up`)")
         ) from None
     return client
+
+
+def run_to_end(
+    client: docker.DockerClient, image: str, *, timeout: float = 120.0, **options: Any
+) -> tuple[int, bytes]:
+    """Run a short container to its end: its exit status and its output (both streams).
+
+    Not ``containers.run(detach=False)``: that follows the logs of a container which
+    may already have ended, and Podman can leave such a follow unanswered until the
+    client's read timeout (seen: 120 s for ``true``). Here the engine's wait says when
+    it ended, the logs are read once after, and the container is removed either way.
+    """
+    import docker.errors
+    import requests
+
+    try:
+        container = client.containers.run(image, detach=True, **options)
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineUnavailableError(f"the engine did not start {image}: {exc}") from None
+    try:
+        status = container.wait(timeout=timeout)
+        return int(status.get("StatusCode", -1)), bytes(container.logs(stdout=True, stderr=True))
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineUnavailableError(
+            f"a container of {image} did not end within {timeout:g} s: {exc}"
+        ) from None
+    finally:
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+            container.remove(force=True, v=True)

@@ -65,6 +65,7 @@ from cfn.agents.spawn.base import (
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.providers.routes import SECRET_SUFFIXES
 from cfn.settings import Settings
+from cfn.system.podman import run_to_end
 from cfn.worktree.project import CFN_NETWORK, compose_project
 
 if TYPE_CHECKING:
@@ -394,9 +395,7 @@ class ContainerSpawner:
         """Podman creates a network's bridge with its first container: run one that exits."""
         if _address_on_host(gateway):
             return
-        self.client.containers.run(
-            image, entrypoint=["true"], network=network.name, remove=True, detach=False
-        )
+        run_to_end(self.client, image, timeout=60, entrypoint=["true"], network=network.name)
         if not _address_on_host(gateway):
             raise AgentSpawnError(
                 f"the gateway {gateway} of {network.name} is not on this host, so containers "
