@@ -1,4 +1,4 @@
-"""The httpx clients themselves: headers, URLs, pooling, and how failures are sorted.
+"""The HTTP clients themselves: headers, URLs, pooling, and how failures are sorted.
 
 The service-level behaviour (retries, fallbacks, hops) is in test_openai_client.py
 and test_anthropic_client.py; here each client is driven directly.
@@ -10,7 +10,6 @@ import json
 import socket
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -19,6 +18,7 @@ from cfn.providers import ChatRequest, ToolCall
 from cfn.providers.clients import ClientEvent, Transient, make_client
 from cfn.providers.clients.anthropic_http import AnthropicClient
 from cfn.providers.clients.errors import status_error, stream_error_event, transport_error
+from cfn.providers.clients.http11 import HttpError
 from cfn.providers.clients.openai_http import OpenAICompatClient
 from cfn.providers.routes import ProviderSpec
 from tests.support.llm_servers import (
@@ -71,8 +71,7 @@ async def events_of(stream: AsyncIterator[ClientEvent]) -> list[ClientEvent]:
 
 
 def pooled(client: OpenAICompatClient | AnthropicClient) -> int:
-    pool = client._wire.http._transport._pool
-    return len(pool.connections)
+    return client._wire.http.idle_connections()
 
 
 def test_factory_picks_the_http_clients() -> None:
@@ -265,9 +264,9 @@ def test_error_event_that_is_not_json() -> None:
 
 
 def test_transport_errors() -> None:
-    assert transport_error(httpx.ReadTimeout("slow")).kind == "timeout"
-    assert transport_error(httpx.ConnectTimeout("slow")).kind == "timeout"
-    dropped = transport_error(httpx.RemoteProtocolError("incomplete chunked read"))
+    assert transport_error(HttpError("ReadTimeout", "slow", timeout=True)).kind == "timeout"
+    assert transport_error(HttpError("ConnectTimeout", "slow", timeout=True)).kind == "timeout"
+    dropped = transport_error(HttpError("RemoteProtocolError", "incomplete chunked read"))
     assert dropped.kind == "connection_error"
     assert dropped.detail == "RemoteProtocolError: incomplete chunked read"
-    assert transport_error(httpx.ReadError("reset")).kind == "connection_error"
+    assert transport_error(HttpError("ReadError", "reset")).kind == "connection_error"

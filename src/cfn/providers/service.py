@@ -123,7 +123,13 @@ class LLMService:
     def _client(self, provider: str) -> ProviderClient:
         client = self._clients.get(provider)
         if client is None:
-            client = make_client(self.table.spec(provider), self.settings.cfn_provider_timeout)
+            from cfn.providers.clients.wire import proxies_of
+
+            client = make_client(
+                self.table.spec(provider),
+                self.settings.cfn_provider_timeout,
+                proxies_of(self.settings),
+            )
             self._clients[provider] = client
         return client
 

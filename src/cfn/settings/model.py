@@ -234,6 +234,17 @@ class Settings(BaseModel):
     cfn_retry_after_max: float = Field(
         default=60.0, ge=0, le=3600, description="A longer Retry-After moves on at once."
     )
+    # The standard proxy variables (either case), for provider calls from cfn's clients.
+    https_proxy: str | None = Field(
+        default=None, description="Proxy for https provider calls (a CONNECT tunnel)."
+    )
+    http_proxy: str | None = Field(default=None, description="Proxy for http provider calls.")
+    all_proxy: str | None = Field(
+        default=None, description="Proxy for both when the two above are unset (http:// only)."
+    )
+    no_proxy: str | None = Field(
+        default=None, description="Hosts (comma-separated, .suffix or *) reached directly."
+    )
     zai_api_key: SecretStr | None = None
     moonshot_api_key: SecretStr | None = None
     kimi_api_key: SecretStr | None = None

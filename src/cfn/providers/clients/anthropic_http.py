@@ -1,4 +1,4 @@
-"""Anthropic Messages, spoken directly over httpx.
+"""Anthropic Messages, spoken directly over HTTP/1.1 (``http11``).
 
 Serves ``anthropic``, ``max`` (the seed's route to Claude 3 Opus, with its own
 key) and z.ai's Anthropic-compatible endpoint (ZAI_API_STYLE=anthropic).
@@ -17,6 +17,7 @@ from typing import Any
 
 from cfn.providers.clients.base import ClientEvent, ClientResult
 from cfn.providers.clients.errors import malformed, stream_error_event
+from cfn.providers.clients.http11 import Proxies
 from cfn.providers.clients.wire import Wire, as_dict, sse_events
 from cfn.providers.routes import ProviderSpec
 from cfn.providers.types import ChatRequest, Message, ToolCall, Usage
@@ -123,13 +124,15 @@ def parse_message(data: dict[str, Any]) -> ClientResult:
 
 
 class AnthropicClient:
-    def __init__(self, spec: ProviderSpec, timeout: float) -> None:
+    def __init__(
+        self, spec: ProviderSpec, timeout: float, proxies: Proxies | None = None
+    ) -> None:
         self.provider = spec.name
         headers = {"anthropic-version": API_VERSION}
         if spec.key is not None and spec.key.get_secret_value():
             headers["authorization"] = f"Bearer {spec.key.get_secret_value()}"
         url = spec.base_url.rstrip("/") + "/v1/messages"
-        self._wire = Wire(spec.name, spec.key_hint, url, headers, timeout)
+        self._wire = Wire(spec.name, spec.key_hint, url, headers, timeout, proxies)
 
     async def complete(self, request: ChatRequest, model: str) -> ClientResult:
         return parse_message(await self._wire.post(build_params(request, model)))

@@ -1,7 +1,7 @@
 """Sort a failed call into ``Transient`` or a cfn error, the same way for both wire formats.
 
 The clients talk HTTP themselves (``wire``); what can go wrong arrives here as
-an httpx exception (no answer, a dropped connection), a non-2xx status with
+an ``http11.HttpError`` (no answer, a dropped connection), a non-2xx status with
 its body and headers, or an error inside a 200 stream (Anthropic's ``error``
 event, an OpenAI chunk carrying ``error``).
 """
@@ -12,10 +12,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from cfn.errors import ProviderRequestError
 from cfn.providers.clients.base import Transient, parse_retry_after
+from cfn.providers.clients.http11 import HttpError
 
 _REQUEST_ERROR_TYPES = frozenset(
     {
@@ -58,11 +57,11 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-def transport_error(exc: httpx.RequestError) -> Transient:
+def transport_error(exc: HttpError) -> Transient:
     """No answer in time, or no usable connection (refused, reset, cut mid-body)."""
-    if isinstance(exc, httpx.TimeoutException):
-        return Transient("timeout", f"no answer within the timeout ({type(exc).__name__})")
-    return Transient("connection_error", f"{type(exc).__name__}: {exc}"[:300])
+    if exc.timeout:
+        return Transient("timeout", f"no answer within the timeout ({exc.kind})")
+    return Transient("connection_error", f"{exc.kind}: {exc.detail}"[:300])
 
 
 def status_error(

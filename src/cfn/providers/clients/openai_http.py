@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat completions, spoken directly over httpx.
+"""OpenAI-compatible chat completions, spoken directly over HTTP/1.1 (``http11``).
 
 Serves z.ai, Kimi (Moonshot), OpenRouter, xAI, Gemini's OpenAI endpoint and
 local servers (Ollama, vLLM) alike: only the base URL and key differ. A
@@ -13,6 +13,7 @@ from typing import Any
 
 from cfn.providers.clients.base import ClientEvent, ClientResult
 from cfn.providers.clients.errors import malformed, stream_error_chunk
+from cfn.providers.clients.http11 import Proxies
 from cfn.providers.clients.wire import Wire, as_dict, drain, sse_events
 from cfn.providers.routes import ProviderSpec
 from cfn.providers.types import ChatRequest, Message, ToolCall, Usage
@@ -88,13 +89,15 @@ def parse_completion(data: dict[str, Any]) -> ClientResult:
 
 
 class OpenAICompatClient:
-    def __init__(self, spec: ProviderSpec, timeout: float) -> None:
+    def __init__(
+        self, spec: ProviderSpec, timeout: float, proxies: Proxies | None = None
+    ) -> None:
         self.provider = spec.name
         headers = {}
         if spec.key is not None and spec.key.get_secret_value():
             headers["authorization"] = f"Bearer {spec.key.get_secret_value()}"
         url = spec.base_url.rstrip("/") + "/chat/completions"
-        self._wire = Wire(spec.name, spec.key_hint, url, headers, timeout)
+        self._wire = Wire(spec.name, spec.key_hint, url, headers, timeout, proxies)
 
     async def complete(self, request: ChatRequest, model: str) -> ClientResult:
         return parse_completion(await self._wire.post(build_params(request, model)))

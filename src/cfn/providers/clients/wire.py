@@ -1,10 +1,10 @@
-"""What both HTTP clients share: one pooled httpx client, JSON posts, SSE streams.
+"""What both HTTP clients share: one connection pool, JSON posts, SSE streams.
 
-Each ``ProviderClient`` owns one ``httpx.AsyncClient`` (HTTP/1.1, kept-alive
-connections, redirects followed, ``timeout`` for connect, write, each read
-and the pool wait alike). httpx exceptions and non-2xx replies are sorted
-here, once, by ``errors``; the clients above only see parsed JSON, SSE
-events, ``Transient`` and ``ProviderRequestError``.
+Each ``ProviderClient`` owns one ``http11.Pool`` (HTTP/1.1, kept-alive
+connections, 307/308 redirects followed, ``timeout`` for connect, each write
+and each read alike, the proxies ``Settings`` read). Transport failures and
+non-2xx replies are sorted here, once, by ``errors``; the clients above only
+see parsed JSON, SSE events, ``Transient`` and ``ProviderRequestError``.
 """
 
 from __future__ import annotations
@@ -12,17 +12,30 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from cfn.providers.clients.base import Transient
 from cfn.providers.clients.errors import malformed, status_error, transport_error
+from cfn.providers.clients.http11 import HttpError, Pool, Proxies, Response
+
+if TYPE_CHECKING:
+    from cfn.settings import Settings
 
 #: As the official SDKs had it: many agents of one process share a provider's client.
-LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+MAX_IDLE = 100
 #: After ``[DONE]``, how long to read what is left so the connection can be reused.
 DRAIN_TIMEOUT = 0.1
+
+
+def proxies_of(settings: Settings) -> Proxies:
+    """The proxies for provider calls: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY."""
+    fallback = settings.all_proxy or None
+    no_proxy = tuple(p for p in (settings.no_proxy or "").split(",") if p.strip())
+    return Proxies(
+        http=settings.http_proxy or fallback,
+        https=settings.https_proxy or fallback,
+        no_proxy=no_proxy,
+    )
 
 
 def dumps(body: dict[str, Any]) -> bytes:
@@ -46,66 +59,63 @@ class Wire:
         url: str,
         headers: Mapping[str, str],
         timeout: float,
+        proxies: Proxies | None = None,
     ) -> None:
         self.provider = provider
         self.key_hint = key_hint
         self.url = url
         self.headers = {"content-type": "application/json", "accept": "application/json"}
         self.headers.update(headers)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), limits=LIMITS, follow_redirects=True
-        )
+        self.http = Pool(timeout, max_idle=MAX_IDLE, proxies=proxies)
 
-    def _refused(self, response: httpx.Response) -> Exception:
+    async def _refused(self, response: Response) -> Exception:
+        try:
+            content = await response.read()
+        except HttpError as exc:
+            return transport_error(exc)
+        finally:
+            await response.aclose()
         return status_error(
-            response.status_code, response.headers, response.content, self.provider, self.key_hint
+            response.status, response.headers, content, self.provider, self.key_hint
         )
 
     async def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """The reply's JSON object."""
         try:
-            response = await self.http.post(self.url, content=dumps(body), headers=self.headers)
-        except httpx.RequestError as exc:
+            response = await self.http.request("POST", self.url, self.headers, dumps(body))
+            if not response.is_success:
+                raise await self._refused(response)
+            content = await response.read()
+        except HttpError as exc:
             raise transport_error(exc) from exc
-        if not response.is_success:
-            raise self._refused(response)
         try:
-            data = json.loads(response.content)
+            data = json.loads(content)
         except ValueError as exc:
             raise malformed("JSON reply", exc) from exc
         if not isinstance(data, dict):
             raise malformed("JSON reply", TypeError(f"{type(data).__name__}, not an object"))
         return data
 
-    async def open(self, body: dict[str, Any]) -> httpx.Response:
+    async def open(self, body: dict[str, Any]) -> Response:
         """A 2xx streamed response; the caller closes it."""
-        request = self.http.build_request(
-            "POST", self.url, content=dumps(body), headers=self.headers
-        )
         try:
-            response = await self.http.send(request, stream=True)
-        except httpx.RequestError as exc:
+            response = await self.http.request("POST", self.url, self.headers, dumps(body))
+        except HttpError as exc:
             raise transport_error(exc) from exc
         if response.is_success:
             return response
-        try:
-            await response.aread()
-        except httpx.RequestError as exc:
-            raise transport_error(exc) from exc
-        finally:
-            await response.aclose()
-        raise self._refused(response)
+        raise await self._refused(response)
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
 
-async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str | None, str], None]:
+async def sse_events(response: Response) -> AsyncGenerator[tuple[str | None, str], None]:
     """``(event name or None, data)`` of each server-sent event; a cut stream is ``Transient``."""
     event: str | None = None
     data: list[str] = []
     try:
-        async for line in response.aiter_lines():
+        async for line in response.iter_lines():
             if not line:
                 if data:
                     yield event, "\n".join(data)
@@ -122,7 +132,7 @@ async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str | Non
                 event = value
         if data:  # the last event, when the stream ends without its blank line
             yield event, "\n".join(data)
-    except httpx.RequestError as exc:
+    except HttpError as exc:
         raise transport_error(exc) from exc
 
 
