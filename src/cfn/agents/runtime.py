@@ -546,12 +546,11 @@ def gateway_access(settings: Settings, context: AgentContext) -> tuple[str, str]
     An agent run by hand (``cfn agent run`` without a token) is given them
     here, by the user running it, from the gateway cfn starts on first need.
     """
-    from cfn.providers.gateway.server import ensure_gateway, mint_agent_token
-
     token = settings.cfn_llm_token
     if settings.cfn_llm_gateway_url and token is not None:
         return settings.cfn_llm_gateway_url, token.get_secret_value()
     from cfn.providers import load_route_table
+    from cfn.providers.gateway.server import ensure_gateway, mint_agent_token
 
     url = ensure_gateway(settings)
     table = load_route_table(settings)

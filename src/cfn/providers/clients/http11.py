@@ -26,8 +26,8 @@ connection:
 * Errors: ``HttpError`` (with ``timeout`` set for a deadline that passed), one
   type, mapped to cfn's ``Transient`` once, in ``errors``.
 
-``timeout`` bounds the connect, each write and each read alike, as httpx's
-single-value ``Timeout`` did.
+``timeout`` bounds each write and each read, and the connect unless
+``connect_timeout`` is given.
 """
 
 from __future__ import annotations
@@ -234,6 +234,9 @@ class Response:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._abort()
             raise HttpError("ReadError", str(exc) or type(exc).__name__) from None
+        except ValueError:  # readline: a chunk size or trailer line past the reader's limit
+            self._abort()
+            raise HttpError("RemoteProtocolError", "a chunk line too long") from None
         except BaseException:
             self._abort()
             raise
@@ -276,8 +279,9 @@ class Response:
             for line in lines:
                 yield line
         pending += utf8.decode(b"", final=True)
-        if pending:
-            yield pending
+        if pending:  # the body's end ends its last line, and a "\r" held back for a "\n"
+            for line in _split_lines(pending + "\n")[:-1]:
+                yield line
 
     def _release(self) -> None:
         connection, self._connection = self._connection, None
@@ -330,11 +334,13 @@ class Pool:
         self,
         timeout: float,
         *,
+        connect_timeout: float | None = None,
         max_idle: int = 100,
         proxies: Proxies | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.max_idle = max_idle
         self.proxies = proxies or Proxies()
         self._ssl = ssl_context
@@ -372,7 +378,7 @@ class Pool:
         scheme, host, port = origin
         proxy = self.proxies.for_url(scheme, host)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 if proxy is None:
                     reader, writer = await asyncio.open_connection(
                         host,
@@ -408,15 +414,16 @@ class Pool:
         auth = _proxy_auth(parts.username, parts.password)
         host = f"[{origin[1]}]" if ":" in origin[1] else origin[1]
         target = f"{host}:{origin[2]}"
-        writer.write(
-            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode("latin-1")
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1:2]
-        if status != [b"200"]:
-            writer.close()
-            raise HttpError("ProxyError", f"the proxy refused the tunnel: {head[:80]!r}")
-        await writer.start_tls(self._tls(), server_hostname=origin[1])
+        connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n"
+        try:
+            writer.write(connect.encode("latin-1"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.split(b" ", 2)[1:2] != [b"200"]:
+                raise HttpError("ProxyError", f"the proxy refused the tunnel: {head[:80]!r}")
+            await writer.start_tls(self._tls(), server_hostname=origin[1])
+        except BaseException:
+            writer.close()  # no half-made tunnel left open (a refusal, a failed handshake)
+            raise
         return reader, writer
 
     async def request(
@@ -470,7 +477,8 @@ class Pool:
         except UnicodeEncodeError:
             raise HttpError("LocalProtocolError", "a header that is not Latin-1") from None
         for attempt in (1, 2):
-            connection = self._take(origin)
+            # The second attempt goes on a new connection: another idle one may be as stale.
+            connection = self._take(origin) if attempt == 1 else None
             reused = connection is not None
             if connection is None:
                 connection = await self._connect(origin)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from cfn.errors import (
     AuthError,
     BudgetExceededError,
@@ -28,11 +26,13 @@ from cfn.errors import (
     ProviderRequestError,
     ProviderUnavailableError,
 )
+from cfn.providers.clients.http11 import HttpError, Pool
 from cfn.providers.clients.openai_http import build_params
 from cfn.providers.types import ChatRequest, ChatResponse, Hop, TaskTraits, ToolCall, Usage
 
 #: The gateway does the retrying (with the provider's Retry-After); the agent waits long.
-TIMEOUT = httpx.Timeout(connect=5.0, read=900.0, write=60.0, pool=5.0)
+READ_TIMEOUT = 900.0
+CONNECT_TIMEOUT = 5.0
 
 
 def _error(status: int, body: bytes) -> Exception:
@@ -94,11 +94,23 @@ class GatewayLLM:
     the token allows (``provider:model``).
     """
 
-    def __init__(self, url: str, token: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = READ_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            timeout=timeout, headers={"authorization": f"Bearer {token}"}
-        )
+        self._headers = {
+            "authorization": f"Bearer {token}",
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
+        # cfn's own HTTP/1.1 client (providers.clients.http11): nothing is set up before
+        # the first call (a claude-code agent makes none), no TLS for an http gateway.
+        self._client = Pool(timeout, connect_timeout=connect_timeout, max_idle=4)
 
     async def complete(
         self,
@@ -111,18 +123,20 @@ class GatewayLLM:
         model: str | None = None,
     ) -> ChatResponse:
         wanted = f"{provider}:{model}" if provider and model else "cfn-routed"
+        body = json.dumps(build_params(request, wanted), separators=(",", ":")).encode()
         try:
-            reply = await self._client.post(
-                f"{self.url}/v1/chat/completions", json=build_params(request, wanted)
+            reply = await self._client.request(
+                "POST", f"{self.url}/v1/chat/completions", self._headers, body
             )
-        except httpx.HTTPError as exc:
+            content = await reply.read()
+        except HttpError as exc:
             raise ProviderUnavailableError(
-                f"LLM gateway {self.url} unreachable: {type(exc).__name__}: {exc}"
+                f"LLM gateway {self.url} unreachable: {exc.kind}: {exc.detail}"
             ) from None
-        if reply.status_code != 200:
-            raise _error(reply.status_code, reply.content)
+        if reply.status != 200:
+            raise _error(reply.status, content)
         try:
-            data = reply.json()
+            data = json.loads(content)
         except ValueError:
             raise ProviderUnavailableError("LLM gateway sent a reply that is not JSON") from None
         return parse_reply(data)
