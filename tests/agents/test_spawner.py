@@ -129,6 +129,32 @@ async def test_cpu_limit_bites(spawner: ProcessSpawner, make_context: Any) -> No
     assert info.cpu_seconds < 0.5  # unthrottled it would be ~0.8 s
 
 
+@needs_cgroups
+@pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CFS burst (Linux < 5.14)"
+)
+async def test_cpu_limit_allows_one_periods_burst_unless_told_not(
+    tmp_path: Path, redis_server: RedisServer, make_context: Any
+) -> None:
+    """AGENT_CPU_LIMIT is the average; CFN_AGENT_CPU_BURST (default 1: one period's
+    quota) is what a multi-threaded start-up may run above it, 0 the strict quota."""
+    for burst, expected in ((None, 50_000), (0.0, 0), (0.5, 25_000)):
+        extra = {} if burst is None else {"cfn_agent_cpu_burst": burst}
+        settings = Settings(cfn_state_dir=tmp_path / f".cfn-{expected}", **extra)
+        spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+        handle = await spawner.spawn(
+            make_context(f"impl-2-{expected}", cpu_limit=0.5), command=["sleep", "30"]
+        )
+        try:
+            state = json.loads((handle.directory / "state.json").read_text())
+            cpu = Path(state["cgroups"]["cpu"])
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50_000
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == expected
+        finally:
+            await handle.kill()
+            await handle.wait()
+
+
 async def test_timeout_kills(spawner: ProcessSpawner, make_context: Any) -> None:
     started = time.monotonic()
     handle = await spawner.spawn(make_context("impl-1-4", timeout=1), command=["sleep", "30"])

@@ -26,9 +26,20 @@ def _name(tmp_path: Path) -> str:
 
 @needs_v1
 def test_v1_limits_reservations_and_stats_for_real(tmp_path: Path) -> None:
-    groups = Cgroups.create(_name(tmp_path), 64 * 1024**2, 0.5)
+    groups = Cgroups.create(_name(tmp_path), 64 * 1024**2, 0.5, cpu_burst=1.0)
     try:
         mem, cpu = Path(groups.paths["memory"]), Path(groups.paths["cpu"])
+        if (cpu / "cpu.cfs_burst_us").exists():  # Linux 5.14+
+            # A burst of one period's quota; lowering the quota later lowers it first
+            # (the kernel refuses a quota below the burst in force).
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == 50_000
+            groups.set_cpu_quota(0.25, burst=1.0)
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) == 25_000
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == 25_000
+            groups.set_cpu_quota(0.5, burst=5.0)  # never above the quota
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == 50_000
+            groups.set_cpu_quota(0.5)
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == 0
         assert mem.parent.name == "cfn" and not cgroups.is_v2(str(mem))
         assert int((mem / "memory.limit_in_bytes").read_text()) == 64 * 1024**2
         assert groups.memory_limit() == 64 * 1024**2
@@ -109,8 +120,13 @@ def test_pure_v2_writes_max_files_and_enables_the_controllers(
     assert (group / "cpu.weight").read_text() == "25"
     groups.set_cpu_weight(None)
     assert (group / "cpu.weight").read_text() == "100"
+    (group / "cpu.max.burst").write_text("0")  # the kernel's file, from Linux 5.14
+    groups.set_cpu_quota(1.5, burst=0.5)
+    assert (group / "cpu.max").read_text() == "150000 100000"
+    assert (group / "cpu.max.burst").read_text() == "75000"
     groups.set_cpu_quota(None)
     assert (group / "cpu.max").read_text() == "max 100000"
+    assert (group / "cpu.max.burst").read_text() == "0"
     groups.join(4242)
     assert (group / "cgroup.procs").read_text() == "4242"
     assert [p for p, _ in writes].count(str(group / "cgroup.procs")) == 1

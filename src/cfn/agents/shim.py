@@ -147,7 +147,9 @@ class Supervisor:
         cpus = self.spec.get("cpus")
         if mode != "off":
             try:
-                self.groups = Cgroups.create(self.spec["name"], memory, cpus)
+                self.groups = Cgroups.create(
+                    self.spec["name"], memory, cpus, cpu_burst=float(self.spec.get("cpu_burst", 0))
+                )
                 self.limits = "cgroup"
             except OSError as exc:
                 if mode == "on":

@@ -167,6 +167,14 @@ class Settings(BaseModel):
     agent_cpu_limit: float = Field(
         default=1.0, gt=0, le=1024, description="Per-agent CPUs (docker --cpus style)."
     )
+    cfn_agent_cpu_burst: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Process agents may run up to this fraction of a period's AGENT_CPU_LIMIT "
+        "quota above it, from quota left unused before (a CLI's multi-threaded start-up); "
+        "the average stays at the limit. 0: the strict quota of docker --cpus. Linux 5.14+.",
+    )
     cfn_agent_heartbeat_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between agent heartbeats; TTL is 2x."
     )

@@ -401,6 +401,7 @@ class ProcessSpawner:
                 "memory": limits.memory,
                 "memory_bytes": limits.memory_bytes,
                 "cpus": limits.cpus,
+                "cpu_burst": self.settings.cfn_agent_cpu_burst,
                 "timeout": limits.timeout,
                 "kill_grace": self.settings.cfn_agent_kill_grace,
                 "cgroups": self.settings.cfn_agent_cgroups,
