@@ -18,9 +18,9 @@ from cfn.providers import ChatRequest, ToolCall
 from cfn.providers.clients import ClientEvent, Transient, make_client
 from cfn.providers.clients.anthropic_http import AnthropicClient
 from cfn.providers.clients.errors import status_error, stream_error_event, transport_error
-from cfn.providers.clients.http11 import HttpError
 from cfn.providers.clients.openai_http import OpenAICompatClient
 from cfn.providers.routes import ProviderSpec
+from cfn.system.http11 import HttpError
 from tests.support.llm_servers import (
     LLMServer,
     Reply,

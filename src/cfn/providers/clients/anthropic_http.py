@@ -17,10 +17,10 @@ from typing import Any
 
 from cfn.providers.clients.base import ClientEvent, ClientResult
 from cfn.providers.clients.errors import malformed, stream_error_event
-from cfn.providers.clients.http11 import Proxies
 from cfn.providers.clients.wire import Wire, as_dict, sse_events
 from cfn.providers.routes import ProviderSpec
 from cfn.providers.types import ChatRequest, Message, ToolCall, Usage
+from cfn.system.http11 import Proxies
 
 DEFAULT_MAX_TOKENS = 4096
 API_VERSION = "2023-06-01"

@@ -14,7 +14,7 @@ from typing import Any
 
 from cfn.errors import ProviderRequestError
 from cfn.providers.clients.base import Transient, parse_retry_after
-from cfn.providers.clients.http11 import HttpError
+from cfn.system.http11 import HttpError
 
 _REQUEST_ERROR_TYPES = frozenset(
     {

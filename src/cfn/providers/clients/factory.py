@@ -8,7 +8,7 @@ from cfn.providers.clients.base import ProviderClient
 from cfn.providers.routes import ProviderSpec
 
 if TYPE_CHECKING:
-    from cfn.providers.clients.http11 import Proxies
+    from cfn.system.http11 import Proxies
 
 
 def make_client(

@@ -13,10 +13,10 @@ from typing import Any
 
 from cfn.providers.clients.base import ClientEvent, ClientResult
 from cfn.providers.clients.errors import malformed, stream_error_chunk
-from cfn.providers.clients.http11 import Proxies
 from cfn.providers.clients.wire import Wire, as_dict, drain, sse_events
 from cfn.providers.routes import ProviderSpec
 from cfn.providers.types import ChatRequest, Message, ToolCall, Usage
+from cfn.system.http11 import Proxies
 
 
 def to_openai_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cfn.providers.clients.base import Transient
 from cfn.providers.clients.errors import malformed, status_error, transport_error
-from cfn.providers.clients.http11 import HttpError, Pool, Proxies, Response
+from cfn.system.http11 import HttpError, Pool, Proxies, Response
 
 if TYPE_CHECKING:
     from cfn.settings import Settings

@@ -26,9 +26,9 @@ from cfn.errors import (
     ProviderRequestError,
     ProviderUnavailableError,
 )
-from cfn.providers.clients.http11 import HttpError, Pool
 from cfn.providers.clients.openai_http import build_params
 from cfn.providers.types import ChatRequest, ChatResponse, Hop, TaskTraits, ToolCall, Usage
+from cfn.system.http11 import HttpError, Pool
 
 #: The gateway does the retrying (with the provider's Retry-After); the agent waits long.
 READ_TIMEOUT = 900.0
@@ -108,7 +108,7 @@ class GatewayLLM:
             "content-type": "application/json",
             "accept": "application/json",
         }
-        # cfn's own HTTP/1.1 client (providers.clients.http11): nothing is set up before
+        # cfn's own HTTP/1.1 client (cfn.system.http11): nothing is set up before
         # the first call (a claude-code agent makes none), no TLS for an http gateway.
         self._client = Pool(timeout, connect_timeout=connect_timeout, max_idle=4)
 

@@ -1,5 +1,9 @@
 """A small HTTP/1.1 client on asyncio streams: what the provider clients need, nothing else.
 
+It lives in ``cfn.system`` (standard library only) because two parts use it: the
+provider clients (``cfn.providers.clients.wire``, the LLM gateway's upstream calls)
+and the MCP gateway's hops to its own servers (``cfn.mcp.upstream``).
+
 Why not httpx: measured on this project's 2-core machine, one kept-alive httpx
 call cost the LLM gateway about 2 ms of Python per request (httpcore, h11, anyio
 and httpx's own layers; ``bench gateway``), which is the whole of the gateway's
@@ -263,10 +267,19 @@ class Response:
             self._abort()
             raise HttpError("DecodingError", str(exc)) from None
 
-    async def read(self) -> bytes:
-        """The whole decoded body (read once; later calls return it again)."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole decoded body (read once; later calls return it again); a body
+        over ``max_bytes`` is an ``HttpError`` (TooLarge) and its connection closed."""
         if self._content is None:
-            self._content = b"".join([piece async for piece in self.iter_bytes()])
+            pieces: list[bytes] = []
+            size = 0
+            async for piece in self.iter_bytes():
+                size += len(piece)
+                if max_bytes is not None and size > max_bytes:
+                    self._abort()
+                    raise HttpError("TooLarge", f"a reply body over {max_bytes} bytes")
+                pieces.append(piece)
+            self._content = b"".join(pieces)
         return self._content
 
     async def iter_lines(self) -> AsyncIterator[str]:
@@ -469,8 +482,12 @@ class Pool:
             parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
             extra = _proxy_auth(parts.username, parts.password)
         lines = [f"{method} {request_target} HTTP/1.1", f"Host: {_host_header(origin)}"]
-        lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "host"]
-        if body or method in ("POST", "PUT", "PATCH"):
+        for name, value in headers.items():
+            if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name:
+                raise HttpError("LocalProtocolError", f"header {name[:40]!r}: a line break or ':'")
+            if name.lower() != "host":
+                lines.append(f"{name}: {value}")
+        if body or method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
             lines.append(f"Content-Length: {len(body)}")
         try:
             head = ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode("latin-1")

@@ -1,4 +1,4 @@
-"""cfn's own HTTP/1.1 client (providers/clients/http11.py) against real local servers.
+"""cfn's own HTTP/1.1 client (system/http11.py) against real local servers.
 
 Every test scripts its own asyncio server (and proxy) on 127.0.0.1: body framing and
 connection reuse, line splitting, compressed replies, stale kept-alive connections,
@@ -24,9 +24,27 @@ from typing import Any
 
 import pytest
 
-from cfn.providers.clients.http11 import HttpError, Pool, Proxies
 from cfn.providers.clients.wire import proxies_of
-from tests.providers.conftest import MakeSettings
+from cfn.settings import Settings
+from cfn.system.http11 import HttpError, Pool, Proxies
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> MakeSettings:
+    """Settings isolated from the developer's files (the proxy fields come from the env)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "cfn_state_dir": tmp_path / ".cfn",
+            "cfn_agents_dir": tmp_path / "agents",
+            "cfn_providers_file": tmp_path / "providers.json",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
 
 # --- scripted servers ---------------------------------------------------------------
 
