@@ -563,3 +563,68 @@ def test_stream_shapes() -> None:
         errors=("Reached maximum number of turns (3)",),
         session_id="s1",
     )
+
+
+# --- under cfn's supervisor: a stop reaches the CLI's commands without cgroups -----------
+
+
+async def test_a_supervisor_stop_ends_a_claude_code_agent_in_order(
+    binary: Path, llm: LLMServer, tmp_path: Path
+) -> None:
+    """The agent process turns its supervisor's SIGTERM into a cancellation: the CLI and
+    its Bash command (a session of its own) are stopped, the agent's lock released at
+    once (not left to its TTL), and the process still ends by SIGTERM, as recorded."""
+    import redis as redis_sync
+
+    from cfn import keys
+    from cfn.agents.context import generate_cli_context
+    from cfn.agents.spawn.process import ProcessSpawner
+    from cfn.coordination import acl
+    from cfn.settings import Settings
+    from tests.support.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        settings = Settings(
+            cfn_state_dir=tmp_path / ".cfn",
+            cfn_agents_dir=tmp_path / "agents",
+            cfn_agent_cgroups="off",
+            cfn_agent_kill_grace=10.0,
+        )
+        (tmp_path / "agents").mkdir()
+        workspace = tmp_path / "workspace"
+        workspace.mkdir()
+        context = generate_cli_context(
+            "ccstop",
+            "impl-1-1",
+            settings=settings,
+            redis_host="127.0.0.1",
+            redis_port=server.port,
+            workspace=workspace,
+            backend="claude-code",
+            model=MODEL,
+            timeout=120,
+        )
+        sleeper(llm)
+        spawner = ProcessSpawner(settings, redis_url=server.url)
+        handle = await spawner.spawn(
+            context,
+            env={
+                "CFN_LLM_GATEWAY_URL": llm.anthropic_url,
+                "CFN_LLM_TOKEN": TOKEN,
+                "CFN_CLAUDE_BIN": str(binary),
+                "HOME": str(tmp_path),
+            },
+        )
+        pids = await wait_for_file(workspace / "pids.txt")
+        lock = keys.lock(acl.lock_resource("ccstop", "impl-1-1"))
+        client = redis_sync.Redis.from_url(server.url)
+        assert client.exists(lock)
+        await handle.stop()
+        info = await handle.wait()
+        assert info.signal == 15 and info.status == "killed", info
+        assert not client.exists(lock), "the lock was left to expire"
+        client.close()
+        assert_all_gone(pids)
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@ kill, re-attach."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from cfn.coordination.connection import RedisManager
 from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.settings import Settings
 from cfn.system.cgroups import cgroups_writable
-from cfn.system.proc import proc_start_ticks
+from cfn.system.proc import proc_alive, proc_start_ticks
 from tests.conftest import CFN
 from tests.support.servers import RedisServer, cfn_env
 
@@ -327,3 +328,51 @@ def test_only_spawner_for_decides_process_or_container() -> None:
     assert reads == 1
     for runtime in ("base.py", "process.py", "container.py", "agent.py"):
         assert "spawn_mode" not in (spawn / runtime).read_text()
+
+
+DETACHING = (
+    "setsid sh -c 'echo $$ > detached.pid; exec sleep 300' & "
+    "echo $! > started.pid; exec sleep 300"
+)
+
+
+async def _detached_pid(workspace: Path) -> int:
+    deadline = time.monotonic() + 30
+    path = workspace / "detached.pid"
+    while not (path.exists() and path.read_text().strip()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return int(path.read_text())
+
+
+@pytest.mark.parametrize("how", ["stop", "kill", "timeout"])
+async def test_without_cgroups_a_stop_ends_commands_in_sessions_of_their_own(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    make_context: Any,
+    workspace: Path,
+    how: str,
+) -> None:
+    """A command the agent started with ``setsid`` (as Claude Code's Bash tool does) is
+    in no group of the agent's: with cgroups off only the supervisor's scan of the
+    agent's descendants reaches it, on stop, kill and timeout alike."""
+    settings = Settings(
+        cfn_state_dir=tmp_path / ".cfn", cfn_agent_cgroups="off", cfn_agent_kill_grace=0.5
+    )
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    context = make_context(f"impl-3-{how}", **({"timeout": 2} if how == "timeout" else {}))
+    handle = await spawner.spawn(context, command=["sh", "-c", DETACHING])
+    detached = await _detached_pid(workspace)
+    assert proc_alive(detached)
+    if how == "stop":
+        await handle.stop()
+    elif how == "kill":
+        await handle.kill()
+    info = await handle.wait()
+    assert info.limits == "rlimit"
+    assert (info.timed_out, info.status) == (
+        (True, "timeout") if how == "timeout" else (False, "killed")
+    )
+    deadline = time.monotonic() + 5
+    while proc_alive(detached) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not proc_alive(detached), f"a detached command outlived the agent ({how})"

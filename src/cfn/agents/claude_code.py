@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cfn.errors import AgentSpawnError, ConfigError, WaitTimeoutError
-from cfn.system.proc import proc_stat_fields
+from cfn.system.proc import proc_descendants, signal_tree
 
 __all__ = [
     "ClaudeRun",
@@ -412,43 +412,17 @@ def parse_stream_line(line: str) -> list[Step] | Final | None:
 # --- the process -----------------------------------------------------------------------
 
 
-def _descendants(root: int) -> set[int]:
-    """Every live process below ``root`` (a scan of /proc: ppid links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            found = proc_stat_fields(int(entry.name), 4)
-            if found is not None:
-                children.setdefault(found[0], []).append(int(entry.name))
-    seen: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return seen
-
-
 def _signal_all(pgid: int, pids: set[int], signum: int) -> None:
     """``signum`` to the CLI's group, to each of ``pids`` and to their own groups."""
-    groups = {pgid}
-    for pid in pids:
-        found = proc_stat_fields(pid, 5)
-        if found is not None and found[0] > 1:
-            groups.add(found[0])
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signum)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+    signal_tree(pids, signum)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the CLI and everything it started, a short grace, then SIGKILL."""
     pgid = proc.pid  # start_new_session: the CLI leads its own group
-    tree = _descendants(pgid)
+    tree = proc_descendants(pgid)
     try:
         _signal_all(pgid, tree, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
@@ -457,7 +431,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     finally:
         # Whatever the CLI did not stop (or everything, when cancelled mid-grace);
         # processes started during the grace are found again.
-        _signal_all(pgid, tree | _descendants(pgid), signal.SIGKILL)
+        _signal_all(pgid, tree | proc_descendants(pgid), signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(TERM_GRACE):
             await proc.wait()

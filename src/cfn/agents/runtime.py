@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import re
+import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +46,7 @@ from cfn.providers import (
     ToolCall,
 )
 from cfn.settings import Settings
+from cfn.system.proc import become_subreaper, proc_descendants, signal_tree
 
 if TYPE_CHECKING:
     from cfn.agents.claude_code import ClaudeRun
@@ -453,7 +456,9 @@ class AgentRuntime:
                             await work
                         result = RunResult("failed", self._payload(error=stopper.result()))
                 finally:
-                    for extra in (keeper, stopper):
+                    # ``work`` too when this run is cancelled (the process's SIGTERM):
+                    # it stops what it started before the run ends.
+                    for extra in (work, keeper, stopper):
                         extra.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await extra
@@ -580,6 +585,30 @@ def _log_transcript() -> None:
         transcript.propagate = False
 
 
+class _Terminated(Exception):
+    """The agent process was sent SIGTERM (its supervisor's stop or timeout)."""
+
+
+async def _stoppable(work: Awaitable[RunResult]) -> RunResult:
+    """``work``, cancelled on SIGTERM so that what it started is stopped in order (the
+    Claude Code CLI and its commands: SIGTERM, a grace, SIGKILL), not orphaned."""
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = asyncio.Event()
+
+    def on_sigterm() -> None:
+        stopped.set()
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if stopped.is_set():
+            raise _Terminated() from None
+        raise
+
+
 def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
     """One agent process's whole work: ``(exit code, error line or None)``.
 
@@ -588,10 +617,24 @@ def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
     it could not run at all.
     """
     _log_transcript()
+    # What the agent's tools leave behind when their parent dies (a Claude Code Bash
+    # command runs in a session of its own) stays below this process, to be ended here.
+    become_subreaper()
+    terminated = False
     try:
-        result = asyncio.run(run_from_file(path, settings))
+        result = asyncio.run(_stoppable(run_from_file(path, settings)))
     except CfnError as exc:
         return exc.exit_code, f"[ERROR] {exc}"
+    except _Terminated:
+        terminated = True
+        return 128 + signal.SIGTERM, None
+    finally:
+        signal_tree(proc_descendants(os.getpid()), signal.SIGKILL)
+        if terminated:
+            # Stopped as asked, with its tools and CLI ended first: now end as a
+            # SIGTERM ends a process, so the supervisor records the signal.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
     if result.result == "failed":
         return 1, f"[ERROR] agent reported failure: {result.payload.get('error', '')}"
     return 0, None

@@ -62,7 +62,12 @@ if __name__ == "__main__":  # pragma: no branch
 
 from cfn.system import forkwire as wire  # noqa: E402 (after the script's path set-up)
 from cfn.system.cgroups import Cgroups  # noqa: E402
-from cfn.system.proc import proc_start_ticks  # noqa: E402
+from cfn.system.proc import (  # noqa: E402
+    proc_alive,
+    proc_descendants,
+    proc_start_ticks,
+    signal_tree,
+)
 
 # --- the supervisor ---------------------------------------------------------------------
 
@@ -138,6 +143,8 @@ class Supervisor:
         self.timed_out = False
         self.killed = False
         self.stop_requested = False
+        #: Every process seen below the agent when it was stopped: (pid, start ticks).
+        self.tree: set[tuple[int, int | None]] = set()
         #: The agent server's connection when the agent was forked by it (None: our child).
         self.server: Any = None
 
@@ -255,10 +262,22 @@ class Supervisor:
         """Signal the agent's process group and cgroup; return when to SIGKILL."""
         grace = float(self.spec.get("kill_grace", 5.0))
         signum = signal.SIGTERM if graceful and grace > 0 else signal.SIGKILL
+        # Its descendants too, and their own groups: without cgroups nothing else
+        # reaches a command started in a session of its own (a Claude Code Bash tool's).
+        below = proc_descendants(self.pid)
+        self.tree |= {(pid, proc_start_ticks(pid)) for pid in below}
         _kill_group(self.pid, signum)
+        signal_tree(below, signum)
         if self.groups is not None:
             self.groups.signal_all(signum)
         return now + grace if signum == signal.SIGTERM else None
+
+    def _end_leftovers(self) -> None:
+        """SIGKILL what was seen below the agent and still lives (reparented to init
+        once the agent died), checked by start time: a reused pid is left alone."""
+        alive = {pid for pid, ticks in self.tree if proc_alive(pid, ticks)}
+        if alive:
+            signal_tree(alive, signal.SIGKILL)
 
     def supervise(self, wake_fd: int) -> dict[str, Any]:
         pidfd = os.pidfd_open(self.pid)
@@ -299,6 +318,7 @@ class Supervisor:
         ended = time.time()
         # Anything the agent left behind in its group goes with it (as in a container).
         _kill_group(self.pid, signal.SIGKILL)
+        self._end_leftovers()
         stats: dict[str, Any] = {}
         if self.groups is not None:
             self.groups.signal_all(signal.SIGKILL)

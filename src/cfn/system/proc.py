@@ -64,6 +64,57 @@ def proc_group_members(pgid: int) -> set[int]:
     return members
 
 
+def proc_descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (a scan of /proc: parent links, ppid is field 4)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = proc_stat_fields(int(entry.name), 4)
+            if found is not None:
+                children.setdefault(found[0], []).append(int(entry.name))
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
+
+
+def signal_tree(pids: set[int], signum: int) -> None:
+    """``signum`` to each of ``pids`` and to the process group each leads or sits in
+    (a command started with ``setsid`` leads a group and session of its own)."""
+    groups: set[int] = set()
+    for pid in pids:
+        found = proc_stat_fields(pid, 5)
+        if found is not None and found[0] > 1:
+            groups.add(found[0])
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signum)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+#: prctl(2) option: orphans below this process are reparented to it, not to init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process its descendants' reaper: what they leave behind when their
+    parent dies (a tool's ``setsid`` command) stays below it, findable and killable.
+    False where prctl is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def proc_state(pid: int) -> str | None:
     """The one-letter state (R, S, Z, ...) of a process, None when it is gone."""
     try:
