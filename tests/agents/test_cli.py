@@ -89,3 +89,59 @@ def test_bad_input_is_one_error_exit_2_and_spawns_nothing(
         assert name in lines[0], (name, err)
     assert not (tmp_path / ".cfn" / "tasks").exists()
     assert not (tmp_path / ".cfn" / "redis").exists()
+
+
+async def test_spawn_agent_backend_comes_from_the_flag_the_profile_or_the_environment(
+    tmp_path: Path, redis_server: RedisServer, task_id: str, workspace: Path
+) -> None:
+    """One rule for `spawn-agent` and the loop: --backend/--command, then the profile's
+    `backend:`/`command:` (a `.claude/agents`-style Markdown file), then
+    CFN_AGENT_BACKEND/CFN_AGENT_COMMAND, then builtin."""
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "shell-runner.md").write_text(
+        "---\nname: shell-runner\ndescription: runs a shell line\nbackend: command\n"
+        "command: sh -c 'echo via-profile $AGENT_ID'\n---\nYou run shell lines.\n"
+    )
+    base = cfn_env(tmp_path, REDIS_URL=redis_server.url, CFN_AGENTS_DIR=str(agents))
+    env_chosen = {
+        **base,
+        "CFN_AGENT_BACKEND": "command",
+        "CFN_AGENT_COMMAND": "sh -c 'echo via-env $AGENT_ID'",
+    }
+    runs = {
+        "shell-runner": ([], base),
+        "impl-9-2": ([], env_chosen),
+        "impl-9-3": (["--command", "sh -c 'echo via-flag $AGENT_ID'"], env_chosen),
+    }
+    for agent, (extra, env) in runs.items():
+        result = subprocess.run(
+            [*CFN, "spawn-agent", agent, task_id, *extra, "--workspace", str(workspace)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    spawner = ProcessSpawner(Settings(cfn_state_dir=tmp_path / ".cfn"))
+    logs = {}
+    for agent in runs:
+        handle = await spawner.attach(task_id, agent)
+        assert (await handle.wait()).ok
+        logs[agent] = handle.log_path.read_text()
+    assert "via-profile shell-runner" in logs["shell-runner"]
+    assert "via-env impl-9-2" in logs["impl-9-2"]
+    assert "via-flag impl-9-3" in logs["impl-9-3"]
+    # A profile naming the command backend without a command, and nothing else to run:
+    (agents / "no-command.md").write_text(
+        "---\nname: no-command\ndescription: x\nbackend: command\n---\nNothing.\n"
+    )
+    refused = subprocess.run(
+        [*CFN, "spawn-agent", "no-command", task_id, "--workspace", str(workspace)],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "runs an executable" in refused.stderr and "Traceback" not in refused.stderr

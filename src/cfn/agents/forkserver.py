@@ -402,14 +402,14 @@ def agent_child(conn: socket.socket, fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
     context = Path(str(request["context"]))
-    sys.argv = ["cfn", "agent", "run", "--context", str(context)]
+    sys.argv = ["cfn", "agent", "run", "--context", str(context), "--supervised"]
     # As ``cfn agent run`` would: warnings and errors on stderr (the agent's log).
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     from cfn.agents.runtime import run_agent
     from cfn.settings import load_settings
 
     try:
-        code, message = run_agent(context, load_settings())
+        code, message = run_agent(context, load_settings(), supervised=True)
     except CfnError as exc:  # the settings themselves
         code, message = exc.exit_code, f"[ERROR] {exc}"
     if message:

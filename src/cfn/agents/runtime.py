@@ -609,14 +609,30 @@ async def _stoppable(work: Awaitable[RunResult]) -> RunResult:
         raise
 
 
-def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
+def run_agent(
+    path: Path, settings: Settings, *, supervised: bool = False
+) -> tuple[int, str | None]:
     """One agent process's whole work: ``(exit code, error line or None)``.
 
     What ``cfn agent run`` and an agent forked by the agent server both do: 0 when
     the agent reported success, 1 when it reported failure, a CfnError's code when
     it could not run at all.
+
+    ``supervised``: the process is the agent's alone, started by cfn's supervisor
+    (forked, ``--supervised``, a container). Then a SIGTERM (a stop, the timeout)
+    cancels the run, so the Claude Code CLI and its commands are stopped in order
+    and the lock released, before the process ends by that SIGTERM; and, as its
+    tools' subreaper, it ends whatever they left running below it. Not otherwise:
+    ``cfn agent run`` in a shell or in a test's process must not touch processes
+    that are not the agent's.
     """
     _log_transcript()
+    if not supervised:
+        try:
+            result = asyncio.run(run_from_file(path, settings))
+        except CfnError as exc:
+            return exc.exit_code, f"[ERROR] {exc}"
+        return _outcome(result)
     # What the agent's tools leave behind when their parent dies (a Claude Code Bash
     # command runs in a session of its own) stays below this process, to be ended here.
     become_subreaper()
@@ -635,6 +651,10 @@ def run_agent(path: Path, settings: Settings) -> tuple[int, str | None]:
             # SIGTERM ends a process, so the supervisor records the signal.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+    return _outcome(result)
+
+
+def _outcome(result: RunResult) -> tuple[int, str | None]:
     if result.result == "failed":
         return 1, f"[ERROR] agent reported failure: {result.payload.get('error', '')}"
     return 0, None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from pathlib import Path
 
 from cfn.agents.context import generate_cli_context, resolve_endpoint
 from cfn.agents.spawn import spawner_for
+from cfn.agents.spawn.agent import agent_backend
 from cfn.agents.spawn.base import AgentHandle, ExitInfo, Spawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
-from cfn.errors import AgentLookupError, AgentSpawnError
+from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
 from cfn.loop.ports import AgentPlan, RunningAgent
 from cfn.profiles import AgentProfile
 from cfn.providers import LLMService, TaskTraits
@@ -226,28 +226,11 @@ class ProcessLauncher:
 
     def backend_of(self, profile: AgentProfile | None) -> tuple[str, list[str] | None]:
         """The agent's backend (the task's, the profile's, CFN_AGENT_BACKEND, builtin) and,
-        for ``command``, the executable it runs."""
-        backend = (
-            self.backend
-            or (profile.backend if profile is not None else None)
-            or self.settings.cfn_agent_backend
-            or "builtin"
-        )
-        if backend != "command":
-            return backend, None
-        line = (profile.command if profile is not None else None) or self.settings.cfn_agent_command
-        if not line:
-            raise AgentSpawnError(
-                "the command backend runs an executable: name it in the profile's 'command:' "
-                "or in CFN_AGENT_COMMAND (e.g. examples/agents/bash-agent.sh)"
-            )
+        for ``command``, the executable it runs (``agents.spawn.agent.agent_backend``)."""
         try:
-            argv = shlex.split(line)
-        except ValueError as exc:
-            raise AgentSpawnError(f"the agent command cannot be split into words: {exc}") from None
-        if not argv:
-            raise AgentSpawnError("the agent command is empty")
-        return backend, argv
+            return agent_backend(self.settings, self.backend, None, profile)
+        except InvalidInputError as exc:
+            raise AgentSpawnError(str(exc)) from None
 
     async def _gateway_url(self) -> str:
         """The LLM gateway's URL, made sure of (started if need be) at most every

@@ -84,11 +84,17 @@ def proc_descendants(root: int) -> set[int]:
 
 def signal_tree(pids: set[int], signum: int) -> None:
     """``signum`` to each of ``pids`` and to the process group each leads or sits in
-    (a command started with ``setsid`` leads a group and session of its own)."""
+    (a command started with ``setsid`` leads a group and session of its own).
+
+    Never to the caller's own group or the caller itself: a process started without a
+    group of its own (``cfn agent run`` from a shell or a test) shares its starter's
+    group, and signalling that group would reach the starter."""
+    own_group, own_pid = os.getpgrp(), os.getpid()
+    pids = pids - {own_pid}
     groups: set[int] = set()
     for pid in pids:
         found = proc_stat_fields(pid, 5)
-        if found is not None and found[0] > 1:
+        if found is not None and found[0] > 1 and found[0] != own_group:
             groups.add(found[0])
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):

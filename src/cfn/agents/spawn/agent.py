@@ -12,6 +12,7 @@ import asyncio
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cfn.agents.context import (
@@ -26,6 +27,9 @@ from cfn.errors import InvalidInputError
 from cfn.keys import validate_id
 from cfn.settings import Settings
 from cfn.system.limits import parse_cpu_limit, parse_memory_limit
+
+if TYPE_CHECKING:
+    from cfn.profiles import AgentProfile
 
 
 def validate_agent_ids(task_id: str, agent_id: str, mode: str, provider: str) -> None:
@@ -72,7 +76,11 @@ async def spawn_agent(
     starts, so bad input spawns nothing.
     """
     validate_agent_ids(task_id, agent_id, mode, provider)
-    backend, command = agent_backend(settings, backend, command)
+    from cfn.profiles import load_profiles
+
+    backend, command = agent_backend(
+        settings, backend, command, load_profiles(settings).get(agent_id)
+    )
     parse_memory_limit(settings.agent_memory_limit)
     parse_cpu_limit(settings.agent_cpu_limit)
     place = (workspace or settings.project_root).resolve()
@@ -103,10 +111,25 @@ BACKENDS = ("builtin", "claude-code", "command")
 
 
 def agent_backend(
-    settings: Settings, backend: str | None, command: Sequence[str] | None
-) -> tuple[str, Sequence[str] | None]:
-    """``--backend`` / ``--command`` / CFN_AGENT_BACKEND / CFN_AGENT_COMMAND, checked."""
-    chosen = backend or ("command" if command else None) or settings.cfn_agent_backend or "builtin"
+    settings: Settings,
+    backend: str | None,
+    command: Sequence[str] | None,
+    profile: AgentProfile | None = None,
+) -> tuple[str, list[str] | None]:
+    """The agent's backend and, for ``command``, the executable it runs, checked.
+
+    The one rule, for ``spawn-agent`` and the loop's launcher alike: the backend asked
+    for (``--backend``, a task's option; ``--command`` alone means ``command``), else
+    the profile's ``backend:``, else CFN_AGENT_BACKEND, else ``builtin``. A command
+    agent runs ``--command``, else the profile's ``command:``, else CFN_AGENT_COMMAND.
+    """
+    chosen = (
+        backend
+        or ("command" if command else None)
+        or (profile.backend if profile is not None else None)
+        or settings.cfn_agent_backend
+        or "builtin"
+    )
     if chosen not in BACKENDS:
         raise InvalidInputError(
             f"unknown agent backend {chosen!r}; use one of {', '.join(BACKENDS)}"
@@ -116,18 +139,19 @@ def agent_backend(
             raise InvalidInputError(f"--command runs a command agent, not {chosen}")
         return chosen, None
     if command:
-        return chosen, command
-    line = settings.cfn_agent_command
+        return chosen, list(command)
+    line = (profile.command if profile is not None else None) or settings.cfn_agent_command
     if not line:
         raise InvalidInputError(
-            "the command backend runs an executable: give --command or set CFN_AGENT_COMMAND"
+            "the command backend runs an executable: give --command, name it in the "
+            "profile's 'command:' or set CFN_AGENT_COMMAND (e.g. examples/agents/bash-agent.sh)"
         )
     try:
         argv = shlex.split(line)
     except ValueError as exc:
-        raise InvalidInputError(f"CFN_AGENT_COMMAND cannot be split into words: {exc}") from None
+        raise InvalidInputError(f"the agent command cannot be split into words: {exc}") from None
     if not argv:
-        raise InvalidInputError("CFN_AGENT_COMMAND is empty")
+        raise InvalidInputError("the agent command is empty")
     return chosen, argv
 
 

@@ -560,7 +560,7 @@ class ContainerSpawner:
         argv = (
             list(command)
             if command is not None
-            else ["cfn", "agent", "run", "--context", CONTAINER_CONTEXT]
+            else ["cfn", "agent", "run", "--context", CONTAINER_CONTEXT, "--supervised"]
         )
         limits_text = f"container: memory {limits.memory}, cpus {limits.cpus:g}"
         try:

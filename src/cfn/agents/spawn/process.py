@@ -198,8 +198,11 @@ class ProcessHandle(HandleBase):
 
 
 def default_command(context_file: Path) -> list[str]:
-    """``python -m cfn agent run --context FILE``: the Python agent runtime."""
-    return [sys.executable, "-m", "cfn", "agent", "run", "--context", str(context_file)]
+    """``python -m cfn agent run --context FILE --supervised``: the Python agent runtime,
+    in a process of its own under the supervisor."""
+    return [
+        sys.executable, "-m", "cfn", "agent", "run", "--context", str(context_file), "--supervised"
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager
