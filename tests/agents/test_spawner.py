@@ -376,3 +376,69 @@ async def test_without_cgroups_a_stop_ends_commands_in_sessions_of_their_own(
     while proc_alive(detached) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not proc_alive(detached), f"a detached command outlived the agent ({how})"
+
+
+async def test_no_provider_key_reaches_an_agent_process_its_supervisor_or_its_files(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    make_context: Any,
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The orchestrator holds provider keys; an agent (its environment, argv, context
+    file, log, workspace), its supervisor and the agent server agents fork from, none."""
+    from cfn.agents.forkserver import AgentServer
+    from cfn.system.proc import proc_cmdline, proc_environ
+
+    secrets_ = {"ZAI_API_KEY": "sk-zai-never-in-an-agent-4242", "OPENAI_API_KEY": "sk-oa-7777"}
+    for name, value in secrets_.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn", cfn_agents_dir=tmp_path / "agents")
+    (tmp_path / "agents").mkdir()
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    dump = "env > env.txt; tr '\\0' ' ' < /proc/self/cmdline > argv.txt; exec sleep 30"
+    handle = await spawner.spawn(make_context("impl-5-1"), command=["sh", "-c", dump])
+    try:
+        deadline = time.monotonic() + 30
+        while not (workspace / "argv.txt").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        seen = {
+            "agent env": (workspace / "env.txt").read_text(),
+            "agent argv": (workspace / "argv.txt").read_text(),
+            "agent /proc environ": repr(proc_environ(handle.pid)),
+            "supervisor /proc environ": repr(proc_environ(handle.shim_pid)),
+            "supervisor argv": " ".join(proc_cmdline(handle.shim_pid)),
+        }
+        assert "AGENT_ID=impl-5-1" in seen["agent env"]  # it is the agent's environment
+        server = AgentServer.from_settings(settings).ensure()  # what builtin agents fork from
+        seen["agent server /proc environ"] = repr(proc_environ(server.pid))
+        files = [p for p in (tmp_path / ".cfn").rglob("*") if p.is_file()]
+        files += [p for p in workspace.rglob("*") if p.is_file()]
+        seen |= {str(p): p.read_bytes().decode(errors="replace") for p in files}
+        assert any(p.name == "context.json" for p in files)
+        for value in secrets_.values():
+            leaked = [where for where, text in seen.items() if value in text]
+            assert leaked == [], f"a provider key reached {leaked}"
+    finally:
+        await handle.kill()
+        await handle.wait()
+
+
+def test_a_container_agent_is_given_no_provider_key(
+    tmp_path: Path, make_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a container agent's ``Config.Env`` is made of: an allow-list of the
+    orchestrator's variables (base URLs, retry settings), never a key."""
+    from cfn.agents.spawn.container import ContainerSpawner
+
+    monkeypatch.setenv("ZAI_API_KEY", "sk-zai-never-in-a-container")
+    monkeypatch.setenv("ZAI_BASE_URL", "http://provider.invalid/v1")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "sk-ant-never-either")
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn")
+    env = ContainerSpawner(settings, redis_url="redis://:pw@127.0.0.1:6379/0").environment(
+        make_context("impl-6-1"), {"CFN_LLM_TOKEN": "the-agents-own-token"}, "10.88.0.1"
+    )
+    assert env["ZAI_BASE_URL"] == "http://provider.invalid/v1"  # forwarded: not a secret
+    assert env["CFN_LLM_TOKEN"] == "the-agents-own-token"
+    text = repr(env)
+    assert "sk-zai-never" not in text and "sk-ant-never" not in text
