@@ -120,6 +120,11 @@ async def test_loop_runs_its_agents_as_containers(
         assert env["COMPOSE_PROJECT_NAME"] == project and env["TASK_ID"] == "ctask"
         assert env["AGENT_ID"] in ("impl-1-1", "val-1-1")
         assert "127.0.0.1" not in env["REDIS_URL"]  # the gateway, which containers reach
+    # `docker logs` of an agent's container is its transcript, a line per step, as
+    # agent.log is for a process agent.
+    implementer = engine.client.containers.get("cfn-agent-impl-1-1-ctask")
+    transcript = implementer.logs(stdout=True, stderr=True).decode(errors="replace")
+    assert "[tool_use]" in transcript and "[text]" in transcript, transcript[-2000:]
     # What the implementer wrote in /workspace is in the task's workspace on the host.
     notes = list((tmp_path / "ws" / "ctask" / "offline").iterdir())
     assert len(notes) == 1

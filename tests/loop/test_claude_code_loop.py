@@ -5,6 +5,8 @@ the LLM stand-in playing a coding model (tests/support/coding_model.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from cfn.loop.app import run_loop
 from cfn.providers.gateway.server import stop_gateway
 from cfn.settings import Settings
 from cfn.store.repository import Store
+from tests.conftest import CFN
 from tests.loop.conftest import options
 from tests.support.coding_model import coding_model
 from tests.support.llm_servers import LLMServer, Recorded, Reply
@@ -97,6 +100,17 @@ async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
     # `cfn logs impl-1-1` (its agent.log) has the same transcript, a line per step.
     log = claude_settings.state_dir / "tasks" / "t1" / "agents" / "impl-1-1" / "agent.log"
     assert "[tool_use] Write" in log.read_text() and "[tool_use] Bash" in log.read_text()
+    shown = subprocess.run(
+        [*CFN, "logs", "impl-1-1", "--task-id", "t1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert shown.returncode == 0, shown.stderr
+    for line in ("[tool_use] Write", "[tool_use] Bash", "[tool_result]", "[text]"):
+        assert line in shown.stdout, (line, shown.stdout[-2000:])
+    assert SECRET not in shown.stdout
     assert _secret_free(workspace) == []
     assert _secret_free(claude_settings.state_dir / "tasks") == []
     # Every upstream call carried the key, and only the gateway sent them.
