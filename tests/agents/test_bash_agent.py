@@ -92,3 +92,50 @@ async def test_bash_agent_honours_a_stop_signal(
     assert result.result == "stopped" and not result.ok
     assert json.loads(json.dumps(result.payload))["reason"] == "stop signal"
     assert not (workspace / "bash-agent-impl-1-1.txt").exists()
+
+
+def test_cfn_run_with_the_command_backend_runs_bash_agents_end_to_end(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`cfn run --backend command` with CFN_AGENT_COMMAND naming the bash agent: each
+    agent is shown done with its confidence as it reports (the seed's bash
+    signal_completion pushes its entry before its payload), the events name the
+    backend, the decision lands."""
+    import subprocess
+
+    from cfn.store.repository import Store
+    from tests.conftest import CFN
+    from tests.support.servers import cfn_env
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (tmp_path / "agents").mkdir()
+    env = cfn_env(
+        tmp_path,
+        REDIS_URL=redis_server.url,
+        CFN_AGENTS_DIR=str(tmp_path / "agents"),
+        CFN_AGENT_COMMAND=str(BASH_AGENT),
+        DB_PATH=str(tmp_path / ".cfn" / "cfn.db"),
+    )
+    result = subprocess.run(
+        [*CFN, "run", "--epic", "say hi", "--mode", "mvp", "--implementers", "2",
+         "--validators", "1", "--backend", "command", "--max-iterations", "1",
+         "--workspace", str(workspace)],
+        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for agent in ("impl-1-1", "impl-2-1", "val-1-1"):
+        assert f"{agent}: done (0.85)" in lines, result.stdout
+    assert "failed" not in result.stdout and "Traceback" not in result.stderr
+    task = lines[0].removeprefix("task id: ").strip()
+    assert f"{task}: succeeded" in result.stdout
+    stored = Settings(cfn_state_dir=tmp_path / ".cfn", db_path=tmp_path / ".cfn" / "cfn.db")
+    with Store.open(stored) as store:
+        updates = [json.loads(e.payload) for e in store.events(task) if e.kind == "agent:update"]
+    running = [u for u in updates if u.get("status") == "running"]
+    assert len(running) == 3 and {u["backend"] for u in running} == {"command"}
+    done = [u for u in updates if u.get("status") in ("done", "failed")]
+    assert {(u["agentId"], u["status"], u["confidence"]) for u in done} == {
+        ("impl-1-1", "done", 0.85), ("impl-2-1", "done", 0.85), ("val-1-1", "done", 0.85)
+    }

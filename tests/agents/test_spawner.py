@@ -442,3 +442,29 @@ def test_a_container_agent_is_given_no_provider_key(
     assert env["CFN_LLM_TOKEN"] == "the-agents-own-token"
     text = repr(env)
     assert "sk-zai-never" not in text and "sk-ant-never" not in text
+
+
+async def test_a_reattached_agent_keeps_its_route_and_backend(
+    tmp_path: Path, redis_server: RedisServer, make_context: Any, task_id: str
+) -> None:
+    """A resumed orchestrator re-attaches to a running agent and shows it as it was
+    started (read back from its context file), not with a blank route and backend."""
+    from cfn.loop.launcher import ProcessLauncher
+    from cfn.loop.ports import AgentPlan
+    from cfn.providers import TaskTraits, build_service
+
+    settings = Settings(cfn_state_dir=tmp_path / ".cfn")
+    spawner = ProcessSpawner(settings, redis_url=redis_server.url)
+    context = make_context("impl-7-1", provider="kimi", model="kimi-k2", backend="command")
+    handle = await spawner.spawn(context, command=["sleep", "30"])
+    try:
+        launcher = ProcessLauncher(
+            settings, build_service(settings), redis_server.url, tmp_path, TaskTraits(), "mvp"
+        )
+        plan = AgentPlan(task_id, "impl-7-1", "implementer", 3, 1, {})
+        again = await launcher.reattach(plan, handle.pid)
+        assert again is not None and again.pid == handle.pid
+        assert (again.provider, again.model, again.backend) == ("kimi", "kimi-k2", "command")
+    finally:
+        await handle.kill()
+        await handle.wait()

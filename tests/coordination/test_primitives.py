@@ -400,3 +400,28 @@ async def test_payload_only_in_swarm_result_is_found(manager: RedisManager) -> N
     await completion.signal_completion(manager, "T1", "a2", "success", '{"confidence": 0.9}')
     report = await completion.collect_results(manager, "T1", 2, 0.5, 5)
     assert {r.agent_id: r.confidence for r in report.results} == {"a1": 0.66, "a2": 0.9}
+
+
+async def test_progress_never_shows_an_entry_whose_payload_is_still_coming(
+    manager: RedisManager,
+) -> None:
+    """The seed's bash signal_completion pushes ``agent:success`` before the payload.
+    A progress update in between must not show that agent (it would read as a failed
+    report without a confidence); once the payload is there, it shows with it."""
+    seen: list[list[tuple[str, bool, float | None]]] = []
+
+    def on_update(report: completion.CollectReport) -> None:
+        seen.append([(r.agent_id, r.ok, r.confidence) for r in report.results])
+
+    collector = asyncio.create_task(
+        completion.collect_results(manager, "T1", 1, 0.5, 10, on_update=on_update)
+    )
+    await asyncio.sleep(0.1)
+    client = manager.client
+    await client.lpush(keys.coord_complete("T1"), "a1:success")  # the entry first...
+    await asyncio.sleep(0.3)
+    await client.lpush(keys.coord_payload("T1", "a1"), json.dumps({"confidence": 0.8}))
+    report = await collector
+    assert report.met and report.results[0].confidence == 0.8
+    shown = [item for update in seen for item in update]
+    assert shown and all(item == ("a1", True, 0.8) for item in shown), seen

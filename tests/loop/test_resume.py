@@ -378,3 +378,9 @@ def test_resume_after_sigkill_at_every_step(rig: Rig) -> None:
     assert decision.decided_by == "human:cli" and decision.reason == "ship it"
     kinds = [k for k, _ in events.all() if k != "llm:call"]  # the gateway's come off-path
     assert kinds.count("task:resumed") >= 5 and kinds[-1] == "task:finished"
+    # A re-attached agent is shown as it was started (its route and backend read back
+    # from its context file), not blank.
+    running = [d for k, d in events.all() if k == "agent:update" and d.get("status") == "running"]
+    assert running and all(d.get("backend") == "builtin" and d.get("provider") for d in running)
+    with rig.store() as store:
+        assert all(a.provider and a.model for a in store.list_agents("T"))

@@ -548,8 +548,14 @@ async def collect_results(
     results: dict[str, AgentResult] = {}
     pending: set[str] = set()  # arrived, payload not yet readable
 
-    def report(timed_out: bool) -> CollectReport:
-        ordered = sorted(results.values(), key=lambda r: r.seen_at)
+    def report(timed_out: bool, settled_only: bool = False) -> CollectReport:
+        """The report so far; ``settled_only`` (progress updates): without the agents
+        whose entry came before their payload (the seed's bash ``signal_completion``
+        pushes the entry first), which would otherwise show as failed reports."""
+        ordered = sorted(
+            (r for r in results.values() if not (settled_only and r.agent_id in pending)),
+            key=lambda r: r.seen_at,
+        )
         return CollectReport(
             task_id, expected, threshold, ordered, timed_out, time.monotonic() - start
         )
@@ -598,7 +604,7 @@ async def _collect(
     wanted: set[str] | None,
     found: tuple[dict[str, AgentResult], set[str]],
     times: tuple[float, float],
-    report: Callable[[bool], CollectReport],
+    report: Callable[[bool, bool], CollectReport],
     on_update: Callable[[CollectReport], None] | None,
 ) -> CollectReport:
     """One watch's worth of ``collect_results`` (a Redis outage ends it; the caller retries)."""
@@ -628,13 +634,13 @@ async def _collect(
                         judge_payload(item, raw)
                     pending.discard(agent)
                 if on_update is not None:
-                    on_update(report(False))
+                    on_update(report(False, True))
             done = len(results) >= expected and not pending
             remaining = deadline - time.monotonic()
             if done or remaining <= 0:
                 for agent in pending:
                     results[agent].reason = "no payload (confidence missing)"
-                return report(not done)
+                return report(not done, False)
             wake_in = remaining
             if pending:
                 oldest = min(results[a].seen_at for a in pending)

@@ -18,12 +18,17 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cfn.agents.context import generate_cli_context, resolve_endpoint
+from cfn.agents.context import (
+    CONTEXT_FILE,
+    AgentContext,
+    generate_cli_context,
+    resolve_endpoint,
+)
 from cfn.agents.spawn import spawner_for
 from cfn.agents.spawn.agent import agent_backend
 from cfn.agents.spawn.base import AgentHandle, ExitInfo, Spawner
 from cfn.coordination.acl import AgentAcl, AgentCredentials, with_credentials
-from cfn.errors import AgentLookupError, AgentSpawnError, InvalidInputError
+from cfn.errors import AgentLookupError, AgentSpawnError, CfnError, InvalidInputError
 from cfn.loop.ports import AgentPlan, RunningAgent
 from cfn.profiles import AgentProfile
 from cfn.providers import LLMService, TaskTraits
@@ -278,4 +283,16 @@ class ProcessLauncher:
             return None
         profile = profile_for(plan.role, plan.agent_id)
         acl = self.acl if self.acl.enabled else None
-        return _Running(handle, profile, None, None, acl)
+        # What it was started with (its route, its backend) is in its context file:
+        # the resumed orchestrator shows the same as the one that started it.
+        provider = model = backend = None
+        try:
+            context = AgentContext.from_file(
+                self.spawner.agent_dir(plan.task_id, plan.agent_id) / CONTEXT_FILE
+            )
+        except CfnError as exc:
+            log.warning("%s's context could not be read again: %s", plan.agent_id, exc)
+        else:
+            provider, model = context.cfn.provider, context.cfn.model
+            backend = context.cfn.backend
+        return _Running(handle, profile, provider, model, acl, backend)

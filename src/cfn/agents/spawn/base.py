@@ -209,6 +209,9 @@ class Spawner(Protocol):
     async def attach(self, task_id: str, agent_id: str, pid: int | None = None) -> AgentHandle:
         """Find an agent spawned earlier (maybe by another orchestrator process)."""
 
+    def agent_dir(self, task_id: str, agent_id: str) -> Path:
+        """Where the agent's files are kept on this host (its context, log, exit record)."""
+
 
 # --- what every handle shares ----------------------------------------------------------------
 
