@@ -19,7 +19,7 @@ from cfn.store.repository import Store
 from tests.conftest import CFN
 from tests.loop.conftest import options
 from tests.support.coding_model import coding_model
-from tests.support.llm_servers import LLMServer, Recorded, Reply
+from tests.support.llm_servers import LLMServer, Recorded, Reply, anthropic_sse
 
 SECRET = "zai-secret-key-0b7e6d"
 
@@ -139,3 +139,39 @@ async def test_a_claude_code_reply_without_a_confidence_is_recorded_failed(
         impl = {a.agent_id: a for a in store.list_agents("t1")}["impl-1-1"]
     assert impl.status == "failed" and impl.confidence is None
     assert "no JSON line with a confidence" in (impl.reason or "")
+
+
+async def test_a_task_budget_stops_a_claude_code_agent_and_it_is_recorded_failed(
+    tmp_path: Path,
+    claude_settings: Settings,
+    model: LLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The budget as the loop meets it: the gateway cfn starts for the task has
+    CFN_TASK_BUDGET_USD, the implementer's Claude Code run is cut mid-stream, and
+    its agent process reports the failure (the reason names the budget)."""
+    monkeypatch.setenv("CFN_TASK_BUDGET_USD", "0.05")
+    settings = Settings()
+
+    def chatty(request: Recorded) -> Reply:
+        if request.body.get("tools"):  # the main loop's turn: a long, expensive reply
+            return anthropic_sse(["thinking about fizzbuzz " * 20] * 400, usage=(20_000, 20_000))
+        return coding_model(request)
+
+    model.default = chatty
+    try:
+        opts = options(
+            tmp_path, implementers=1, validators=1, backend="claude-code", max_iterations=1
+        )
+        outcome = await run_loop(settings, options=opts)
+    finally:
+        stop_gateway(settings)
+    assert outcome.status == "failed", outcome
+    assert not (Path(opts.workspace) / "fizzbuzz.py").exists()
+    with Store.open(settings) as store:
+        impl = {a.agent_id: a for a in store.list_agents("t1")}["impl-1-1"]
+        calls = store.llm_calls("t1")
+        spent = store.llm_usage("t1").cost_usd
+    assert impl.status == "failed" and "budget" in (impl.reason or "").lower(), impl
+    assert any(c.status == "budget_stopped" and c.agent_id == "impl-1-1" for c in calls)
+    assert spent < 0.05 * 1.5  # stopped near the budget, not after the whole reply
