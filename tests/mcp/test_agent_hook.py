@@ -128,3 +128,63 @@ def test_launcher_mints_a_token_per_agent_with_its_profile_skills(
         "mvp",
     )
     assert no_gateway._mcp_env(plan, "tester") == {}
+
+
+async def test_a_claude_code_agent_calls_an_mcp_tool_through_the_gateway(
+    stack: Stack, tmp_path: Path, llm: LLMServer
+) -> None:
+    """The Claude Code CLI, configured as the runtime configures it (the MCP gateway's
+    URL as agents are given it, the agent's MCP token), lists only its skills' tools
+    and calls one through cfn's MCP gateway."""
+    import os
+
+    from cfn.agents.claude_code import Step, run_claude
+    from tests.support.llm_servers import Recorded, Reply, anthropic_sse, auto_reply
+
+    stack.redis.client().set("coord:task-cc:loop2:start", "{}")
+    token = stack.token(["redis-management"], agent_id="impl-1-1", task_id="task-cc")
+    settings = agent_settings(stack, tmp_path, llm, token)
+    scan = json.dumps({"pattern": "coord:*"})
+    turns = [
+        anthropic_sse([""], tool_uses=[("toolu_1", "mcp__cfn__redis_scan", scan)]),
+        anthropic_sse(['Looked.\n{"confidence": 0.8, "summary": "looked at the keys"}']),
+    ]
+    main_turns: list[Recorded] = []
+
+    def route(request: Recorded) -> Reply:
+        if request.body.get("tools") and request.body.get("stream"):
+            main_turns.append(request)
+            return turns.pop(0) if turns else anthropic_sse(["done"])
+        return auto_reply(request)
+
+    llm.default = route
+    (tmp_path / "ws").mkdir()
+    context = generate_cli_context(
+        "task-cc", "impl-1-1", settings=settings, redis_host="127.0.0.1",
+        redis_port=stack.redis.port, workspace=tmp_path / "ws", role="implementer",
+        backend="claude-code", epic="Inspect the coordination keys",
+    )  # fmt: skip
+    runtime = AgentRuntime(
+        context, settings, None, None, None,  # type: ignore[arg-type]
+        gateway=(llm.anthropic_url, "llm-token-for-the-stand-in"),
+    )  # fmt: skip
+    run = runtime._claude_run().__class__(
+        **{**runtime._claude_run().__dict__, "base_env": {"PATH": os.environ["PATH"],
+           "HOME": str(tmp_path), "LANG": "C.UTF-8"}}
+    )  # fmt: skip
+    steps: list[Step] = []
+
+    async def on_step(step: Step) -> None:
+        steps.append(step)
+
+    final = await run_claude(run, on_step, timeout=120)
+    assert not final.is_error, (final, [s for s in steps if s.kind in ("error", "system")])
+    offered = {t["name"] for t in main_turns[0].body["tools"]}
+    init = [s.arguments for s in steps if s.kind == "system"]
+    assert "mcp__cfn__redis_scan" in offered, (sorted(offered), init)
+    # Only the servers its skills map to: no browser, scanner or n8n tools.
+    assert not {n for n in offered if n.startswith("mcp__cfn__") and
+                n.removeprefix("mcp__cfn__").startswith(("browser", "playwright", "security",
+                                                         "n8n"))}  # fmt: skip
+    results = [s for s in steps if s.kind == "tool_result"]
+    assert results and "coord:task-cc:loop2:start" in results[0].text, steps

@@ -21,6 +21,9 @@ Decisions, found against Claude Code 2.1.x:
 - ``HOME`` is kept (git, pip and the project's tools need it);
   ``CLAUDE_CONFIG_DIR`` (settings, ``.claude.json``, sessions, shell snapshots)
   is a private per-agent directory, so the CLI never reads or writes ``~/.claude``.
+- MCP tools are not deferred (``ENABLE_TOOL_SEARCH=false``): Claude Code 2.1 hides
+  them behind its ToolSearch tool by default, which a model routed through a format
+  translation cannot use; cfn's skill routing keeps the list short anyway.
 - The Bash tool starts each command in a session of its own (``setsid``), so
   killing the CLI's process group alone would orphan them: a stop kills the
   group, then every process that descended from the CLI (and their groups).
@@ -242,6 +245,11 @@ def claude_env(run: ClaudeRun) -> dict[str, str]:
             "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1",
             "CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1",
             "DO_NOT_TRACK": "1",
+            # cfn's MCP tools in the tool list itself, not deferred behind ToolSearch:
+            # the routed model may not be Claude (tool_reference blocks mean nothing
+            # after a translation to another format), and skill routing already keeps
+            # the list to the agent's own servers.
+            "ENABLE_TOOL_SEARCH": "false",
         }
     )
     env.setdefault("PATH", os.defpath)

@@ -18,6 +18,7 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from cfn.mcp.routing import mcp_endpoint
 from cfn.providers.types import ToolSpec
 
 MAX_RESULT = 16 * 1024
@@ -27,7 +28,7 @@ class GatewayTools:
     """``async with GatewayTools(url, token) as tools: tools.specs; await tools.call(...)``."""
 
     def __init__(self, gateway_url: str, token: str, timeout: float = 60.0) -> None:
-        self.url = gateway_url.rstrip("/") + "/mcp"
+        self.url = mcp_endpoint(gateway_url)
         self.token = token
         self.timeout = timeout
         self.specs: tuple[ToolSpec, ...] = ()

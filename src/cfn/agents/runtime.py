@@ -275,6 +275,7 @@ class AgentRuntime:
 
     def _claude_run(self) -> ClaudeRun:
         from cfn.agents.claude_code import ClaudeRun, find_claude
+        from cfn.mcp.routing import mcp_endpoint
 
         if self.gateway is None:
             raise CfnError("a claude-code agent needs the LLM gateway's URL and a token")
@@ -295,7 +296,7 @@ class AgentRuntime:
                 "mcpServers": {
                     "cfn": {
                         "type": "http",
-                        "url": url,
+                        "url": mcp_endpoint(url),
                         "headers": {"Authorization": f"Bearer {token.get_secret_value()}"},
                     }
                 }

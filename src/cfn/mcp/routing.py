@@ -125,3 +125,10 @@ def server_for_execute_tool(tool: str) -> str | None:
         if tool in spec.execute_tools or tool == spec.name:
             return spec.name
     return None
+
+
+def mcp_endpoint(gateway_url: str) -> str:
+    """The MCP endpoint (streamable HTTP) of the gateway at ``gateway_url``, as agents are
+    given it (MCP_GATEWAY_URL: the gateway's base URL; ``/mcp`` already on it is kept)."""
+    base = gateway_url.rstrip("/")
+    return base if base.endswith("/mcp") else base + "/mcp"
