@@ -128,3 +128,22 @@ def test_explicit_provider_wins(make_settings: MakeSettings) -> None:
         provider="offline",
     )
     assert d.offline and "chosen explicitly" in d.explain()
+
+
+def test_a_claude_code_model_tier_is_not_sent_as_a_model(make_settings: MakeSettings) -> None:
+    """A subagent file's `model: sonnet` beside `provider: zai` names no zai model: the
+    route table's model serves it (a Claude Code file works unchanged)."""
+    from cfn.profiles import ProfileSet, parse_markdown_profile
+
+    text = "---\nname: coder\ndescription: writes code\nprovider: zai\nmodel: sonnet\n---\nCode.\n"
+    profile = parse_markdown_profile(text, "coder.md")
+    s = make_settings(cfn_custom_routing=True, **ALL_KEYS)
+    decision = select_provider(
+        "coder",
+        TaskTraits(),
+        settings=s,
+        table=load_route_table(s),
+        profiles=ProfileSet({"coder": profile}, {"coder": "coder.md"}),
+    )
+    assert str(decision.route) == "zai:glm-4.6"
+    assert "model tier 'sonnet' of profile 'coder' is Claude Code's" in decision.explain()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cfn.errors import InvalidInputError, MissingCredentialsError
-from cfn.profiles import AgentProfile, ProfileSet
+from cfn.profiles import MODEL_TIERS, AgentProfile, ProfileSet
 from cfn.providers.routes import Route, RouteTable, validate_provider_name
 from cfn.providers.types import COMPLEXITIES, OFFLINE, TaskTraits
 from cfn.settings import Settings
@@ -117,7 +117,15 @@ def select_provider(
 
     chosen_model = model
     if chosen_model is None and use_profile_model and profile is not None and profile.model:
-        chosen_model = profile.model
+        if profile.model in MODEL_TIERS:
+            # A Claude Code subagent file's tier (``model: sonnet``) names no model of
+            # the provider the profile routes to: the route table's model serves it.
+            reasons.append(
+                f"model tier {profile.model!r} of profile {profile.id!r} is Claude Code's, "
+                f"not a model of {chosen!r}"
+            )
+        else:
+            chosen_model = profile.model
     route = table.route(chosen, chosen_model)
     if chosen_model is not None and model is None:
         reasons.append(f"model {route.model!r} from the agent profile")
