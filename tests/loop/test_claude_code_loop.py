@@ -68,9 +68,19 @@ def _secret_free(root: Path) -> list[str]:
 async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
     tmp_path: Path, claude_settings: Settings, model: LLMServer
 ) -> None:
+    # The project's Claude Code subagent file for the implementers' role, unchanged
+    # (tiers and tool lists as Claude Code writes them): its instructions reach the CLI.
+    (tmp_path / "agents" / "coder.md").write_text(
+        "---\nname: coder\ndescription: Writes code and runs its tests.\n"
+        "tools: Read, Write, Edit, Bash\nmodel: sonnet\ncolor: blue\n---\n"
+        "You are the coder. Marker: SUBAGENT-CODER-4711.\n"
+    )
     opts = options(tmp_path, implementers=1, validators=1, backend="claude-code")
     outcome = await run_loop(claude_settings, options=opts)
     assert outcome.status == "succeeded" and outcome.decision == "PROCEED", outcome
+    marked = [r for r in model.requests if "SUBAGENT-CODER-4711" in json.dumps(r.body)]
+    assert marked, "the subagent file's instructions never reached the model"
+    assert all(r.body.get("model") != "sonnet" for r in model.requests)
     workspace = Path(opts.workspace)
     assert "FizzBuzz" in (workspace / "fizzbuzz.py").read_text()
     with Store.open(claude_settings) as store:
