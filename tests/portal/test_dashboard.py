@@ -33,6 +33,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+async def _publish_step(portal: RunningPortal, task_id: str, agent_id: str, text: str) -> None:
+    """One ``agent:step`` event as the loop records and publishes it (SQL, then the stream)."""
+    from cfn.coordination.connection import RedisManager
+    from cfn.coordination.events import publish_event
+    from cfn.store.repository import Store
+
+    payload = {"agentId": agent_id, "kind": "text", "text": text, "ts": time.time()}
+    with Store.open(portal.settings) as store:
+        event_id = store.append_event("agent:step", payload, task_id)
+    redis = RedisManager.from_settings(portal.settings)
+    try:
+        await publish_event(redis, task_id, event_id, "agent:step", payload)
+    finally:
+        await redis.close()
+
+
 async def test_dashboard_follows_a_loop_and_takes_a_decision(
     portal: RunningPortal, tmp_path: Path
 ) -> None:
@@ -111,6 +127,14 @@ async def test_dashboard_follows_a_loop_and_takes_a_decision(
             await expect(page.locator("#transcript li.tool_use")).not_to_have_count(0)
             await expect(page.locator("#transcript")).to_contain_text("write_file")
             await expect(page.locator("#tr-files")).to_contain_text("offline/note-")
+            await expect(page.locator("#tr-meta")).to_contain_text("builtin")  # its backend
+            await expect(page.locator("#tr-meta")).to_contain_text("tokens, $")
+            # Tokens and cost per iteration too.
+            await expect(page.locator("#iterations tr").first).to_contain_text("$")
+            # The open transcript follows the agent live: a step published now (as the
+            # loop relays one) appears without a reload.
+            await _publish_step(portal, task_id, "impl-1-1", "a late note LIVE-STEP-4711")
+            await expect(page.locator("#transcript")).to_contain_text("LIVE-STEP-4711")
             await page.screenshot(path=str(tmp_path / "transcript.png"), full_page=True)
             await page.click("#transcript-dialog button[type=submit]")
             await expect(dialog).to_be_hidden()
