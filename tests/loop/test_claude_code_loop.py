@@ -94,6 +94,11 @@ async def test_claude_code_team_writes_tests_and_reports_through_the_gateway(
         assert tools[:2] == ["Write", "Bash"], impl
         results = [s for s in impl if s["kind"] == "tool_result"]
         assert any("checks pass" in s["text"] for s in results), results
+        # The files it changed, by any tool: Write's fizzbuzz.py and Bash's check.log
+        # (no tool argument names it), caches left out.
+        changed = [s for s in impl if s["kind"] == "system" and "files changed" in s["text"]]
+        assert len(changed) == 1, impl
+        assert json.loads(changed[0]["args"])["files"] == ["check.log", "fizzbuzz.py"]
         assert any(s["agentId"] == "val-1-1" and s.get("tool") == "Read" for s in steps)
         updates = [json.loads(e.payload) for e in events if e.kind == "agent:update"]
         assert {u.get("backend") for u in updates if u.get("status") == "running"} == {

@@ -41,7 +41,7 @@ FIZZBUZZ = """def fizzbuzz(n: int) -> str:
 """
 CHECK = (
     'python3 -c \'import fizzbuzz; assert fizzbuzz.fizzbuzz(15) == "FizzBuzz"; '
-    'print("checks pass")\' && env'
+    'print("checks pass")\' | tee check.log && env'
 )
 IMPLEMENTED = (
     "fizzbuzz.py is written and its check passes.\n"

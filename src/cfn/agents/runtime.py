@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cfn.agents import changes
 from cfn.agents import signals as agent_signals
 from cfn.agents.context import AgentContext
 from cfn.agents.heartbeat import Heartbeater
@@ -338,7 +339,9 @@ class AgentRuntime:
                 is_error=step.is_error,
             )
 
+        before = await asyncio.to_thread(changes.listing, run.workspace)
         final = await run_claude(run, on_step, timeout=self.context.resources.timeout_seconds)
+        await self._report_changes(before, run.workspace)
         self.claude_turns = final.num_turns
         await self._claude_usage()
         if final.is_error or final.subtype != "success":
@@ -347,6 +350,25 @@ class AgentRuntime:
                 "failed", self._payload(error=f"Claude Code ended with an error: {why}")
             )
         return self._final_text(final.text)
+
+    async def _report_changes(self, before: changes.Listing | None, root: Path) -> None:
+        """The files the CLI's run changed in the workspace, by any tool (``Bash`` too):
+        one ``system`` step naming them (the dashboard's "files changed") and the
+        report's ``files``."""
+        found = changes.compare(before, await asyncio.to_thread(changes.listing, root))
+        if not found:
+            return
+        for path in found.changed:
+            if path not in self.steps.files and str(root / path) not in self.steps.files:
+                self.steps.files.append(path)
+        summary = ", ".join(found.changed) or "none"
+        if found.deleted:
+            summary += "; deleted: " + ", ".join(found.deleted)
+        await self.steps.write(
+            "system",
+            f"files changed: {summary}",
+            arguments={"files": list(found.changed), "deleted": list(found.deleted)},
+        )
 
     async def _claude_usage(self) -> None:
         """What the gateway charged this agent (the CLI's own figures are Anthropic's prices)."""

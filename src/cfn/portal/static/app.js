@@ -334,9 +334,13 @@ function onCall(data) {
 function filesOf(agentId) {
   const files = [];
   for (const s of state.vm.steps.get(agentId) || []) {
-    if (s.kind !== "tool_use" || !s.args) continue;
+    if ((s.kind !== "tool_use" && s.kind !== "system") || !s.args) continue;
     try {
       const a = JSON.parse(s.args);
+      if (s.kind === "system") {  // the run's "files changed" (by any tool, Bash too)
+        for (const f of Array.isArray(a.files) ? a.files : []) if (typeof f === "string" && !files.includes(f)) files.push(f);
+        continue;
+      }
       const f = a.file_path || a.path;
       if (f && ["Write", "Edit", "MultiEdit", "NotebookEdit", "write_file"].includes(s.tool) && !files.includes(f)) files.push(f);
     } catch (e) { /* arguments the model garbled: shown as text below */ }
