@@ -5,7 +5,9 @@ Upstream is the stand-in LLM server (both wire formats); Redis and SQLite are re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -211,3 +213,28 @@ async def test_fallback_hop_when_the_first_provider_is_rate_limited(
     extra = reply.model_extra or {}
     assert extra["cfn"]["provider"] == "kimi"
     assert any("rate_limited" in hop for hop in extra["cfn"]["hops"])
+
+
+async def test_a_token_is_spent_once_its_agent_has_reported(
+    gateway_factory: GatewayFactory, llm: LLMServer, redis_server: RedisServer
+) -> None:
+    """A token ends with its agent's work: once the agent's completion is in (its own
+    report, or the failure the orchestrator records for it), the same token is
+    refused, 401 naming the agent and task; the task's other agents go on."""
+    gw = await gateway_factory()
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    mine, other = gw.token("impl-1-1", "T9"), gw.token("impl-2-1", "T9")
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def post(token: str) -> httpx.Response:
+            return await http.post(f"{gw.url}/v1/messages", headers={"x-api-key": token}, json=body)
+
+        assert (await post(mine)).status_code == 200
+        redis_server.client().lpush("coord:T9:complete", "impl-1-1:success")
+        deadline = time.monotonic() + 5
+        while (reply := await post(mine)).status_code == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert reply.status_code == 401, reply.text
+        message = reply.json()["error"]["message"]
+        assert "'impl-1-1'" in message and "'T9'" in message and "spent" in message
+        assert (await post(other)).status_code == 200

@@ -11,12 +11,15 @@ Endpoints (what Claude Code, the official SDKs and OpenAI-compatible tools call)
 
 Every request but the last two carries the agent's token (``x-api-key`` or
 ``Authorization: Bearer``, cfn.providers.gateway.tokens). The token fixes the
-task, the agent and its route; the request's ``model`` only matters when it
-names ``provider:model`` of a provider the token allows. The call then goes
-through ``LLMService``: admission against the task budget, the route's
-fallback chain with Retry-After, the budget charged as a stream grows (and
-the stream stopped when it is spent), the call recorded by the gateway
-(``llm_calls``, an ``llm:call`` event, the Redis ledger), never by the agent.
+task, the agent and its route, and is spent once its agent has a completion
+entry (``coord:{task}:complete``: its report, or the failure recorded for it),
+so a token copied out of a finished agent is worth nothing. The request's
+``model`` only matters when it names ``provider:model`` of a provider the token
+allows. The call then goes through ``LLMService``: admission against the task
+budget, the route's fallback chain with Retry-After, the budget charged as a
+stream grows (and the stream stopped when it is spent), the call recorded by the
+gateway (``llm_calls``, an ``llm:call`` event, the Redis ledger), never by the
+agent.
 Either wire format reaches either kind of provider: both are translated to
 cfn's own ``ChatRequest`` and back.
 
@@ -27,6 +30,7 @@ started, an error is its last event.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +41,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cfn.coordination.completion import reported_agents
+from cfn.coordination.connection import RedisManager
 from cfn.errors import (
     AuthError,
     BudgetExceededError,
@@ -55,6 +61,12 @@ from cfn.providers.routes import parse_route
 from cfn.providers.service import LLMService
 from cfn.providers.types import ChatRequest, ChatResponse, StreamEvent
 
+log = logging.getLogger(__name__)
+
+#: How long the gateway trusts its read of which agents of a task have reported.
+REPORTED_TTL = 1.0
+#: Tasks whose reads it keeps (more are forgotten at once, then read again).
+REPORTED_TASKS = 1000
 #: A Claude Code request with a long conversation is a few MB; this is far above it.
 MAX_BODY = 32 * 1024 * 1024
 SERVICE = "cfn-llm-gateway"
@@ -87,9 +99,18 @@ def status_of(exc: BaseException) -> int:
 class LlmGateway:
     """The gateway over one ``LLMService`` and one token authority."""
 
-    def __init__(self, service: LLMService, authority: LlmTokenAuthority) -> None:
+    def __init__(
+        self,
+        service: LLMService,
+        authority: LlmTokenAuthority,
+        redis: RedisManager | None = None,
+    ) -> None:
         self.service = service
         self.authority = authority
+        #: Where agents report (``coord:{task}:complete``): a token of an agent that
+        #: has reported is spent. None: tokens end only by expiring.
+        self.redis = redis
+        self._reported: dict[str, tuple[float, frozenset[str]]] = {}
         #: Run by ``aclose`` (what ``build_gateway`` opened for it).
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self.asgi = Starlette(
@@ -112,11 +133,36 @@ class LlmGateway:
 
     # --- the common part -----------------------------------------------------------------
 
-    def _claims(self, request: Request) -> LlmClaims:
+    async def _claims(self, request: Request) -> LlmClaims:
         token = token_from_headers(
             request.headers.get("x-api-key"), request.headers.get("authorization")
         )
-        return self.authority.verify(token)
+        claims = self.authority.verify(token)
+        if claims.agent_id in await self._reported_agents(claims.task_id):
+            raise AuthError(
+                f"the token of agent {claims.agent_id!r} of task {claims.task_id!r} is spent: "
+                "that agent has reported its result (a token ends with its agent's work)"
+            )
+        return claims
+
+    async def _reported_agents(self, task_id: str) -> frozenset[str]:
+        """The agents of ``task_id`` with a completion entry, read at most once a
+        second per task (a spent token works for up to that second more)."""
+        if self.redis is None:
+            return frozenset()
+        now = time.monotonic()
+        cached = self._reported.get(task_id)
+        if cached is not None and now - cached[0] < REPORTED_TTL:
+            return cached[1]
+        try:
+            found = frozenset(await reported_agents(self.redis, task_id))
+        except CfnError as exc:  # Redis away: the budget check will say so; do not lock out
+            log.warning("the gateway could not read %s's reports: %s", task_id, exc)
+            return cached[1] if cached is not None else frozenset()
+        if len(self._reported) > REPORTED_TASKS:
+            self._reported.clear()
+        self._reported[task_id] = (now, found)
+        return found
 
     async def _body(self, request: Request) -> object:
         declared = request.headers.get("content-length")
@@ -179,7 +225,7 @@ class LlmGateway:
 
     async def _messages(self, request: Request) -> Response:
         try:
-            claims = self._claims(request)
+            claims = await self._claims(request)
             chat, options = anthropic_wire.parse_messages(await self._body(request))
             complete, stream = self._call(claims, chat, options.model)
             message_id = f"msg_{uuid.uuid4().hex[:24]}"
@@ -202,7 +248,7 @@ class LlmGateway:
 
     async def _count_tokens(self, request: Request) -> Response:
         try:
-            self._claims(request)
+            await self._claims(request)
             chat = anthropic_wire.parse_count_tokens(await self._body(request))
         except CfnError as exc:
             return _anthropic_error(exc)
@@ -212,7 +258,7 @@ class LlmGateway:
 
     async def _chat(self, request: Request) -> Response:
         try:
-            claims = self._claims(request)
+            claims = await self._claims(request)
             chat, options = openai_wire.parse_chat(await self._body(request))
             complete, stream = self._call(claims, chat, options.model)
             completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -233,7 +279,7 @@ class LlmGateway:
 
     async def _models(self, request: Request) -> Response:
         try:
-            claims = self._claims(request)
+            claims = await self._claims(request)
         except CfnError as exc:
             return _openai_error(exc)
         data = [
