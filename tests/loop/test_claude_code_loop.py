@@ -190,3 +190,27 @@ async def test_a_task_budget_stops_a_claude_code_agent_and_it_is_recorded_failed
     assert impl.status == "failed" and "budget" in (impl.reason or "").lower(), impl
     assert any(c.status == "budget_stopped" and c.agent_id == "impl-1-1" for c in calls)
     assert spent < 0.05 * 1.5  # stopped near the budget, not after the whole reply
+
+
+async def test_claude_code_agents_on_an_openai_format_provider_in_a_real_loop(
+    tmp_path: Path,
+    claude_settings: Settings,
+    model: LLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same team with the routed provider speaking OpenAI Chat Completions: the
+    gateway translates each Claude Code request (tools, streaming) and its reply."""
+    monkeypatch.setenv("ZAI_API_STYLE", "openai")
+    settings = Settings()
+    try:
+        opts = options(tmp_path, implementers=1, validators=1, backend="claude-code")
+        outcome = await run_loop(settings, options=opts)
+    finally:
+        stop_gateway(settings)
+    assert outcome.status == "succeeded" and outcome.decision == "PROCEED", outcome
+    assert "FizzBuzz" in (Path(opts.workspace) / "fizzbuzz.py").read_text()
+    upstream = {r.path for r in model.requests}
+    assert upstream == {"/v1/chat/completions"}, upstream  # nothing spoke Anthropic upstream
+    with Store.open(settings) as store:
+        calls = store.llm_calls("t1")
+    assert calls and all(c.provider == "zai" and c.via == "gateway" for c in calls)
