@@ -220,6 +220,22 @@ def context_pattern(task_id: str) -> str:
     return f"context:{validate_id(task_id, 'task id')}:*"
 
 
+def task_prefixes(task_id: str) -> tuple[str, ...]:
+    """The prefixes of one task's keys, and its keys without one (see ``task_owns``)."""
+    t = validate_id(task_id, "task id")
+    return (f"coord:{t}:", f"swarm:{t}:", f"context:{t}:", f"usage:{t}:")
+
+
+def task_owns(task_id: str, key: object) -> bool:
+    """Whether ``key`` is one of the task's own keys: ``coord:``, ``swarm:``,
+    ``context:`` and ``usage:{task}:...``, ``usage:{task}``, ``events:{task}``,
+    ``session:{task}``. What an agent's Redis tools may reach (cfn.mcp.servers)."""
+    if not isinstance(key, str):
+        return False
+    t = validate_id(task_id, "task id")
+    return key in (usage(t), events(t), session(t)) or key.startswith(task_prefixes(t))
+
+
 def mcp_audit() -> str:
     """``mcp:audit``: capped stream of MCP tool calls (agent, task, server, tool, outcome)."""
     return "mcp:audit"

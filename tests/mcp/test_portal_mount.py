@@ -39,18 +39,23 @@ async def test_tools_through_the_portals_mcp(stack: Stack, mounted: RunningPorta
     async with mcp_session(mounted.url + "/mcp/redis-tools", token) as session:
         names = {tool.name for tool in (await session.list_tools()).tools}
         assert "redis_scan" in names and all(n.startswith("redis_") for n in names)
-        found = structured(await session.call_tool("redis_scan", {"pattern": "portal*"}))
+        found = structured(
+            await session.call_tool("redis_scan", {"pattern": "coord:task-portal:*"})
+        )
         assert "keys" in found
     async with mcp_session(mounted.url + "/mcp", token) as session:
         names = {tool.name for tool in (await session.list_tools()).tools}
         assert "redis_ttl" in names and not any(n.startswith("browser_") for n in names)
-        assert not (await session.call_tool("redis_ttl", {"keys": ["portal:x"]})).is_error
+        reply = await session.call_tool("redis_ttl", {"keys": ["coord:task-portal:x"]})
+        assert not reply.is_error
         refused = await session.call_tool("security_scan", {"path": "project"})
         assert refused.is_error and "not available to this token" in refused.content[0].text
     async with httpx.AsyncClient(base_url=mounted.url, timeout=30) as http:
         headers = {"Authorization": f"Bearer {token}"}
         reply = await http.post(
-            "/mcp/execute", json={"tool": "redis", "action": "ttl", "keys": ["x"]}, headers=headers
+            "/mcp/execute",
+            json={"tool": "redis", "action": "ttl", "keys": ["coord:task-portal:x"]},
+            headers=headers,
         )
         assert reply.status_code == 200 and reply.json()["ok"], reply.text
         health = (await http.get("/mcp/health")).json()

@@ -27,27 +27,29 @@ async def test_redis_tools(stack: Stack, gateway: str) -> None:
     r.lpush(f"coord:{task}:payload:impl-1-1", json.dumps({"confidence": 0.9}))
     r.set(f"coord:{task}:decision", '{"decision": "PROCEED"}')
     r.set(f"context:{task}:deliverables", "[]", ex=300)
-    r.hset("cfn-test:hash", mapping={"a": "1", "b": "2"})
-    r.zadd("cfn-test:zset", {"x": 1.5})
-    r.xadd("cfn-test:stream", {"k": "v"})
+    r.hset(f"context:{task}:hash", mapping={"a": "1", "b": "2"})
+    r.zadd(f"context:{task}:zset", {"x": 1.5})
+    r.xadd(f"context:{task}:stream", {"k": "v"})
+    r.set("coord:task-other:decision", '{"decision": "ABORT"}')
     async with mcp_session(gateway, stack.token(["redis-management"])) as session:
-        found = structured(await session.call_tool("redis_scan", {"pattern": f"*{task}*"}))
-        assert f"coord:{task}:decision" in found["keys"] and found["count"] == 4
-        got = structured(await session.call_tool("redis_get", {"key": "cfn-test:hash"}))
+        found = structured(await session.call_tool("redis_scan", {"pattern": f"coord:{task}:*"}))
+        assert f"coord:{task}:decision" in found["keys"] and found["count"] == 3
+        got = structured(await session.call_tool("redis_get", {"key": f"context:{task}:hash"}))
         assert got["type"] == "hash" and got["value"] == {"a": "1", "b": "2"}
-        got = structured(await session.call_tool("redis_get", {"key": "cfn-test:zset"}))
+        got = structured(await session.call_tool("redis_get", {"key": f"context:{task}:zset"}))
         assert got["type"] == "zset" and got["value"] == [["x", 1.5]]
-        got = structured(await session.call_tool("redis_get", {"key": "cfn-test:stream"}))
+        got = structured(await session.call_tool("redis_get", {"key": f"context:{task}:stream"}))
         assert got["type"] == "stream" and got["value"][0]["fields"] == {"k": "v"}
         got = structured(await session.call_tool("redis_get", {"key": f"coord:{task}:complete"}))
         assert got["type"] == "list" and got["size"] == 2
         ttl = structured(
             await session.call_tool(
-                "redis_ttl", {"keys": [f"context:{task}:deliverables", "cfn-test:hash", "nope"]}
+                "redis_ttl",
+                {"keys": [f"context:{task}:deliverables", f"context:{task}:hash", f"swarm:{task}:x"]},
             )
         )["ttls"]
         assert 0 < ttl[f"context:{task}:deliverables"] <= 300
-        assert (ttl["cfn-test:hash"], ttl["nope"]) == (-1, -2)
+        assert (ttl[f"context:{task}:hash"], ttl[f"swarm:{task}:x"]) == (-1, -2)
         summary = structured(await session.call_tool("redis_task_summary", {}))
         assert summary["results"][0] == {
             "agent_id": "impl-1-1",
@@ -58,20 +60,35 @@ async def test_redis_tools(stack: Stack, gateway: str) -> None:
         assert f"coord:{task}:decision" in summary["signals"]
         assert f"context:{task}:deliverables" in summary["context"]
         # Delete: refused without confirm, and with a read-only token.
-        refused = await session.call_tool("redis_delete", {"keys": ["cfn-test:hash"]})
+        refused = await session.call_tool("redis_delete", {"keys": [f"context:{task}:hash"]})
         assert refused.is_error and "read-only" in refused.content[0].text
+        # Another task's keys are out of reach, by name or by pattern.
+        for tool, args in (
+            ("redis_get", {"key": "coord:task-other:decision"}),
+            ("redis_ttl", {"keys": [f"coord:{task}:decision", "coord:task-other:decision"]}),
+            ("redis_scan", {"pattern": "coord:task-*"}),
+            ("redis_scan", {"pattern": "*"}),
+        ):
+            refused = await session.call_tool(tool, args)
+            assert refused.is_error and f"task {task!r}" in refused.content[0].text, (tool, args)
         bad = await session.call_tool("redis_scan", {"pattern": ""})
         assert bad.is_error and "pattern" in bad.content[0].text
         bad = await session.call_tool("redis_get", {"key": "k", "extra": 1})
         assert bad.is_error and "Additional properties" in bad.content[0].text
     writer = stack.token(["redis-management"], scope=("read", "write"))
     async with mcp_session(gateway, writer) as session:
-        refused = await session.call_tool("redis_delete", {"keys": ["cfn-test:hash"]})
+        refused = await session.call_tool("redis_delete", {"keys": [f"context:{task}:hash"]})
         assert refused.is_error and "confirm: true" in refused.content[0].text
-        done = structured(
-            await session.call_tool("redis_delete", {"keys": ["cfn-test:hash"], "confirm": True})
+        refused = await session.call_tool(
+            "redis_delete", {"keys": ["coord:task-other:decision"], "confirm": True}
         )
-        assert done["deleted"] == 1 and not r.exists("cfn-test:hash")
+        assert refused.is_error and r.exists("coord:task-other:decision")
+        done = structured(
+            await session.call_tool(
+                "redis_delete", {"keys": [f"context:{task}:hash"], "confirm": True}
+            )
+        )
+        assert done["deleted"] == 1 and not r.exists(f"context:{task}:hash")
 
 
 async def test_security_scanner_finds_secret_and_injection(stack: Stack, gateway: str) -> None:

@@ -1,8 +1,10 @@
 """Redis Tools (seed port 8082): inspect the coordination state.
 
-SCAN by pattern (never KEYS), read any key by its type, TTLs, a task's
+SCAN by pattern (never KEYS), read a key by its type, TTLs, a task's
 signals / results / context in one summary, and delete, which needs both
-``confirm: true`` and a token with write scope.
+``confirm: true`` and a token with write scope. A token reaches the keys of its own
+task only (``keys.task_owns``); the agent that holds it may be steered by anything
+it reads.
 """
 
 from __future__ import annotations
@@ -127,18 +129,44 @@ async def task_summary(redis: RedisManager, task_id: str) -> dict[str, Any]:
     return summary
 
 
+def _own_keys(call: Call, names: list[str]) -> list[str]:
+    """A token reaches its own task's keys only (keys.task_owns): an agent's model may
+    be hostile, and other tasks' results, budgets and decisions are not its to read."""
+    for name in names:
+        if not keys.task_owns(call.claims.task_id, name):
+            raise McpForbiddenError(
+                f"key {name!r} is not one of task {call.claims.task_id!r}'s: this token "
+                "reaches its own task's keys only"
+            )
+    return names
+
+
+def _own_pattern(call: Call, pattern: str) -> str:
+    """A SCAN pattern whose every match is the task's: it starts with one of the task's
+    prefixes (ids hold no glob characters), or names one of its unprefixed keys."""
+    task = call.claims.task_id
+    if pattern.startswith(keys.task_prefixes(task)) or keys.task_owns(task, pattern):
+        return pattern
+    prefixes = ", ".join(f"'{p}*'" for p in keys.task_prefixes(task))
+    raise McpForbiddenError(
+        f"pattern {pattern!r} reaches beyond task {task!r}: start it with one of {prefixes}"
+    )
+
+
 def build(settings: Settings, common: Common, redis: RedisManager | None = None) -> ToolServer:
     manager = redis or RedisManager.from_settings(settings)
 
     async def scan(call: Call, args: dict[str, Any]) -> ToolOutput:
-        found = await scan_keys(manager, args["pattern"], int(args.get("limit", 100)))
-        return ToolOutput({"pattern": args["pattern"], "count": len(found), "keys": found})
+        pattern = _own_pattern(call, args["pattern"])
+        found = await scan_keys(manager, pattern, int(args.get("limit", 100)))
+        return ToolOutput({"pattern": pattern, "count": len(found), "keys": found})
 
     async def get(call: Call, args: dict[str, Any]) -> ToolOutput:
-        return ToolOutput(await read_key(manager, args["key"], int(args.get("limit", 100))))
+        (key,) = _own_keys(call, [args["key"]])
+        return ToolOutput(await read_key(manager, key, int(args.get("limit", 100))))
 
     async def ttl(call: Call, args: dict[str, Any]) -> ToolOutput:
-        names: list[str] = args["keys"]
+        names: list[str] = _own_keys(call, args["keys"])
 
         async def read(r: Any) -> dict[str, int]:
             return {name: int(await r.ttl(name)) for name in names}
@@ -160,7 +188,7 @@ def build(settings: Settings, common: Common, redis: RedisManager | None = None)
             raise McpToolError(
                 "redis_delete removes data: call it again with confirm: true to go ahead"
             )
-        names: list[str] = args["keys"]
+        names: list[str] = _own_keys(call, args["keys"])
 
         async def remove(r: Any) -> int:
             return int(await r.delete(*names))
@@ -173,7 +201,8 @@ def build(settings: Settings, common: Common, redis: RedisManager | None = None)
     tools = [
         Tool(
             "redis_scan", "scan",
-            "List keys matching a glob pattern (SCAN, never KEYS), e.g. 'coord:task-1:*'.",
+            "List the token's task's keys matching a glob pattern (SCAN, never KEYS), e.g. "
+            "'coord:task-1:*'.",
             schema({"pattern": {"type": "string", "minLength": 1, "maxLength": 256},
                     "limit": limit}, ("pattern",)),
             scan,
