@@ -77,7 +77,9 @@ async def test_agent_calls_an_mcp_tool_through_the_gateway(
     token = stack.token(["redis-management"], agent_id="impl-1-1", task_id="task-hook")
     settings = agent_settings(stack, tmp_path, llm, token)
     llm.push(
-        openai_json(None, tool_calls=[("c1", "redis_scan", json.dumps({"pattern": "coord:*"}))]),
+        openai_json(
+            None, tool_calls=[("c1", "redis_scan", json.dumps({"pattern": "coord:task-hook:*"}))]
+        ),
         openai_json('{"confidence": 0.8, "summary": "looked at the keys"}'),
     )
     result = await run_agent(stack, settings, tmp_path, "impl-1-1", "Inspect the coordination keys")
@@ -144,7 +146,7 @@ async def test_a_claude_code_agent_calls_an_mcp_tool_through_the_gateway(
     stack.redis.client().set("coord:task-cc:loop2:start", "{}")
     token = stack.token(["redis-management"], agent_id="impl-1-1", task_id="task-cc")
     settings = agent_settings(stack, tmp_path, llm, token)
-    scan = json.dumps({"pattern": "coord:*"})
+    scan = json.dumps({"pattern": "coord:task-cc:*"})
     turns = [
         anthropic_sse([""], tool_uses=[("toolu_1", "mcp__cfn__redis_scan", scan)]),
         anthropic_sse(['Looked.\n{"confidence": 0.8, "summary": "looked at the keys"}']),

@@ -41,12 +41,13 @@ async def test_allowed_and_refused_calls_become_rows(stack: Stack) -> None:
     redis_only = stack.token(["redis-management"], agent_id=AGENT, task_id="task-audit")
     # Through the gateway: one allowed MCP call, one refused (another server's tool).
     async with mcp_session(stack.url("gateway") + "/mcp", redis_only) as session:
-        assert not (await session.call_tool("redis_scan", {"pattern": "dbaudit*"})).is_error
+        scanned = await session.call_tool("redis_scan", {"pattern": "coord:task-audit:*"})
+        assert not scanned.is_error
         refused = await session.call_tool("browser_navigate", {"url": stack.web.url})
         assert refused.is_error
     # Straight to the server: one allowed MCP call.
     async with mcp_session(stack.url("redis-tools") + "/mcp", redis_only) as session:
-        assert not (await session.call_tool("redis_ttl", {"keys": ["dbaudit:x"]})).is_error
+        assert not (await session.call_tool("redis_ttl", {"keys": ["coord:task-audit:x"]})).is_error
     async with httpx.AsyncClient(timeout=30) as http:
         # Straight to a server the token's skills do not reach: 403.
         reply = await http.post(

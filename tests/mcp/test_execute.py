@@ -36,7 +36,9 @@ def test_execute_seed_format_through_gateway_and_direct(stack: Stack) -> None:
     ).json()
     assert shot["result"]["images_png_base64"][0].startswith("iVBOR")
     scan = _post(
-        stack.url("gateway"), token, {"tool": "redis", "action": "scan", "pattern": "coord:task-mcp:*"}
+        stack.url("gateway"),
+        token,
+        {"tool": "redis", "action": "scan", "pattern": "coord:task-mcp:*"},
     )
     assert scan.status_code == 200 and "keys" in scan.json()["result"]
     # Other tasks' keys are out of a token's reach: 403 naming the task's prefixes.
@@ -72,7 +74,9 @@ def test_execute_bad_input_is_4xx_with_a_reason(stack: Stack) -> None:
 def test_calls_are_audited(stack: Stack) -> None:
     token = stack.token(["redis-management"], agent_id="auditor-1")
     _post(
-        stack.url("gateway"), token, {"tool": "redis", "action": "scan", "pattern": "coord:task-mcp:x*"}
+        stack.url("gateway"),
+        token,
+        {"tool": "redis", "action": "scan", "pattern": "coord:task-mcp:x*"},
     )
     _post(stack.url("gateway"), token, {"tool": "browser", "action": "navigate", "url": "x"})
     path = audit_path(stack.settings)

@@ -10,6 +10,9 @@ import httpx
 from tests.mcp.conftest import Stack, mcp_session, structured
 from tests.mcp.test_auth import INIT, MCP_HEADERS
 
+#: A key of the tokens' task ("task-mcp"): Redis Tools reach no other.
+KEY = "coord:task-mcp:x"
+
 
 def _open(url: str, token: str) -> tuple[dict[str, str], httpx.Response]:
     """initialize on the gateway: the headers to use on the session, and the reply."""
@@ -40,10 +43,11 @@ def test_gateway_sessions_and_bad_requests(stack: Stack) -> None:
     listed = httpx.post(url, json=_rpc("tools/list"), headers=headers).json()["result"]["tools"]
     assert {t["name"] for t in listed} >= {"redis_scan", "redis_ttl"}
     called = httpx.post(
-        url, json=_rpc("tools/call", {"name": "redis_ttl", "arguments": {"keys": ["gw:x"]}}),
+        url,
+        json=_rpc("tools/call", {"name": "redis_ttl", "arguments": {"keys": [KEY]}}),
         headers=headers,
     ).json()  # fmt: skip
-    assert called["id"] == 7 and called["result"]["structuredContent"]["ttls"] == {"gw:x": -2}
+    assert called["id"] == 7 and called["result"]["structuredContent"]["ttls"] == {KEY: -2}
 
     def refused(status: int, code: int, text: str, **kwargs: Any) -> None:
         reply = httpx.post(url, **{"headers": headers, **kwargs})
@@ -99,18 +103,18 @@ def test_gateway_sessions_and_bad_requests(stack: Stack) -> None:
 async def test_upstream_session_reopened_when_its_server_restarts(stack: Stack) -> None:
     url = stack.url("gateway") + "/mcp"
     async with mcp_session(url, stack.token(["redis-management"], agent_id="gw-3")) as session:
-        before = structured(await session.call_tool("redis_ttl", {"keys": ["gw:r"]}))
-        assert before["ttls"] == {"gw:r": -2}
+        before = structured(await session.call_tool("redis_ttl", {"keys": ["coord:task-mcp:r"]}))
+        assert before["ttls"] == {"coord:task-mcp:r": -2}
         stack.launcher.down(["redis-tools"])
         try:
             # Server down: the call is a tool error naming it, the client session lives on.
-            down = await session.call_tool("redis_ttl", {"keys": ["gw:r"]})
+            down = await session.call_tool("redis_ttl", {"keys": ["coord:task-mcp:r"]})
             assert down.is_error and "redis-tools is unreachable" in down.content[0].text
         finally:
             stack.launcher.up(["redis-tools"], env=stack.env)
         # A new server process knows nothing of the old session: the gateway opens a
         # new one with the client's token and sends the call again.
-        after = structured(await session.call_tool("redis_ttl", {"keys": ["gw:r"]}))
-        assert after["ttls"] == {"gw:r": -2}
+        after = structured(await session.call_tool("redis_ttl", {"keys": ["coord:task-mcp:r"]}))
+        assert after["ttls"] == {"coord:task-mcp:r": -2}
         listed = await session.list_tools()
         assert "redis_ttl" in {tool.name for tool in listed.tools}

@@ -45,7 +45,13 @@ async def test_redis_tools(stack: Stack, gateway: str) -> None:
         ttl = structured(
             await session.call_tool(
                 "redis_ttl",
-                {"keys": [f"context:{task}:deliverables", f"context:{task}:hash", f"swarm:{task}:x"]},
+                {
+                    "keys": [
+                        f"context:{task}:deliverables",
+                        f"context:{task}:hash",
+                        f"swarm:{task}:x",
+                    ]
+                },
             )
         )["ttls"]
         assert 0 < ttl[f"context:{task}:deliverables"] <= 300
