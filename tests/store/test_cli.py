@@ -172,3 +172,31 @@ def test_the_database_file_is_for_its_owner_only(tmp_path: Path) -> None:
     for name in (f"{db}-wal", f"{db}-shm"):
         if Path(name).exists():
             assert Path(name).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_state_dir_is_for_its_owner_only(tmp_path: Path) -> None:
+    """cfn's state dir (secrets, database, logs, contexts) is made 0700 by the first
+    command, and an older 0755 one is narrowed; another user's is left alone."""
+    fresh = tmp_path / "fresh" / ".cfn"
+    done = subprocess.run(
+        [*CFN, "db", "upgrade"],
+        env=cfn_env(tmp_path, CFN_STATE_DIR=str(fresh)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    older = tmp_path / "older" / ".cfn"
+    older.mkdir(parents=True, mode=0o755)
+    older.chmod(0o755)
+    done = subprocess.run(
+        [*CFN, "db", "upgrade"],
+        env=cfn_env(tmp_path, CFN_STATE_DIR=str(older)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert older.stat().st_mode & 0o777 == 0o700
+    assert (older / "cfn.db").stat().st_mode & 0o777 == 0o600

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -38,7 +41,20 @@ def setup_logging(verbose: bool) -> None:
 
 
 def settings() -> Settings:
-    return get_settings()
+    cfg = get_settings()
+    _private_state(str(cfg.state_dir))
+    return cfg
+
+
+@lru_cache(maxsize=8)
+def _private_state(path: str) -> None:
+    """Once per process and state dir: it is made (or narrowed to) 0700 before a
+    command writes anything in it (docs/security.md, "Secrets at rest")."""
+    from cfn.system.secrets import private_state_dir
+
+    # A state dir that cannot be made is reported by what needs it.
+    with contextlib.suppress(OSError):
+        private_state_dir(Path(path))
 
 
 def with_redis(operation: Callable[[RedisManager], Awaitable[T]]) -> T:

@@ -32,3 +32,16 @@ def read_or_create(path: Path, nbytes: int = 32) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return fresh
+
+
+def private_state_dir(path: Path) -> bool:
+    """Make cfn's state directory (secrets, the database, logs, agents' contexts) its
+    owner's alone: created 0700, or narrowed to 0700 when this user owns it and others
+    could enter. False (left as it is) when another user owns it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return True
