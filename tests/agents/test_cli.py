@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from cfn.agents.spawn.process import ProcessSpawner
@@ -11,6 +12,17 @@ from tests.conftest import CFN
 from tests.support.servers import RedisServer, cfn_env
 
 SHOW = "sh -c 'echo seen $AGENT_ID $TASK_ID $MODE $PROVIDER $COMPOSE_PROJECT_NAME'"
+
+
+async def _logs_when_done(tmp_path: Path, task_id: str, agents: Iterable[str]) -> dict[str, str]:
+    """Each detached agent's log, once it has ended well (re-attached by its pid)."""
+    spawner = ProcessSpawner(Settings(cfn_state_dir=tmp_path / ".cfn"))
+    logs = {}
+    for agent in agents:
+        handle = await spawner.attach(task_id, agent)
+        assert (await handle.wait()).ok
+        logs[agent] = handle.log_path.read_text()
+    return logs
 
 
 async def test_spawn_agent_prints_the_name_and_runs_detached(
@@ -45,12 +57,7 @@ async def test_spawn_agent_prints_the_name_and_runs_detached(
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert out == f"cfn-agent-{agent}-{task_id}\n"
-    spawner = ProcessSpawner(Settings(cfn_state_dir=tmp_path / ".cfn"))
-    logs = {}
-    for agent in runs:
-        handle = await spawner.attach(task_id, agent)
-        assert (await handle.wait()).ok
-        logs[agent] = handle.log_path.read_text()
+    logs = await _logs_when_done(tmp_path, task_id, runs)
     assert f"seen impl-1-1 {task_id} cli zai cfn-main" in logs["impl-1-1"]
     assert f"seen impl-1-2 {task_id} cli kimi cfn-main" in logs["impl-1-2"]
 
@@ -123,12 +130,7 @@ async def test_spawn_agent_backend_comes_from_the_flag_the_profile_or_the_enviro
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-    spawner = ProcessSpawner(Settings(cfn_state_dir=tmp_path / ".cfn"))
-    logs = {}
-    for agent in runs:
-        handle = await spawner.attach(task_id, agent)
-        assert (await handle.wait()).ok
-        logs[agent] = handle.log_path.read_text()
+    logs = await _logs_when_done(tmp_path, task_id, runs)
     assert "via-profile shell-runner" in logs["shell-runner"]
     assert "via-env impl-9-2" in logs["impl-9-2"]
     assert "via-flag impl-9-3" in logs["impl-9-3"]

@@ -177,26 +177,23 @@ def test_the_database_file_is_for_its_owner_only(tmp_path: Path) -> None:
 def test_the_state_dir_is_for_its_owner_only(tmp_path: Path) -> None:
     """cfn's state dir (secrets, database, logs, contexts) is made 0700 by the first
     command, and an older 0755 one is narrowed; another user's is left alone."""
+
+    def upgrade(state: Path) -> None:
+        done = subprocess.run(
+            [*CFN, "db", "upgrade"],
+            env=cfn_env(tmp_path, CFN_STATE_DIR=str(state)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
     fresh = tmp_path / "fresh" / ".cfn"
-    done = subprocess.run(
-        [*CFN, "db", "upgrade"],
-        env=cfn_env(tmp_path, CFN_STATE_DIR=str(fresh)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    upgrade(fresh)
     assert fresh.stat().st_mode & 0o777 == 0o700
     older = tmp_path / "older" / ".cfn"
     older.mkdir(parents=True, mode=0o755)
     older.chmod(0o755)
-    done = subprocess.run(
-        [*CFN, "db", "upgrade"],
-        env=cfn_env(tmp_path, CFN_STATE_DIR=str(older)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    upgrade(older)
     assert older.stat().st_mode & 0o777 == 0o700
     assert (older / "cfn.db").stat().st_mode & 0o777 == 0o600

@@ -25,26 +25,8 @@ from typing import Any
 import pytest
 
 from cfn.providers.clients.wire import proxies_of
-from cfn.settings import Settings
 from cfn.system.http11 import HttpError, Pool, Proxies
-
-MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-def make_settings(tmp_path: Path) -> MakeSettings:
-    """Settings isolated from the developer's files (the proxy fields come from the env)."""
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "cfn_state_dir": tmp_path / ".cfn",
-            "cfn_agents_dir": tmp_path / "agents",
-            "cfn_providers_file": tmp_path / "providers.json",
-        }
-        values.update(overrides)
-        return Settings(**values)
-
-    return make
+from tests.providers.conftest import MakeSettings, make_settings  # noqa: F401 (a fixture)
 
 # --- scripted servers ---------------------------------------------------------------
 
@@ -843,7 +825,7 @@ def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_proxies_of_reads_the_standard_variables(
-    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings
+    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings  # noqa: F811
 ) -> None:
     assert proxies_of(make_settings()) == Proxies()
 
@@ -863,7 +845,7 @@ def test_proxies_of_reads_the_standard_variables(
 
 
 def test_proxies_of_all_proxy_alone_covers_both_schemes(
-    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings
+    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings  # noqa: F811
 ) -> None:
     no_proxy_environment.setenv("all_proxy", "http://only.example:1080")
     no_proxy_environment.setenv("NO_PROXY", "*")
@@ -873,7 +855,7 @@ def test_proxies_of_all_proxy_alone_covers_both_schemes(
 
 
 async def test_proxies_of_settings_route_a_request_through_the_proxy(
-    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings
+    no_proxy_environment: pytest.MonkeyPatch, make_settings: MakeSettings  # noqa: F811
 ) -> None:
     proxy = Server(keep_alive(lambda request: reply(b"proxied")))
     with dead_port() as origin_port:
