@@ -89,6 +89,14 @@ async def test_redis_tools(stack: Stack, gateway: str) -> None:
             "redis_delete", {"keys": ["coord:task-other:decision"], "confirm": True}
         )
         assert refused.is_error and r.exists("coord:task-other:decision")
+        # The task's own records stay, even for a write-scope token.
+        r.hset(f"usage:{task}", mapping={"cost_usd": "0.5"})
+        for record in (f"usage:{task}", f"coord:{task}:complete"):
+            refused = await session.call_tool(
+                "redis_delete", {"keys": [record], "confirm": True}
+            )
+            assert refused.is_error and "records" in refused.content[0].text, record
+            assert r.exists(record)
         done = structured(
             await session.call_tool(
                 "redis_delete", {"keys": [f"context:{task}:hash"], "confirm": True}

@@ -901,3 +901,12 @@ async def test_a_closed_pool_refuses_requests_and_keeps_no_connection() -> None:
 
     assert server.connections == 2
     assert [r.target for r in server.requests] == ["/in-flight", "/idle"]
+
+
+async def test_a_proxy_url_with_a_bad_port_is_one_proxy_error() -> None:
+    """HTTPS_PROXY=http://proxy:abc: one HttpError the provider clients map, not a
+    ValueError escaping as a traceback."""
+    async with pool_of(proxies=Proxies(https="http://127.0.0.1:abc")) as pool:
+        with pytest.raises(HttpError) as info:
+            await pool.request("GET", "https://example.invalid/x", {})
+    assert info.value.kind == "ProxyError" and "not a number" in info.value.detail

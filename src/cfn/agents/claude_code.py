@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cfn.errors import AgentSpawnError, ConfigError, WaitTimeoutError
-from cfn.system.proc import proc_descendants, signal_tree
+from cfn.system.proc import identities, proc_descendants, signal_tree, still_alive
 
 __all__ = [
     "ClaudeRun",
@@ -431,6 +431,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the CLI and everything it started, a short grace, then SIGKILL."""
     pgid = proc.pid  # start_new_session: the CLI leads its own group
     tree = proc_descendants(pgid)
+    known = identities(tree)  # by start time: a pid reused during the grace is not ours
     try:
         _signal_all(pgid, tree, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
@@ -439,7 +440,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     finally:
         # Whatever the CLI did not stop (or everything, when cancelled mid-grace);
         # processes started during the grace are found again.
-        _signal_all(pgid, tree | proc_descendants(pgid), signal.SIGKILL)
+        _signal_all(pgid, still_alive(known) | proc_descendants(pgid), signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(TERM_GRACE):
             await proc.wait()

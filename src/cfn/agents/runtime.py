@@ -620,6 +620,8 @@ async def _stoppable(work: Awaitable[RunResult]) -> RunResult:
     stopped = asyncio.Event()
 
     def on_sigterm() -> None:
+        if stopped.is_set():
+            return  # one stop: a second SIGTERM must not cut the CLI's grace short
         stopped.set()
         task.cancel()
 
@@ -643,8 +645,9 @@ def run_agent(
 
     ``supervised``: the process is the agent's alone, started by cfn's supervisor
     (forked, ``--supervised``, a container). Then a SIGTERM (a stop, the timeout)
-    cancels the run, so the Claude Code CLI and its commands are stopped in order
-    and the lock released, before the process ends by that SIGTERM; and, as its
+    cancels the run, so the Claude Code CLI and its commands get their grace (the
+    supervisor signals them too) and the lock is released, before the process ends
+    by that SIGTERM; and, as its
     tools' subreaper, it ends whatever they left running below it. Not otherwise:
     ``cfn agent run`` in a shell or in a test's process must not touch processes
     that are not the agent's.

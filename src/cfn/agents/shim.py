@@ -63,10 +63,11 @@ if __name__ == "__main__":  # pragma: no branch
 from cfn.system import forkwire as wire  # noqa: E402 (after the script's path set-up)
 from cfn.system.cgroups import Cgroups  # noqa: E402
 from cfn.system.proc import (  # noqa: E402
-    proc_alive,
+    identities,
     proc_descendants,
     proc_start_ticks,
     signal_tree,
+    still_alive,
 )
 
 # --- the supervisor ---------------------------------------------------------------------
@@ -144,7 +145,7 @@ class Supervisor:
         self.killed = False
         self.stop_requested = False
         #: Every process seen below the agent when it was stopped: (pid, start ticks).
-        self.tree: set[tuple[int, int | None]] = set()
+        self.tree: set[tuple[int, int]] = set()
         #: The agent server's connection when the agent was forked by it (None: our child).
         self.server: Any = None
 
@@ -265,7 +266,7 @@ class Supervisor:
         # Its descendants too, and their own groups: without cgroups nothing else
         # reaches a command started in a session of its own (a Claude Code Bash tool's).
         below = proc_descendants(self.pid)
-        self.tree |= {(pid, proc_start_ticks(pid)) for pid in below}
+        self.tree |= identities(below)
         _kill_group(self.pid, signum)
         signal_tree(below, signum)
         if self.groups is not None:
@@ -275,7 +276,7 @@ class Supervisor:
     def _end_leftovers(self) -> None:
         """SIGKILL what was seen below the agent and still lives (reparented to init
         once the agent died), checked by start time: a reused pid is left alone."""
-        alive = {pid for pid, ticks in self.tree if proc_alive(pid, ticks)}
+        alive = still_alive(self.tree)
         if alive:
             signal_tree(alive, signal.SIGKILL)
 

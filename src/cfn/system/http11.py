@@ -15,10 +15,12 @@ connection:
 
 * ``Pool``: kept-alive connections per origin (scheme, host, port), TLS with
   the system's CA store and SNI, TCP_NODELAY (asyncio sets it on TCP sockets),
-  at most ``max_idle`` idle per origin. A request that finds its kept-alive
-  connection closed by the server before any byte of the reply came back is
-  sent once more on a new connection (the server cannot have acted on it), as
-  browsers and httpx do.
+  at most ``max_idle`` idle per origin. A request on a *reused* connection that
+  ends before any byte of the reply (EOF, or a reset: what a server's closing of
+  an idle connection looks like) is sent once more on a new connection, as
+  browsers do; httpx does not. A server that acted on the request and then died
+  before answering would see it twice: rare, and cheaper than failing every call
+  that meets a connection the provider closed while it was idle.
 * Redirects: 307 and 308 keep the method and body and are followed (at most
   five); credentials are dropped when the origin changes. 301, 302 and 303
   would turn an API POST into a GET and come back as the status they are.
@@ -43,7 +45,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 #: Origins the redirect rule compares: (scheme, host, port).
 Origin = tuple[str, str, int]
@@ -116,7 +118,6 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.fresh = True  # no request sent on it yet
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -374,7 +375,6 @@ class Pool:
         if self._closed or len(idle) >= self.max_idle or connection.reader.at_eof():
             connection.close()
             return
-        connection.fresh = False
         idle.append(connection)
 
     def _take(self, origin: Origin) -> _Connection | None:
@@ -420,7 +420,7 @@ class Pool:
         if parts.scheme not in ("http", "") or not parts.hostname:
             raise HttpError("ProxyError", f"unsupported proxy {parts.scheme}://{parts.hostname}")
         reader, writer = await asyncio.open_connection(
-            parts.hostname, parts.port or 80, limit=MAX_HEAD
+            parts.hostname, _port(parts, 80), limit=MAX_HEAD
         )
         if origin[0] == "http":
             return reader, writer
@@ -587,6 +587,15 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return int(parts[1]), parts[0], headers
+
+
+def _port(parts: SplitResult, default: int) -> int:
+    """The port of a proxy URL; a port that is not a number is the proxy's error."""
+    try:
+        return parts.port or default
+    except ValueError:
+        detail = f"the proxy URL's port is not a number: {parts.netloc!r}"
+        raise HttpError("ProxyError", detail) from None
 
 
 def _proxy_auth(user: str | None, password: str | None) -> str:

@@ -82,6 +82,18 @@ def proc_descendants(root: int) -> set[int]:
     return seen
 
 
+def identities(pids: set[int]) -> set[tuple[int, int]]:
+    """``(pid, start ticks)`` of each live one of ``pids``: what identifies a process
+    later, when its pid may have been reused (one gone meanwhile is left out)."""
+    found = {(pid, proc_start_ticks(pid)) for pid in pids}
+    return {(pid, ticks) for pid, ticks in found if ticks is not None}
+
+
+def still_alive(known: set[tuple[int, int]]) -> set[int]:
+    """The pids of ``known`` (from ``identities``) that are still those processes."""
+    return {pid for pid, ticks in known if proc_alive(pid, ticks)}
+
+
 def signal_tree(pids: set[int], signum: int) -> None:
     """``signum`` to each of ``pids`` and to the process group each leads or sits in
     (a command started with ``setsid`` leads a group and session of its own).

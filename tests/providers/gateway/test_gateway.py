@@ -218,9 +218,12 @@ async def test_fallback_hop_when_the_first_provider_is_rate_limited(
 async def test_a_token_is_spent_once_its_agent_has_reported(
     gateway_factory: GatewayFactory, llm: LLMServer, redis_server: RedisServer
 ) -> None:
-    """A token ends with its agent's work: once the agent's completion is in (its own
-    report, or the failure the orchestrator records for it), the same token is
-    refused, 401 naming the agent and task; the task's other agents go on."""
+    """A token ends with its agent's work: once cfn has recorded the agent done or
+    failed (the task's records, which agents cannot write), the same token is refused,
+    401 naming the agent and task; the task's other agents go on. A completion entry
+    pushed to Redis (which any agent of the task can write) spends nothing."""
+    from cfn.store.records import AgentRecord
+
     gw = await gateway_factory()
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     mine, other = gw.token("impl-1-1", "T9"), gw.token("impl-2-1", "T9")
@@ -230,7 +233,13 @@ async def test_a_token_is_spent_once_its_agent_has_reported(
             return await http.post(f"{gw.url}/v1/messages", headers={"x-api-key": token}, json=body)
 
         assert (await post(mine)).status_code == 200
-        redis_server.client().lpush("coord:T9:complete", "impl-1-1:success")
+        redis_server.client().lpush("coord:T9:complete", "impl-2-1:success")  # a forgery
+        with gw.store() as store:
+            store.create_task("T9", "mvp", "x")
+            for agent, status in (("impl-1-1", "done"), ("impl-2-1", "running")):
+                store.save_agent(
+                    AgentRecord("T9", agent, "implementer", 3, 1, None, "zai", "glm-4.6", status)
+                )
         deadline = time.monotonic() + 5
         while (reply := await post(mine)).status_code == 200 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -141,6 +141,23 @@ def _own_keys(call: Call, names: list[str]) -> list[str]:
     return names
 
 
+def _records_kept(call: Call, names: list[str]) -> list[str]:
+    """What ``redis_delete`` never removes, even with write scope: the task's budget
+    ledger, its event stream and session, and its completion list (deleting those
+    would reset a budget, or bring spent LLM tokens back)."""
+    task = call.claims.task_id
+    records = {
+        keys.usage(task), keys.events(task), keys.session(task), keys.coord_complete(task)
+    }
+    for name in names:
+        if name in records or name.startswith(keys.usage(task) + ":"):
+            raise McpForbiddenError(
+                f"{name!r} is one of task {task!r}'s records (budget, events, completions): "
+                "redis_delete never removes those"
+            )
+    return names
+
+
 def _own_pattern(call: Call, pattern: str) -> str:
     """A SCAN pattern whose every match is the task's: it starts with one of the task's
     prefixes (ids hold no glob characters), or names one of its unprefixed keys."""
@@ -188,7 +205,7 @@ def build(settings: Settings, common: Common, redis: RedisManager | None = None)
             raise McpToolError(
                 "redis_delete removes data: call it again with confirm: true to go ahead"
             )
-        names: list[str] = _own_keys(call, args["keys"])
+        names: list[str] = _records_kept(call, _own_keys(call, args["keys"]))
 
         async def remove(r: Any) -> int:
             return int(await r.delete(*names))

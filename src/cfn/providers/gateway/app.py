@@ -11,9 +11,9 @@ Endpoints (what Claude Code, the official SDKs and OpenAI-compatible tools call)
 
 Every request but the last two carries the agent's token (``x-api-key`` or
 ``Authorization: Bearer``, cfn.providers.gateway.tokens). The token fixes the
-task, the agent and its route, and is spent once its agent has a completion
-entry (``coord:{task}:complete``: its report, or the failure recorded for it),
-so a token copied out of a finished agent is worth nothing. The request's
+task, the agent and its route, and is spent once cfn has recorded its agent done
+or failed (the task's ``agents`` rows, which agents cannot write), so a token
+copied out of a finished agent is worth nothing. The request's
 ``model`` only matters when it names ``provider:model`` of a provider the token
 allows. The call then goes through ``LLMService``: admission against the task
 budget, the route's fallback chain with Retry-After, the budget charged as a
@@ -29,6 +29,7 @@ started, an error is its last event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -41,8 +42,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cfn.coordination.completion import reported_agents
-from cfn.coordination.connection import RedisManager
 from cfn.errors import (
     AuthError,
     BudgetExceededError,
@@ -60,13 +59,16 @@ from cfn.providers.gateway.tokens import LlmClaims, LlmTokenAuthority, token_fro
 from cfn.providers.routes import parse_route
 from cfn.providers.service import LLMService
 from cfn.providers.types import ChatRequest, ChatResponse, StreamEvent
+from cfn.store.repository import Store
 
 log = logging.getLogger(__name__)
 
-#: How long the gateway trusts its read of which agents of a task have reported.
-REPORTED_TTL = 1.0
+#: Agent statuses (table ``agents``) that spend the agent's token.
+ENDED = frozenset({"done", "failed"})
+#: How long the gateway trusts its read of which agents of a task have ended.
+ENDED_TTL = 1.0
 #: Tasks whose reads it keeps (more are forgotten at once, then read again).
-REPORTED_TASKS = 1000
+ENDED_TASKS = 1000
 #: A Claude Code request with a long conversation is a few MB; this is far above it.
 MAX_BODY = 32 * 1024 * 1024
 SERVICE = "cfn-llm-gateway"
@@ -103,14 +105,16 @@ class LlmGateway:
         self,
         service: LLMService,
         authority: LlmTokenAuthority,
-        redis: RedisManager | None = None,
+        store: Store | None = None,
     ) -> None:
         self.service = service
         self.authority = authority
-        #: Where agents report (``coord:{task}:complete``): a token of an agent that
-        #: has reported is spent. None: tokens end only by expiring.
-        self.redis = redis
-        self._reported: dict[str, tuple[float, frozenset[str]]] = {}
+        #: The task records (``agents``): a token of an agent that cfn has recorded
+        #: done or failed is spent. Not Redis's completion list, which agents can write
+        #: (one could push a sibling's entry and lock it out). None: tokens end only
+        #: by expiring.
+        self.store = store
+        self._ended: dict[str, tuple[float, frozenset[str]]] = {}
         #: Run by ``aclose`` (what ``build_gateway`` opened for it).
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self.asgi = Starlette(
@@ -138,30 +142,32 @@ class LlmGateway:
             request.headers.get("x-api-key"), request.headers.get("authorization")
         )
         claims = self.authority.verify(token)
-        if claims.agent_id in await self._reported_agents(claims.task_id):
+        if claims.agent_id in await self._ended_agents(claims.task_id):
             raise AuthError(
                 f"the token of agent {claims.agent_id!r} of task {claims.task_id!r} is spent: "
-                "that agent has reported its result (a token ends with its agent's work)"
+                "that agent has ended (a token ends with its agent's work)"
             )
         return claims
 
-    async def _reported_agents(self, task_id: str) -> frozenset[str]:
-        """The agents of ``task_id`` with a completion entry, read at most once a
+    async def _ended_agents(self, task_id: str) -> frozenset[str]:
+        """The agents of ``task_id`` cfn has recorded done or failed, read at most once a
         second per task (a spent token works for up to that second more)."""
-        if self.redis is None:
+        if self.store is None:
             return frozenset()
         now = time.monotonic()
-        cached = self._reported.get(task_id)
-        if cached is not None and now - cached[0] < REPORTED_TTL:
+        cached = self._ended.get(task_id)
+        if cached is not None and now - cached[0] < ENDED_TTL:
             return cached[1]
+        store = self.store
         try:
-            found = frozenset(await reported_agents(self.redis, task_id))
-        except CfnError as exc:  # Redis away: the budget check will say so; do not lock out
-            log.warning("the gateway could not read %s's reports: %s", task_id, exc)
+            rows = await asyncio.to_thread(store.list_agents, task_id)
+        except CfnError as exc:  # the store away: the call's own recording will say so
+            log.warning("the gateway could not read %s's agents: %s", task_id, exc)
             return cached[1] if cached is not None else frozenset()
-        if len(self._reported) > REPORTED_TASKS:
-            self._reported.clear()
-        self._reported[task_id] = (now, found)
+        found = frozenset(r.agent_id for r in rows if r.status in ENDED)
+        if len(self._ended) > ENDED_TASKS:
+            self._ended.clear()
+        self._ended[task_id] = (now, found)
         return found
 
     async def _body(self, request: Request) -> object:

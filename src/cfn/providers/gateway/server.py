@@ -100,7 +100,7 @@ def build_gateway(
     service = LLMService(settings, ledger=ledger)
     history = BackgroundSinks([ledger, StoreRecorder(store, redis)])
     service.sinks = [history]
-    gateway = LlmGateway(service, LlmTokenAuthority.from_settings(settings), redis)
+    gateway = LlmGateway(service, LlmTokenAuthority.from_settings(settings), store)
 
     async def close() -> None:
         await history.aclose()
