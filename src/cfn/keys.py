@@ -221,9 +221,9 @@ def context_pattern(task_id: str) -> str:
 
 
 def task_prefixes(task_id: str) -> tuple[str, ...]:
-    """The prefixes of one task's keys, and its keys without one (see ``task_owns``)."""
-    t = validate_id(task_id, "task id")
-    return (f"coord:{t}:", f"swarm:{t}:", f"context:{t}:", f"usage:{t}:")
+    """The prefixes of one task's keys (see ``task_owns``): its patterns without the ``*``."""
+    patterns = (coord_pattern(task_id), swarm_pattern(task_id), context_pattern(task_id))
+    return (*(p.removesuffix("*") for p in patterns), usage(task_id) + ":")
 
 
 def task_owns(task_id: str, key: object) -> bool:

@@ -46,7 +46,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cfn.errors import AgentSpawnError, ConfigError, WaitTimeoutError
-from cfn.system.proc import identities, proc_descendants, signal_tree, still_alive
+from cfn.system.proc import (
+    identities,
+    proc_descendants,
+    signal_pid,
+    signal_tree,
+    still_alive,
+)
 
 __all__ = [
     "ClaudeRun",
@@ -422,8 +428,7 @@ def parse_stream_line(line: str) -> list[Step] | Final | None:
 
 def _signal_all(pgid: int, pids: set[int], signum: int) -> None:
     """``signum`` to the CLI's group, to each of ``pids`` and to their own groups."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
+    signal_pid(pgid, signum, group=True)
     signal_tree(pids, signum)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cfn.system.http11 import HttpError, Pool
+from cfn.system.http11 import HttpError, Pool, host_header
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
@@ -64,8 +64,7 @@ class HttpPool:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream URL must be http://host:port, got {base_url!r}")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        self.base = f"http://{host}:{parts.port or 80}"
+        self.base = "http://" + host_header(("http", parts.hostname, parts.port or 80))
         self.prefix = parts.path.rstrip("/")
         self.read_timeout = read_timeout
         self._pool = Pool(read_timeout, connect_timeout=connect_timeout, max_idle=max_idle)

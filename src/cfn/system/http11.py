@@ -105,7 +105,8 @@ def _origin(url: str) -> tuple[Origin, str]:
     return (scheme, parts.hostname, port), target
 
 
-def _host_header(origin: Origin) -> str:
+def host_header(origin: Origin) -> str:
+    """``host[:port]`` as a Host header names an origin (IPv6 in brackets, no default port)."""
     scheme, host, port = origin
     shown = f"[{host}]" if ":" in host else host
     default = 443 if scheme == "https" else 80
@@ -455,7 +456,7 @@ class Pool:
             if response.status not in (307, 308) or not location:
                 return response
             await response.aclose()
-            url = urljoin(f"{origin[0]}://{_host_header(origin)}{target}", location)
+            url = urljoin(f"{origin[0]}://{host_header(origin)}{target}", location)
             new_origin, target = _origin(url)
             if new_origin != origin:
                 sent_headers = {
@@ -478,10 +479,10 @@ class Pool:
         request_target = target
         extra = ""
         if proxy is not None and origin[0] == "http":
-            request_target = f"http://{_host_header(origin)}{target}"
+            request_target = f"http://{host_header(origin)}{target}"
             parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
             extra = _proxy_auth(parts.username, parts.password)
-        lines = [f"{method} {request_target} HTTP/1.1", f"Host: {_host_header(origin)}"]
+        lines = [f"{method} {request_target} HTTP/1.1", f"Host: {host_header(origin)}"]
         for name, value in headers.items():
             if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name:
                 raise HttpError("LocalProtocolError", f"header {name[:40]!r}: a line break or ':'")
@@ -606,4 +607,4 @@ def _proxy_auth(user: str | None, password: str | None) -> str:
     return f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}\r\n"
 
 
-__all__ = ["HttpError", "Pool", "Proxies", "Response"]
+__all__ = ["HttpError", "Pool", "Proxies", "Response", "host_header"]
