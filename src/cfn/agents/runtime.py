@@ -617,19 +617,20 @@ async def _stoppable(work: Awaitable[RunResult]) -> RunResult:
     Claude Code CLI and its commands: SIGTERM, a grace, SIGKILL), not orphaned."""
     task = asyncio.current_task()
     assert task is not None
-    stopped = asyncio.Event()
+    stopped = False
 
     def on_sigterm() -> None:
-        if stopped.is_set():
+        nonlocal stopped
+        if stopped:
             return  # one stop: a second SIGTERM must not cut the CLI's grace short
-        stopped.set()
+        stopped = True
         task.cancel()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         return await work
     except asyncio.CancelledError:
-        if stopped.is_set():
+        if stopped:
             raise _Terminated() from None
         raise
 
@@ -647,8 +648,8 @@ def run_agent(
     (forked, ``--supervised``, a container). Then a SIGTERM (a stop, the timeout)
     cancels the run, so the Claude Code CLI and its commands get their grace (the
     supervisor signals them too) and the lock is released, before the process ends
-    by that SIGTERM; and, as its
-    tools' subreaper, it ends whatever they left running below it. Not otherwise:
+    by that SIGTERM; and, as its tools' subreaper, it ends whatever they left
+    running below it. Not otherwise:
     ``cfn agent run`` in a shell or in a test's process must not touch processes
     that are not the agent's.
     """

@@ -109,11 +109,9 @@ def signal_tree(pids: set[int], signum: int) -> None:
         if found is not None and found[0] > 1 and found[0] != own_group:
             groups.add(found[0])
     for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signum)
+        signal_pid(group, signum, group=True)
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+        signal_pid(pid, signum)
 
 
 #: prctl(2) option: orphans below this process are reparented to it, not to init.
