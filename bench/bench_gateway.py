@@ -20,11 +20,14 @@ stand-in's own time is in every figure and the differences are the gateway's:
               (``python -m cfn agent run --context FILE``, backend claude-code:
               Python start, Redis lock, heartbeats, the CLI, the report) pointed at
               the stand-in vs at the gateway; and the same agent as cfn runs one
-              (``cfn agent as cfn spawns it``: the process spawner, forked from the
-              agent server, supervised, under AGENT_CPU_LIMIT) through the gateway,
-              which is the issue's "a Claude Code agent run under cfn", compared
-              with ``claude -p`` alone. Alternating, one run of each mode per round,
-              after one warm-up round.
+              (``cfn agent as cfn spawns it``: the process spawner, its supervisor
+              forked from the agent server and the agent from the supervisor, under
+              AGENT_CPU_LIMIT with CFN_AGENT_CPU_BURST and CFN_AGENT_CPU_PERIOD_US)
+              through the gateway, which is the issue's "a Claude Code agent run
+              under cfn", compared with ``claude -p`` alone. Alternating, one run of
+              each mode per round, after one warm-up round. Each run's CPU time is
+              shown too (the CLI alone uses more than one CPU while it runs), and
+              how often the agent's cpu group was throttled.
 
 Processes: the load generator (this process), the stand-in and the gateway are
 three processes, so neither server competes with the client for the GIL. The
@@ -56,6 +59,7 @@ import json
 import os
 import pstats
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -380,7 +384,19 @@ async def run_calls(
 # --- part 3: agent runs --------------------------------------------------------------------
 
 
-async def claude_once(procs: Processes, settings: Settings, tmp: Path, url: str, n: int) -> float:
+def children_cpu() -> float:
+    """CPU seconds (user + sys) of this process's reaped children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: One agent run: (wall seconds, CPU seconds of the run's processes, CPU throttling events).
+Sample = tuple[float, float, int]
+
+
+async def claude_once(
+    procs: Processes, settings: Settings, tmp: Path, url: str, n: int
+) -> Sample:
     run_dir = tmp / f"claude-{n}"
     workspace = run_dir / "workspace"
     home = run_dir / "home"
@@ -408,12 +424,13 @@ async def claude_once(procs: Processes, settings: Settings, tmp: Path, url: str,
     async def ignore(step: Step) -> None:
         return None
 
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     final = await run_claude(run, ignore, timeout=120)
     elapsed = time.perf_counter() - t0
     if final.is_error or not target.exists():
         raise RuntimeError(f"the scripted claude run failed: {final}")
-    return elapsed
+    return elapsed, children_cpu() - cpu0, 0
 
 
 def agent_task(
@@ -446,7 +463,7 @@ def agent_task(
 
 async def cfn_agent_once(
     procs: Processes, settings: Settings, tmp: Path, redis_port: int, url: str, n: int
-) -> float:
+) -> Sample:
     context, workspace, target, token = agent_task(settings, tmp, f"BA{n}", redis_port)
     path = context.write(settings.state_dir)
     env = {
@@ -455,6 +472,7 @@ async def cfn_agent_once(
         if not k.startswith(("ZAI_", "KIMI_", "MOONSHOT_"))  # agents hold no provider key
     }
     env.update(CFN_LLM_GATEWAY_URL=url, CFN_LLM_TOKEN=token, HOME=str(workspace.parent))
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -473,12 +491,12 @@ async def cfn_agent_once(
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0 or not target.exists():
         raise RuntimeError(f"the cfn agent failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return elapsed
+    return elapsed, children_cpu() - cpu0, 0
 
 
 async def cfn_agent_spawned(
     settings: Settings, tmp: Path, redis_url: str, redis_port: int, url: str, n: int
-) -> float:
+) -> Sample:
     """A claude-code agent the way cfn starts one: the process spawner (forked from the
     agent server, supervised, cgroup-limited), given the gateway's URL and a token."""
     from cfn.agents.spawn import spawner_for
@@ -491,14 +509,14 @@ async def cfn_agent_spawned(
     elapsed = time.perf_counter() - t0
     if not target.exists():
         raise RuntimeError(f"the spawned cfn agent failed: {info}")
-    return elapsed
+    return elapsed, info.cpu_seconds or 0.0, int(info.record.get("cpu_throttled") or 0)
 
 
 async def run_agents(
     procs: Processes, settings: Settings, tmp: Path, redis_port: int, rounds: int, full: bool
-) -> dict[str, list[float]]:
+) -> dict[str, list[Sample]]:
     counter = iter(range(1_000_000))
-    modes: dict[str, Callable[[], Awaitable[float]]] = {
+    modes: dict[str, Callable[[], Awaitable[Sample]]] = {
         "claude -p direct": lambda: claude_once(
             procs, settings, tmp, procs.stand_in_url, next(counter)
         ),
@@ -516,7 +534,7 @@ async def run_agents(
         modes["cfn agent as cfn spawns it"] = lambda: cfn_agent_spawned(
             settings, tmp, procs.redis_url, redis_port, procs.gateway_url, next(counter)
         )
-    results: dict[str, list[float]] = {mode: [] for mode in modes}
+    results: dict[str, list[Sample]] = {mode: [] for mode in modes}
     for op in modes.values():  # warm-up: the CLI's binary and Python's imports into cache
         await op()
     for _ in range(rounds):
@@ -561,31 +579,36 @@ def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at
     return met
 
 
-def report_agents(results: dict[str, list[float]], rounds: int, at: str) -> bool:
+def report_agents(results: dict[str, list[Sample]], rounds: int, at: str) -> bool:
     table = Table(
-        title=f"A scripted Claude Code task (Write, then the final text), {rounds} rounds"
+        title=f"A scripted Claude Code task (Write, then the final text), {rounds} rounds",
+        caption="CPU s: the run's processes (user + sys, the CLI's included); "
+        "throttled: CFS periods in which the agent's cpu group hit its quota",
     )
-    for col in ("mode", "median s", "min s", "max s", "ratio vs its baseline"):
+    for col in ("mode", "median s", "min s", "max s", "CPU s", "throttled", "ratio"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     met = True
-    claude = statistics.median(results["claude -p direct"])
+    wall = {mode: [s[0] for s in samples] for mode, samples in results.items()}
+    claude = statistics.median(wall["claude -p direct"])
     for mode, samples in results.items():
         # A mode's baseline is its direct twin; the agent as cfn spawns it has none:
         # it is compared with `claude -p` alone, the issue's figure.
         twin = mode.replace("via gateway", "direct")
-        base = results[twin] if twin != mode and twin in results else results["claude -p direct"]
-        ratio = statistics.median(samples) / statistics.median(base)
+        base = wall[twin] if twin != mode and twin in wall else wall["claude -p direct"]
+        ratio = statistics.median(wall[mode]) / statistics.median(base)
         table.add_row(
             mode,
-            f"{statistics.median(samples):.3f}",
-            f"{min(samples):.3f}",
-            f"{max(samples):.3f}",
+            f"{statistics.median(wall[mode]):.3f}",
+            f"{min(wall[mode]):.3f}",
+            f"{max(wall[mode]):.3f}",
+            f"{statistics.median(s[1] for s in samples):.3f}",
+            str(sum(s[2] for s in samples)) if mode.endswith("spawns it") else "-",
             "-" if mode.endswith("direct") else f"{ratio:.3f}x",
         )
     console.print(table)
-    if "cfn agent as cfn spawns it" in results:
+    if "cfn agent as cfn spawns it" in wall:
         # The issue's figure: a Claude Code agent run under cfn vs `claude -p` alone.
-        cfn = statistics.median(results["cfn agent as cfn spawns it"])
+        cfn = statistics.median(wall["cfn agent as cfn spawns it"])
         met = cfn / claude <= 1.2
         console.print(
             f"a claude-code agent as cfn runs it vs claude -p alone: {cfn / claude:.3f}x "

@@ -55,7 +55,6 @@ async def test_a_builtin_agent_is_forked_and_reports(
     state = json.loads((handle.directory / "state.json").read_text())
     record = json.loads((handle.directory / "exit.json").read_text())
     assert state["forked"] is True and record["forked"] is True
-    assert record["status_lost"] is False
     assert record["cpu_user"] + record["cpu_system"] > 0
     manager = RedisManager.from_url(redis_server.url)
     try:
@@ -82,8 +81,11 @@ async def test_a_forked_agent_keeps_the_process_contract(
                 time.sleep(0.05)
             assert llm.requests, handle.log_path.read_text()
             server = _server_pid(settings)
-            # Its own process, a child of the server, in its own group, named by its tag.
-            assert proc_stat_fields(handle.pid, 4) == [server]  # ppid
+            # Its own process, forked by its supervisor (forked by the server), in its
+            # own group, named by its tag.
+            assert proc_stat_fields(handle.pid, 4) == [handle.shim_pid]  # ppid
+            assert proc_stat_fields(handle.shim_pid, 4) == [server]
+            assert proc_stat_fields(handle.shim_pid, 6) == [handle.shim_pid]  # its session
             assert proc_stat_fields(handle.pid, 5) == [handle.pid]  # its own process group
             assert proc_comm(handle.pid) == shim.comm_tag(handle.name)
             if CGROUPS:
@@ -117,8 +119,35 @@ async def test_off_means_a_plain_start(
     assert json.loads((handle.directory / "exit.json").read_text())["forked"] is False
 
 
-def test_the_supervisor_starts_the_agent_itself_when_the_server_is_gone(tmp_path: Path) -> None:
-    """The shim's own contract: a spec naming a server that does not answer still runs."""
+class _ServerGone(ProcessSpawner):
+    """A spawner whose agent server vanished between finding it and asking it to fork."""
+
+    def __init__(self, settings: Settings, socket_path: Path, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.socket_path = socket_path
+
+    def agent_server(self) -> str | None:
+        return str(self.socket_path)
+
+
+async def test_the_supervisor_is_a_new_python_when_the_server_is_gone(
+    make_context: Any, settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    spawner = _ServerGone(settings, tmp_path / "nobody.sock", redis_url=redis_server.url)
+    ctx = make_context("impl-1-4", provider="offline", epic="hello. offline-confidence: 0.9")
+    handle = await spawner.spawn(ctx)
+    info = await handle.wait()
+    log = handle.log_path.read_text()
+    assert info.exit_code == 0, log
+    assert json.loads((handle.directory / "exit.json").read_text())["forked"] is False
+    assert "agent server not used" in log
+    # The supervisor was our child (reaped here), the agent a new Python of its own.
+    assert not proc_alive(handle.shim_pid)
+
+
+def test_the_supervisor_as_its_own_python_runs_the_command(tmp_path: Path) -> None:
+    """The shim's own contract (``python -I -S shim.py SPEC READY_FD``): the agent is the
+    spec's command, the ready pipe gets one line and closes once exit.json is there."""
     out = tmp_path / "ran"
     spec = {
         "name": "cfn-agent-impl-1-1-tfallback",
@@ -134,7 +163,7 @@ def test_the_supervisor_starts_the_agent_itself_when_the_server_is_gone(tmp_path
         "timeout": 30,
         "kill_grace": 1,
         "cgroups": "off",
-        "server": {"socket": str(tmp_path / "nobody.sock"), "context": "unused"},
+        "fork": True,  # no agent server to fork from: the command runs
     }
     (tmp_path / "shim.json").write_text(json.dumps(spec))
     ready_r, ready_w = os.pipe()
@@ -148,12 +177,14 @@ def test_the_supervisor_starts_the_agent_itself_when_the_server_is_gone(tmp_path
             check=False,
         )
     os.close(ready_w)
-    os.close(ready_r)
+    with os.fdopen(ready_r, "rb") as ready:
+        said = ready.read()
     assert proc.returncode == 0
     assert out.read_text() == "yes"
     record = json.loads((tmp_path / "exit.json").read_text())
     assert record["forked"] is False and record["exit_code"] == 0
-    assert "agent server not used" in (tmp_path / "agent.log").read_text()
+    line = json.loads(said.decode())
+    assert line["pid"] == record["pid"] and said.count(b"\n") == 1
 
 
 def test_a_stale_server_is_replaced_and_an_idle_one_goes(
@@ -190,7 +221,7 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(info.socket))
-            sock.sendall(wire.AGENT)
+            sock.sendall(wire.SUPERVISOR)
             reply = wire.read_line(sock.recv)
             assert reply.startswith(b"error ") and b"file descriptor" in reply
         # An unknown kind of request: refused too.
@@ -202,10 +233,16 @@ def test_bad_requests_are_refused_and_the_server_stays(tmp_path: Path) -> None:
                 wire.parse_pid(wire.read_line(sock.recv))
         # A malformed request reaches only the forked child: it exits 127 with one line.
         log = tmp_path / "child.log"
+        ready_r, ready_w = os.pipe()
         with open(log, "ab") as handle:
-            pid, conn = shim.fork_via_server(
-                str(info.socket), {"env": "not a dict"}, handle.fileno()
+            pid, conn = wire.request_fork(
+                str(info.socket),
+                wire.SUPERVISOR,
+                [handle.fileno(), ready_w],
+                json.dumps({"spec": {}, "env": "not a dict"}).encode() + b"\n",
             )
+        os.close(ready_w)
+        os.close(ready_r)
         with conn:
             conn.settimeout(20)
             report = wire.parse_exit(wire.read_line(conn.recv))
@@ -246,3 +283,21 @@ def test_the_cli_shows_starts_and_stops_the_server(tmp_path: Path) -> None:
     bad = cfn("status", CFN_AGENT_SERVER="sometimes")
     assert bad.returncode != 0 and "CFN_AGENT_SERVER" in bad.stderr.upper()
     assert "Traceback" not in bad.stderr
+
+
+def test_the_supervisor_logs_redis_urls_without_passwords() -> None:
+    urls = shim.redis_urls(
+        {
+            "REDIS_URL": "redis://cfn%3AT%3Aimpl-1-1:s3cret-pass@127.0.0.1:6380/0",
+            "REDIS_FALLBACK_1": "redis://:admin-pass@[::1]:6390",
+            "REDIS_SENTINELS": "redis+sentinel://127.0.0.1:26379/mymaster",
+            "REDISCLI_AUTH": "s3cret-pass",
+            "OTHER_URL": "redis://user:pw@elsewhere:1",
+        }
+    )
+    assert urls == {
+        "REDIS_FALLBACK_1": "redis://:***@[::1]:6390",
+        "REDIS_SENTINELS": "redis+sentinel://127.0.0.1:26379/mymaster",
+        "REDIS_URL": "redis://cfn%3AT%3Aimpl-1-1:***@127.0.0.1:6380/0",
+    }
+    assert "pass" not in json.dumps(urls)

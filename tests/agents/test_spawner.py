@@ -118,7 +118,15 @@ async def test_memory_limit_without_cgroups_uses_rlimit(
 
 
 @needs_cgroups
-async def test_cpu_limit_bites(spawner: ProcessSpawner, make_context: Any) -> None:
+async def test_cpu_limit_bites(
+    settings: Settings, redis_server: RedisServer, make_context: Any
+) -> None:
+    # docker's strict quota (100 ms periods, no burst): throttled within the first
+    # period even on a busy machine.
+    strict = settings.model_copy(
+        update={"cfn_agent_cpu_period_us": 100_000, "cfn_agent_cpu_burst": 0.0}
+    )
+    spawner = ProcessSpawner(strict, redis_url=redis_server.url)
     burn = "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass"
     handle = await spawner.spawn(
         make_context("impl-1-3", cpu_limit=0.2), command=[sys.executable, "-c", burn]
@@ -138,22 +146,38 @@ async def test_cpu_limit_allows_one_periods_burst_unless_told_not(
     tmp_path: Path, redis_server: RedisServer, make_context: Any
 ) -> None:
     """AGENT_CPU_LIMIT is the average; CFN_AGENT_CPU_BURST (default 1: one period's
-    quota) is what a multi-threaded start-up may run above it, 0 the strict quota."""
-    for burst, expected in ((None, 50_000), (0.0, 0), (0.5, 25_000)):
-        extra = {} if burst is None else {"cfn_agent_cpu_burst": burst}
-        settings = Settings(cfn_state_dir=tmp_path / f".cfn-{expected}", **extra)
+    quota) is what a multi-threaded start-up may run above it, 0 the strict quota;
+    CFN_AGENT_CPU_PERIOD_US (default 1 s) is the period."""
+    cases: list[tuple[dict[str, Any], int, int, int]] = [
+        ({}, 1_000_000, 500_000, 500_000),
+        ({"cfn_agent_cpu_burst": 0.0}, 1_000_000, 500_000, 0),
+        ({"cfn_agent_cpu_burst": 0.5, "cfn_agent_cpu_period_us": 100_000}, 100_000, 50_000, 25_000),
+    ]
+    for n, (extra, period, quota, burst) in enumerate(cases):
+        settings = Settings(cfn_state_dir=tmp_path / f".cfn-{n}", **extra)
         spawner = ProcessSpawner(settings, redis_url=redis_server.url)
         handle = await spawner.spawn(
-            make_context(f"impl-2-{expected}", cpu_limit=0.5), command=["sleep", "30"]
+            make_context(f"impl-2-{n}", cpu_limit=0.5), command=["sleep", "30"]
         )
         try:
             state = json.loads((handle.directory / "state.json").read_text())
             cpu = Path(state["cgroups"]["cpu"])
-            assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50_000
-            assert int((cpu / "cpu.cfs_burst_us").read_text()) == expected
+            assert int((cpu / "cpu.cfs_period_us").read_text()) == period
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) == quota
+            assert int((cpu / "cpu.cfs_burst_us").read_text()) == burst
         finally:
             await handle.kill()
             await handle.wait()
+    bad = subprocess.run(
+        [*CFN, "agents", "list"],
+        env=cfn_env(tmp_path, CFN_AGENT_CPU_PERIOD_US="2000000"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "CFN_AGENT_CPU_PERIOD_US" in bad.stderr.upper(), bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 async def test_timeout_kills(spawner: ProcessSpawner, make_context: Any) -> None:

@@ -44,7 +44,7 @@ def test_primary_killed_mid_loop_the_loop_finishes_on_the_fallback(
     rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
     implementers = {agent: rig.pid_of("T", agent) for agent in TEAM[:2]}
     for agent in implementers:
-        env = rig.env_of("T", agent)
+        env = rig.redis_urls_of("T", agent)
         # The agent's own URLs (they may carry its ACL user): the two servers.
         assert urlsplit(env.get("REDIS_URL", "")).port == redis_server.port, agent
         assert urlsplit(env.get("REDIS_FALLBACK_1", "")).port == fallback.port, (

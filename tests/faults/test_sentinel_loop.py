@@ -38,7 +38,7 @@ def _loop_across_failover(rig: Rig, sentinel: SentinelCluster, task: str) -> Non
     rig.model.wait_arrivals({"Coder", "System Architect"}, timeout=110)
     before = sentinel.master_port()
     for agent in TEAM[:2]:
-        env = rig.env_of(task, agent)
+        env = rig.redis_urls_of(task, agent)
         assert env.get("REDIS_URL", "").startswith("redis+sentinel://"), agent
         context = json.loads((rig.agent_dir(task, agent) / "context.json").read_text())
         assert context["coordination"]["redis"]["port"] == before, context

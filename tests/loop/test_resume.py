@@ -32,7 +32,6 @@ import redis
 
 from cfn.settings import Settings
 from cfn.store.repository import Store
-from cfn.system.proc import proc_environ
 from tests.support.llm_servers import LLMServer, Recorded, Reply, openai_json
 from tests.support.servers import RedisServer, cfn_env
 
@@ -258,11 +257,13 @@ class Rig:
         state = json.loads((self.agent_dir(task_id, agent_id) / "state.json").read_text())
         return int(state["pid"])
 
-    def env_of(self, task_id: str, agent_id: str) -> dict[str, str]:
-        """The environment the agent was started with: its supervisor's (an agent forked
-        by the agent server shows that server's in /proc/<pid>/environ, see docs/agents.md)."""
-        state = json.loads((self.agent_dir(task_id, agent_id) / "state.json").read_text())
-        return proc_environ(int(state["shim_pid"])) or {}
+    def redis_urls_of(self, task_id: str, agent_id: str) -> dict[str, str]:
+        """The Redis URLs the agent was started with, passwords masked, as its supervisor
+        logged them (a forked agent's /proc/<pid>/environ is the agent server's)."""
+        text = (self.agent_dir(task_id, agent_id) / "agent.log").read_text()
+        lines = re.findall(r"\] redis: (.*)$", text, re.MULTILINE)
+        assert lines, f"no redis line in {agent_id}'s log:\n{text}"
+        return dict(item.split("=", 1) for item in lines[-1].split())
 
     def runs(self, task_id: str, agent_id: str) -> int:
         """How many times the agent's supervisor started it (one line per start in its log)."""

@@ -15,20 +15,22 @@ exits once its children are done; the next spawn starts a fresh one.
 
 Wire format: :mod:`cfn.system.forkwire`, one connection per agent or command.
 
-An agent's request is ``{"context": path, "cwd": dir, "env": {...}, "cgroups":
-{...}, "comm": tag}``. The parent never reads a request: the agent's environment carries its
-credentials, and whatever the parent's heap held would be copied into every
-later agent's address space. For the same reason the server starts with a
-scrubbed environment (:func:`server_environment`) and never reads cfn's
-settings.
+An agent's request (kind ``S``, with the agent's log and the spawner's ready
+pipe) is ``{"spec": {...}, "env": {...}}``: what :mod:`cfn.agents.shim` is
+asked to run and the agent's environment. The parent never reads a request: the
+agent's environment carries its credentials, and whatever the parent's heap held
+would be copied into every later agent's address space. For the same reason the
+server starts with a scrubbed environment (:func:`server_environment`) and never
+reads cfn's settings.
 
-The child, before any agent code runs: its own process group, the agent's
-cgroups joined, the log as stdout and stderr, the workspace as cwd, the agent's
-environment, default signal handlers, and ``/proc/self/comm`` set to the
-agent's tag (its ``/proc/<pid>/environ`` is the server's, so re-attaching
-recognises a forked agent by that tag). Then it does in-process what ``cfn agent
-run --context FILE`` does (``cfn.agents.runtime.run_agent``) and ``_exit``s with
-its status.
+The child becomes the agent's supervisor (a session of its own, the log as
+stdout and stderr, the agent's environment and workspace), which forks the agent
+itself: no new Python for either. The agent, before any of its own code runs:
+its own process group, the agent's cgroups joined, default signal handlers, and
+``/proc/self/comm`` set to the agent's tag (its ``/proc/<pid>/environ`` is the
+server's, so re-attaching recognises a forked agent by that tag). Then it does
+in-process what ``cfn agent run --context FILE`` does
+(``cfn.agents.runtime.run_agent``) and ``_exit``s with its status.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfn.agents import shim
 from cfn.errors import CfnError
 from cfn.settings import Settings, early
 from cfn.system import forkwire as wire
-from cfn.system.cgroups import Cgroups
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
 from cfn.system.unix import bind_unix, connect_unix
 
@@ -389,19 +391,34 @@ class Server:
         # every page they sit on into this child.
 
 
-def agent_child(conn: socket.socket, fds: list[int]) -> int:
-    """In the forked child: become the agent (see the module docstring), run it."""
-    os.setpgid(0, 0)
-    request = wire.take_request(conn, fds[0])
-    cgroups = request.get("cgroups") or {}
-    if cgroups:
-        Cgroups(dict(cgroups)).join(os.getpid())
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
-        comm.write(str(request.get("comm", "cfn-agent"))[:15])
-    os.chdir(str(request["cwd"]))
+def supervisor_child(conn: socket.socket, fds: list[int]) -> int:
+    """In the forked child: become the agent's supervisor (cfn.agents.shim), in a session
+    of its own, with the agent's log as stdout and stderr; its agent is forked from it."""
+    os.setsid()
+    log_fd, ready_fd = fds
+    request = wire.take_request(conn, log_fd)
+    os.close(log_fd)
+    spec = request.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError("malformed request: no spec")
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
-    context = Path(str(request["context"]))
+    os.chdir(str(spec["cwd"]))
+    return shim.run(spec, ready_fd, become_agent)
+
+
+def become_agent(supervisor: shim.Supervisor) -> None:
+    """In the agent, forked from its supervisor: its own process group in the agent's
+    cgroups (before any agent code runs), named by its tag, then what ``cfn agent run
+    --context FILE --supervised`` does (``cfn.agents.runtime.run_agent``); never returns.
+
+    The environment and working directory are the supervisor's, set from the request.
+    """
+    supervisor.leave_in_agent()
+    spec = supervisor.spec
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(shim.comm_tag(str(spec["name"])))
+    context = Path(str(spec["context"]))
     sys.argv = ["cfn", "agent", "run", "--context", str(context), "--supervised"]
     # As ``cfn agent run`` would: warnings and errors on stderr (the agent's log).
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
@@ -414,7 +431,10 @@ def agent_child(conn: socket.socket, fds: list[int]) -> int:
         code, message = exc.exit_code, f"[ERROR] {exc}"
     if message:
         os.write(2, message.encode(errors="replace") + b"\n")
-    return code
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def preload() -> None:
@@ -445,8 +465,9 @@ class Kind:
     child: Child
 
 
-#: The agents' kind; the CLI adds its own (cfn.cli.served).
-AGENT = {wire.AGENT: Kind(1, agent_child)}
+#: The agents' kind (their supervisors: the log and the ready pipe come with it); the
+#: CLI adds its own (cfn.cli.served).
+AGENT = {wire.SUPERVISOR: Kind(2, supervisor_child)}
 
 
 def serve(directory: Path, idle: float, kinds: Mapping[bytes, Kind]) -> int:

@@ -1,15 +1,19 @@
 """The per-agent supervisor: limits, timeout, exit record (what ``docker run -d`` gives).
 
-The process spawner does not run an agent directly. It starts this small
-supervisor (``python -I -S shim.py SPEC READY_FD``, in its own session), which
+The process spawner does not run an agent directly. It has a supervisor started
+for it, in its own session: a fork of the agent server (cfn.agents.forkserver,
+request kind ``S``), or, when that server is off or cannot fork, a Python of its
+own (``python -I -S shim.py SPEC READY_FD``). The supervisor
 
 1. creates the agent's ``memory`` and ``cpu`` groups (``cfn.system.cgroups``:
    cgroup v1 or v2, nested as ``cfn/<name>`` under the supervisor's own
    cgroup, so whatever limits the orchestrator already lives under still
    apply) and sets the limits, or falls back to RLIMIT_AS where cgroups are
    not writable;
-2. starts the agent, which joins those groups itself before it execs
-   (``preexec``), so not one instruction of the agent runs unlimited;
+2. starts the agent, which joins those groups before any of its own code runs:
+   a builtin or claude-code agent forked from the supervisor (which has cfn
+   imported already) joins them right after the fork, a command joins them
+   before it execs (``preexec``);
 3. tells the spawner the agent's pid through READY_FD, and records
    ``state.json`` (pids and start times, for re-attaching later);
 4. waits for the agent's exit on a pidfd (no polling), enforcing the timeout
@@ -17,8 +21,8 @@ supervisor (``python -I -S shim.py SPEC READY_FD``, in its own session), which
    gracefully) and SIGUSR1 (kill now) sent to it;
 5. writes ``exit.json``: exit code, signal, timed out, killed, OOM-killed
    (``oom_kill`` in ``memory.oom_control`` or ``memory.events``), peak memory,
-   CPU time; then
-   removes the groups.
+   CPU time; removes the groups; and closes READY_FD, which is how the spawner
+   learns that the record is there.
 
 Because the supervisor, not the orchestrator, holds all of this, an agent
 keeps its limits and timeout and still gets an exit record when the
@@ -26,10 +30,9 @@ orchestrator crashes; a restarted orchestrator re-attaches and reads it.
 
 The supervisor itself stays outside the agent's groups: the OOM killer takes
 the agent, never the one process that reports it. This module uses only the
-standard library and cfn.system's standard-library modules (it runs with
-``-I -S``, without cfn's dependencies).
+standard library and cfn.system's standard-library modules (as its own Python
+it runs with ``-I -S``, without cfn's dependencies).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +51,6 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 EXIT_FILE = "exit.json"
 LOG_TAIL_BYTES = 8192
-SERVER_TIMEOUT = 10.0
 
 if __name__ == "__main__":  # pragma: no branch
     # Run as a script with ``-I -S``: neither cfn nor its dependencies are on sys.path.
@@ -60,8 +62,7 @@ if __name__ == "__main__":  # pragma: no branch
         _package = os.path.dirname(_package)
     sys.path.insert(0, os.path.dirname(_package))
 
-from cfn.system import forkwire as wire  # noqa: E402 (after the script's path set-up)
-from cfn.system.cgroups import Cgroups  # noqa: E402
+from cfn.system.cgroups import CFS_PERIOD_US, Cgroups  # noqa: E402 (after the path set-up)
 from cfn.system.proc import (  # noqa: E402
     identities,
     proc_descendants,
@@ -98,23 +99,6 @@ def comm_tag(name: str) -> str:
     return "cfn" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def fork_via_server(socket_path: str, request: dict[str, Any], log_fd: int) -> tuple[int, Any]:
-    """Ask the agent server to fork the agent; ``(pid, connection)``. The connection
-    later carries the agent's exit status (cfn.system.forkwire has the wire format).
-    OSError or ValueError when the server is not there or refuses."""
-    payload = json.dumps(request).encode() + b"\n"
-    return wire.request_fork(socket_path, wire.AGENT, [log_fd], payload, SERVER_TIMEOUT)
-
-
-class _Usage:
-    """What the agent server reports in place of wait4's rusage."""
-
-    def __init__(self, utime: float = 0.0, stime: float = 0.0, maxrss_kb: int = 0) -> None:
-        self.ru_utime = utime
-        self.ru_stime = stime
-        self.ru_maxrss = maxrss_kb
-
-
 def _kill_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
@@ -133,8 +117,16 @@ def _log_mentions_memory_error(log_path: str) -> bool:
 
 
 class Supervisor:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    """One agent's supervisor. ``fork_agent``: how to become the agent in a forked child
+    (never returns), given when the supervisor is itself a fork of the agent server
+    (cfn.agents.forkserver): the agent is then a fork of it, with cfn already imported,
+    instead of a new Python."""
+
+    def __init__(
+        self, spec: dict[str, Any], fork_agent: Callable[[Supervisor], None] | None = None
+    ) -> None:
         self.spec = spec
+        self.fork_agent = fork_agent
         self.dir: str = spec["dir"]
         self.groups: Cgroups | None = None
         self.proc: Any = None
@@ -146,8 +138,10 @@ class Supervisor:
         self.stop_requested = False
         #: Every process seen below the agent when it was stopped: (pid, start ticks).
         self.tree: set[tuple[int, int]] = set()
-        #: The agent server's connection when the agent was forked by it (None: our child).
-        self.server: Any = None
+        #: Whether the agent is a fork of this process (not a new program).
+        self.forked = False
+        #: Descriptors of the supervisor's own that a forked agent must not keep.
+        self.private_fds: list[int] = []
 
     def _setup_limits(self) -> Callable[[], None] | None:
         mode = self.spec.get("cgroups", "auto")
@@ -156,7 +150,11 @@ class Supervisor:
         if mode != "off":
             try:
                 self.groups = Cgroups.create(
-                    self.spec["name"], memory, cpus, cpu_burst=float(self.spec.get("cpu_burst", 0))
+                    self.spec["name"],
+                    memory,
+                    cpus,
+                    cpu_burst=float(self.spec.get("cpu_burst", 0)),
+                    cpu_period_us=int(self.spec.get("cpu_period_us", CFS_PERIOD_US)),
                 )
                 self.limits = "cgroup"
             except OSError as exc:
@@ -187,13 +185,10 @@ class Supervisor:
         import subprocess
 
         preexec = self._setup_limits()
-        server = self.spec.get("server")
-        if isinstance(server, dict) and self.limits != "rlimit":
-            # RLIMIT_AS would count the server's whole address space: a plain start then.
-            try:
-                return self._start_forked(server)
-            except (OSError, ValueError) as exc:
-                _log(f"agent server not used ({exc}); starting the agent directly")
+        if self.fork_agent is not None and self.spec.get("fork") and self.limits != "rlimit":
+            # RLIMIT_AS would count the agent server's whole address space: a new
+            # program (the spec's command) then.
+            return self._start_forked(self.fork_agent)
         try:
             proc = subprocess.Popen(
                 self.spec["command"],
@@ -213,32 +208,34 @@ class Supervisor:
         self.started_at = time.time()
         return self.pid
 
-    def _start_forked(self, server: dict[str, Any]) -> int:
-        request = {
-            "context": server["context"],
-            "cwd": self.spec["cwd"],
-            "env": dict(os.environ),
-            "cgroups": self.groups.paths if self.groups else {},
-            "comm": comm_tag(self.spec["name"]),
-        }
-        pid, self.server = fork_via_server(str(server["socket"]), request, 1)
+    def _start_forked(self, fork_agent: Callable[[Supervisor], None]) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns (coverage cannot see it)
+            code = 127
+            try:
+                fork_agent(self)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(2, f"[cfn] agent not started: {exc!r}\n".encode())
+            finally:
+                os._exit(code)
         self.pid = pid
+        self.forked = True
         self.started_at = time.time()
         return pid
 
-    def _server_report(self) -> tuple[int | None, Any]:
-        """The forked agent's wait status and usage, from the server (None: lost)."""
-        try:
-            self.server.settimeout(SERVER_TIMEOUT)
-            report = wire.parse_exit(wire.read_line(self.server.recv))
-        except OSError:
-            report = None
-        finally:
-            self.server.close()
-        if report is None:
-            return None, _Usage()
-        status, utime, stime, maxrss = report
-        return status, _Usage(utime, stime, maxrss)
+    def leave_in_agent(self) -> None:
+        """In the forked agent, first: the supervisor's signal handling and descriptors gone."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in self.private_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.setpgid(0, 0)
+        if self.groups is not None:
+            self.groups.join(os.getpid())
 
     def write_state(self) -> None:
         _write_json_private(
@@ -255,7 +252,7 @@ class Supervisor:
                 "limits": self.limits,
                 "cgroups": self.groups.paths if self.groups else {},
                 "timeout": self.spec["timeout"],
-                "forked": self.server is not None,
+                "forked": self.forked,
             },
         )
 
@@ -310,11 +307,8 @@ class Supervisor:
             elif kill_at is not None and now >= kill_at:
                 kill_at = self._stop(False, now)
         os.close(pidfd)
-        status: int | None
-        if self.server is not None:
-            status, usage = self._server_report()
-        else:
-            _, status, usage = os.wait4(self.pid, 0)
+        _, status, usage = os.wait4(self.pid, 0)
+        if self.proc is not None:
             self.proc.returncode = os.waitstatus_to_exitcode(status)
         ended = time.time()
         # Anything the agent left behind in its group goes with it (as in a container).
@@ -328,11 +322,11 @@ class Supervisor:
         return self._record(status, usage, ended, stats)
 
     def _record(
-        self, status: int | None, usage: Any, ended: float, stats: dict[str, Any]
+        self, status: int, usage: Any, ended: float, stats: dict[str, Any]
     ) -> dict[str, Any]:
-        code = os.waitstatus_to_exitcode(status) if status is not None else None
-        exit_code = code if code is not None and code >= 0 else None
-        signum = -code if code is not None and code < 0 else None
+        code = os.waitstatus_to_exitcode(status)
+        exit_code = code if code >= 0 else None
+        signum = -code if code < 0 else None
         oom = bool(stats.get("oom_kills"))
         memory_error = (
             self.limits == "rlimit"
@@ -360,8 +354,7 @@ class Supervisor:
             "cpu_user": round(usage.ru_utime, 6),
             "cpu_system": round(usage.ru_stime, 6),
             "max_rss_bytes": usage.ru_maxrss * 1024,
-            "forked": self.server is not None,
-            "status_lost": status is None,
+            "forked": self.forked,
             **stats,
         }
         record["reason"] = describe(record)
@@ -389,48 +382,88 @@ def describe(record: dict[str, Any]) -> str:
         return "stopped on request" + (f" ({sig_text})" if sig_text else "")
     if sig_text:
         return f"killed by {sig_text}"
-    if record.get("status_lost"):
-        return "exit status unknown: the agent server that forked it went away"
     if record.get("exit_code") == 0:
         return "exited normally"
     return f"exited with code {record.get('exit_code')}"
 
 
-def main(argv: list[str]) -> int:
-    spec_path, ready_fd = argv[1], int(argv[2])
-    with open(spec_path) as handle:
-        spec = json.load(handle)
-    ready = os.fdopen(ready_fd, "w")
+def run(
+    spec: dict[str, Any], ready_fd: int, fork_agent: Callable[[Supervisor], None] | None = None
+) -> int:
+    """Start the agent, tell the spawner on ``ready_fd``, supervise it, record its exit.
 
+    ``ready_fd`` carries one JSON line, ``{"pid": ..., "limits": ...}`` (or ``{"error":
+    ...}`` and the end), and closes once ``exit.json`` is written: the spawner learns of
+    the exit without waiting for this process to end.
+    """
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: None)
 
-    supervisor = Supervisor(spec)
+    supervisor = Supervisor(spec, fork_agent)
+    supervisor.private_fds = [ready_fd, wake_r, wake_w]
     try:
         pid = supervisor.start()
         supervisor.write_state()
     except Exception as exc:
         if supervisor.groups is not None:
             supervisor.groups.remove()
-        with contextlib.suppress(OSError):
-            ready.write(json.dumps({"error": str(exc)}))
-            ready.close()
+        _tell(ready_fd, {"error": str(exc)})
+        os.close(ready_fd)
         _log(f"agent {spec.get('name')} not started: {exc}")
         return 127
     _log(
         f"started {spec['name']} pid {pid}: limits {supervisor.limits} "
         f"(memory {spec.get('memory')}, cpus {spec.get('cpus')}), timeout {spec['timeout']:g} s"
+        + (" (forked)" if supervisor.forked else "")
     )
-    with contextlib.suppress(OSError):
-        ready.write(json.dumps({"pid": pid, "limits": supervisor.limits}))
-        ready.close()
+    urls = redis_urls(os.environ)
+    if urls:
+        _log("redis: " + " ".join(f"{name}={url}" for name, url in urls.items()))
+    _tell(ready_fd, {"pid": pid, "limits": supervisor.limits})
     record = supervisor.supervise(wake_r)
     _write_json_private(os.path.join(supervisor.dir, EXIT_FILE), record)
+    os.close(ready_fd)
     _log(f"{spec['name']} ended: {record['reason']}")
     return 0
+
+
+def redis_urls(environ: Any) -> dict[str, str]:
+    """The Redis URLs in an agent's environment, passwords masked: which servers it
+    was told to use (the agent's log says it; a forked agent's /proc/<pid>/environ is
+    the agent server's, so this is the one place to see them)."""
+    from urllib.parse import urlsplit
+
+    found: dict[str, str] = {}
+    for name in sorted(environ):
+        value = str(environ[name])
+        if not name.startswith("REDIS") or "://" not in value:
+            continue
+        try:
+            parts = urlsplit(value)
+            netloc = parts.netloc
+            if parts.password is not None:
+                userinfo, _, hosts = netloc.rpartition("@")
+                netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+            found[name] = parts._replace(netloc=netloc).geturl()
+        except ValueError:
+            found[name] = "(not a URL)"
+    return found
+
+
+def _tell(fd: int, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def main(argv: list[str]) -> int:
+    """``python -I -S shim.py SPEC READY_FD``: the supervisor as a Python of its own (when
+    the agent server is off or cannot fork it); the agent is then the spec's command."""
+    with open(argv[1]) as handle:
+        spec = json.load(handle)
+    return run(spec, int(argv[2]))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,15 @@ class Settings(BaseModel):
         "quota above it, from quota left unused before (a CLI's multi-threaded start-up); "
         "the average stays at the limit. 0: the strict quota of docker --cpus. Linux 5.14+.",
     )
+    cfn_agent_cpu_period_us: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        le=1_000_000,
+        description="The CFS period of process agents' CPU quota, in microseconds (docker "
+        "--cpu-period; 1 ms to 1 s). The burst is a fraction of one period's quota, so a "
+        "long period is what lets a CLI's start-up use more than AGENT_CPU_LIMIT for a "
+        "moment; the average over any period stays at the limit.",
+    )
     cfn_agent_heartbeat_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between agent heartbeats; TTL is 2x."
     )

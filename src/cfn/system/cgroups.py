@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 CGROUP_ROOT = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "cpu")
 CFS_PERIOD_US = 100_000
+CFS_PERIOD_MIN_US = 1_000
+CFS_PERIOD_MAX_US = 1_000_000
 CFS_QUOTA_MIN_US = 1_000
 RMDIR_WAIT = 2.0
 #: cpu.shares of one CPU (v1's default weight of a group or a task).
@@ -197,6 +199,7 @@ class Cgroups:
         root: str = CGROUP_ROOT,
         *,
         cpu_burst: float = 0.0,
+        cpu_period_us: int = CFS_PERIOD_US,
     ) -> Cgroups:
         """Create and configure the groups; OSError when no writable hierarchy serves them."""
         wanted = {"memory": memory_bytes is not None, "cpu": cpus is not None}
@@ -230,7 +233,7 @@ class Cgroups:
             if memory_bytes is not None:
                 made._set_memory_limit(memory_bytes)
             if cpus is not None:
-                made.set_cpu_quota(cpus, burst=cpu_burst)
+                made.set_cpu_quota(cpus, burst=cpu_burst, period_us=cpu_period_us)
         except OSError:
             made.remove()
             raise
@@ -257,28 +260,35 @@ class Cgroups:
             name = "memory.low" if self._v2("memory") else "memory.soft_limit_in_bytes"
             _write(os.path.join(mem, name), str(memory_bytes))
 
-    def set_cpu_quota(self, cpus: float | None, *, burst: float = 0.0) -> None:
-        """CFS bandwidth for ``cpus`` CPUs per period (None: unlimited).
+    def set_cpu_quota(
+        self, cpus: float | None, *, burst: float = 0.0, period_us: int = CFS_PERIOD_US
+    ) -> None:
+        """CFS bandwidth for ``cpus`` CPUs per period of ``period_us`` (None: unlimited).
 
         ``burst`` (0 to 1) lets the group run up to that fraction of a period's quota
         above it when earlier periods left quota unused (``cpu.cfs_burst_us`` on v1,
         ``cpu.max.burst`` on v2, Linux 5.14+; ignored where the kernel has neither):
         the average stays at ``cpus`` while a multi-threaded start-up is not cut to
-        one CPU. 0 is the strict quota ``docker --cpus`` sets.
+        one CPU. 0 is the strict quota ``docker --cpus`` sets. A new group starts
+        with its burst available. The longer the period, the larger the burst (the
+        kernel caps it at one period's quota) and the longer a group that spent its
+        quota waits for the next period; 1 ms to 1 s.
         """
         cpu = self.paths.get("cpu")
         if not cpu:
             return
-        quota = None if cpus is None else max(CFS_QUOTA_MIN_US, int(cpus * CFS_PERIOD_US))
+        if not CFS_PERIOD_MIN_US <= period_us <= CFS_PERIOD_MAX_US:
+            raise ValueError(f"CPU period {period_us} us is outside 1 ms to 1 s")
+        quota = None if cpus is None else max(CFS_QUOTA_MIN_US, int(cpus * period_us))
         # The kernel refuses a burst above the quota.
         burst_us = 0 if quota is None else int(quota * min(1.0, max(0.0, burst)))
         if self._v2("cpu"):
             self._set_burst(os.path.join(cpu, "cpu.max.burst"), 0)
-            _write(os.path.join(cpu, "cpu.max"), f"{quota or 'max'} {CFS_PERIOD_US}")
+            _write(os.path.join(cpu, "cpu.max"), f"{quota or 'max'} {period_us}")
             self._set_burst(os.path.join(cpu, "cpu.max.burst"), burst_us)
             return
         if quota is not None:
-            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(period_us))
         # The burst first: a lower quota is refused while an older, larger burst exceeds it.
         self._set_burst(os.path.join(cpu, "cpu.cfs_burst_us"), 0)
         _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota if quota is not None else -1))

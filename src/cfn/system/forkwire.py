@@ -6,10 +6,12 @@ must not pay for ``json``, ``socket`` or ``re``; hence plain lines.
 
 One connection per request::
 
-    client -> server   1 byte, the kind (b"F" an agent, b"C" a command, b"M" an MCP
-                       server), with SCM_RIGHTS: the descriptors the kind takes
+    client -> server   1 byte, the kind (b"S" an agent's supervisor, b"C" a command,
+                       b"M" an MCP server, b"G" the LLM gateway), with SCM_RIGHTS: the
+                       descriptors the kind takes
     client -> server   the request, read by the forked child only:
-                         F, M: JSON + b"\\n"  (cfn.agents.forkserver, cfn.mcp.forked)
+                         S, M, G: JSON + b"\\n"  (cfn.agents.forkserver, cfn.mcp.forked,
+                                  cfn.providers.gateway.forked)
                          C: b"<length>\\n" + <length> bytes of NUL-separated fields:
                             prog, cwd, number of arguments, the arguments,
                             then the environment as NAME=VALUE
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
 
-AGENT = b"F"
+SUPERVISOR = b"S"
 COMMAND = b"C"
 MCP_SERVER = b"M"
 LLM_GATEWAY = b"G"
@@ -81,7 +83,7 @@ def parse_exit(line: bytes) -> tuple[int, float, float, int] | None:
 
 
 def read_json_request(recv: Callable[[int], bytes]) -> dict[str, Any]:
-    """A JSON object on one line (kinds F and M), at most REQUEST_MAX bytes; ValueError
+    """A JSON object on one line (kinds S, M and G), at most REQUEST_MAX bytes; ValueError
     when it is too large, not JSON, or not an object with an ``env`` object."""
     import json
 
@@ -100,7 +102,7 @@ def read_json_request(recv: Callable[[int], bytes]) -> dict[str, Any]:
 
 
 def take_request(conn: Any, log_fd: int) -> dict[str, Any]:
-    """In a forked child of kind F, M or G: the log becomes stdout and stderr, /dev/null
+    """In a forked child of kind S, M or G: the log becomes stdout and stderr, /dev/null
     stdin; then the request is read and the connection closed."""
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)

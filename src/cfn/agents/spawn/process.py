@@ -1,7 +1,8 @@
 """Agents as local processes, each under its own supervisor (seed: spawn-agent.sh).
 
 Each agent runs under ``cfn.agents.shim``, started in a new session so that
-neither survives nor dies with the orchestrator by accident: the supervisor
+neither survives nor dies with the orchestrator by accident, forked by the agent
+server (cfn.agents.forkserver) when it runs, else a Python of its own: the supervisor
 applies the memory and CPU limits (cgroups, v1 or v2, where writable,
 RLIMIT_AS otherwise), enforces AGENT_TIMEOUT, and writes the exit record. Waiting is on
 pidfds registered with the event loop: nothing polls.
@@ -57,6 +58,7 @@ from cfn.coordination import acl
 from cfn.errors import AgentLookupError, AgentSpawnError, CfnError, InvalidInputError
 from cfn.providers.routes import is_secret_variable, secret_variables
 from cfn.settings import Settings
+from cfn.system import forkwire as wire
 from cfn.system.cgroups import Cgroups
 from cfn.system.proc import proc_alive, proc_comm, proc_environ, proc_start_ticks
 
@@ -66,6 +68,8 @@ SPEC_FILE = "shim.json"
 STATE_FILE = shim.STATE_FILE
 LOCK_FILE = ".spawn.lock"
 READY_TIMEOUT = 30.0
+#: How long the agent server may take to fork a supervisor.
+SERVER_TIMEOUT = 10.0
 
 
 # --- pidfd waiting ------------------------------------------------------------------------------
@@ -109,6 +113,45 @@ def _is_agent_process(pid: int, name: str) -> bool:
     return proc_comm(pid) == shim.comm_tag(name)
 
 
+async def _until_closed(fd: int) -> None:
+    """Return when the write end of pipe ``fd`` is closed (what is written is dropped)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    closed: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data and not closed.done():
+            closed.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await closed
+    finally:
+        loop.remove_reader(fd)
+
+
+class _Supervisor:
+    """A supervisor just started: forked by the agent server (which reaps it), or our
+    own child (``popen``, reaped here)."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """After it exited: collect our child's status (nothing to do for a forked one)."""
+        if self.popen is not None:
+            self.popen.wait()
+
+
 # --- the process handle ------------------------------------------------------------------------
 
 
@@ -127,7 +170,8 @@ class ProcessHandle(HandleBase):
         shim_pid: int,
         shim_start: int | None,
         limits: str,
-        popen: subprocess.Popen[bytes] | None = None,
+        supervisor: _Supervisor | None = None,
+        done_fd: int | None = None,
         cgroups: dict[str, str] | None = None,
     ) -> None:
         self.task_id = task_id
@@ -139,7 +183,9 @@ class ProcessHandle(HandleBase):
         self.shim_pid = shim_pid
         self.shim_start = shim_start
         self.limits = limits
-        self._popen = popen
+        self._supervisor = supervisor
+        #: The read end of the supervisor's ready pipe: closed once exit.json is written.
+        self._done_fd = done_fd
         self._cgroups = cgroups or {}
         self._info = None
         self._waiting = None
@@ -159,10 +205,20 @@ class ProcessHandle(HandleBase):
         return self._info
 
     async def _wait(self) -> ExitInfo:
-        # The supervisor outlives the agent and exits right after writing exit.json.
-        await wait_pid_exit(self.shim_pid, self.shim_start)
-        if self._popen is not None:
-            self._popen.wait()  # already exited: reaps at once
+        if self._done_fd is not None:
+            # Spawned here: the supervisor closes the pipe once exit.json is written
+            # (or dies), sooner than its process is gone.
+            try:
+                await _until_closed(self._done_fd)
+            finally:
+                os.close(self._done_fd)
+                self._done_fd = None
+        else:
+            # Re-attached: the supervisor exits right after writing exit.json.
+            await wait_pid_exit(self.shim_pid, self.shim_start)
+        if self._supervisor is not None and self._supervisor.popen is not None:
+            await wait_pid_exit(self.shim_pid)
+            self._supervisor.reap()  # already exited: reaps at once
         info = self.exit_info()
         if info is not None:
             return info
@@ -216,7 +272,7 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 async def _read_ready(fd: int, timeout: float) -> bytes:
-    """Everything the supervisor writes on its ready pipe, until it closes it."""
+    """The supervisor's first line on its ready pipe (less when it closes the pipe first)."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     chunks: list[bytes] = []
@@ -229,7 +285,7 @@ async def _read_ready(fd: int, timeout: float) -> bytes:
             return
         if data:
             chunks.append(data)
-        elif not done.done():
+        if (not data or data.endswith(b"\n")) and not done.done():
             done.set_result(None)
 
     loop.add_reader(fd, on_readable)
@@ -329,28 +385,27 @@ class ProcessSpawner:
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProcessHandle:
-        server = await asyncio.to_thread(self.agent_server) if command is None else None
-        popen, ready_r, context = self._start(context, command, env, server)
+        server = await asyncio.to_thread(self.agent_server)
+        supervisor, ready_r, context = self._start(context, command, env, server)
         directory = self.agent_dir(context.task_id, context.agent_id)
         try:
             raw = await _read_ready(ready_r, self.ready_timeout)
         except TimeoutError:
-            popen.kill()
-            await wait_pid_exit(popen.pid)
-            popen.wait()
+            os.close(ready_r)
+            supervisor.kill()
+            await wait_pid_exit(supervisor.pid)
             raise AgentSpawnError(
                 f"{context.name} did not start within {self.ready_timeout:g} s; "
                 f"see {directory / LOG_FILE}"
             ) from None
-        finally:
-            os.close(ready_r)
         try:
             message = json.loads(raw.decode() or "null")
         except ValueError:
             message = None
         if not isinstance(message, dict) or "pid" not in message:
-            await wait_pid_exit(popen.pid)
-            popen.wait()
+            os.close(ready_r)
+            await wait_pid_exit(supervisor.pid)
+            supervisor.reap()
             why = message.get("error") if isinstance(message, dict) else None
             raise AgentSpawnError(
                 f"{context.name} was not started: {why or 'its supervisor exited'}; "
@@ -364,10 +419,11 @@ class ProcessSpawner:
             directory=directory,
             pid=int(message["pid"]),
             pid_start=state.get("pid_start"),
-            shim_pid=popen.pid,
+            shim_pid=supervisor.pid,
             shim_start=state.get("shim_start"),
             limits=str(message.get("limits", "none")),
-            popen=popen,
+            supervisor=supervisor,
+            done_fd=ready_r,
             cgroups=state.get("cgroups"),
         )
 
@@ -377,8 +433,8 @@ class ProcessSpawner:
         command: Sequence[str] | None,
         env: Mapping[str, str] | None,
         server: str | None = None,
-    ) -> tuple[subprocess.Popen[bytes], int, AgentContext]:
-        """Validate, write the agent's files and start its supervisor (fork + exec, fast)."""
+    ) -> tuple[_Supervisor, int, AgentContext]:
+        """Validate, write the agent's files and start its supervisor."""
         limits, workspace = check_spawn_request(context, command, env)
         directory = self.agent_dir(context.task_id, context.agent_id)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -405,27 +461,23 @@ class ProcessSpawner:
                 "memory_bytes": limits.memory_bytes,
                 "cpus": limits.cpus,
                 "cpu_burst": self.settings.cfn_agent_cpu_burst,
+                "cpu_period_us": self.settings.cfn_agent_cpu_period_us,
                 "timeout": limits.timeout,
                 "kill_grace": self.settings.cfn_agent_kill_grace,
                 "cgroups": self.settings.cfn_agent_cgroups,
+                # The builtin runtime: a supervisor forked by the agent server forks it
+                # (cfn imported already) instead of running the command.
+                "fork": command is None,
+                "context": str(context_file),
             }
-            if server is not None and command is None:
-                spec["server"] = {"socket": server, "context": str(context_file)}
             spec_file = directory / SPEC_FILE
             write_private(spec_file, json.dumps(spec, indent=2))
             environment = {**self.environment(context, context_file), **(env or {})}
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             ready_r, ready_w = os.pipe()
             try:
-                popen = subprocess.Popen(
-                    [self.python, "-I", "-S", shim.__file__, str(spec_file), str(ready_w)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    pass_fds=(ready_w,),
-                    env=environment,
-                    cwd=workspace,
-                    start_new_session=True,
+                supervisor = self._start_supervisor(
+                    server, spec, spec_file, environment, workspace, log_fd, ready_w
                 )
             except OSError as exc:
                 os.close(ready_r)
@@ -435,7 +487,46 @@ class ProcessSpawner:
             finally:
                 os.close(ready_w)
                 os.close(log_fd)
-            return popen, ready_r, context
+            return supervisor, ready_r, context
+
+    def _start_supervisor(
+        self,
+        server: str | None,
+        spec: dict[str, object],
+        spec_file: Path,
+        environment: dict[str, str],
+        workspace: Path,
+        log_fd: int,
+        ready_w: int,
+    ) -> _Supervisor:
+        """The agent's supervisor: forked by the agent server when there is one, else a
+        Python of its own (``python -I -S shim.py``); OSError when neither starts."""
+        if server is not None:
+            request = json.dumps({"spec": spec, "env": environment}).encode() + b"\n"
+            try:
+                pid, conn = wire.request_fork(
+                    server, wire.SUPERVISOR, [log_fd, ready_w], request, SERVER_TIMEOUT
+                )
+            except (OSError, ValueError) as exc:
+                note = f"[cfn] agent server not used ({exc}); the supervisor is a new Python\n"
+                with contextlib.suppress(OSError):
+                    os.write(log_fd, note.encode())
+                log.warning("agent server not used for %s: %s", spec["name"], exc)
+            else:
+                # Its exit line is the server's business (it reaps the supervisor).
+                conn.close()
+                return _Supervisor(pid)
+        popen = subprocess.Popen(
+            [self.python, "-I", "-S", shim.__file__, str(spec_file), str(ready_w)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            pass_fds=(ready_w,),
+            env=environment,
+            cwd=workspace,
+            start_new_session=True,
+        )
+        return _Supervisor(popen.pid, popen)
 
     def _refuse_if_running(self, context: AgentContext, directory: Path) -> None:
         state = read_json_file(directory / STATE_FILE)
