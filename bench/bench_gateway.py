@@ -43,7 +43,8 @@ call (/proc, user+sys, its off-path history writes included). ``--profile=FILE``
 runs the gateway under cProfile and prints where its time went. Options go
 with ``=`` (``python -m bench gateway --n=200 --rounds=3``): ``bench/__main__``
 takes bare words for benchmark names. ``--n=0`` or ``--rounds=0`` skips a part;
-``--no-cfn-agent`` runs only ``claude -p``.
+``--no-cfn-agent`` runs only ``claude -p``; ``--issue-only`` only the issue's pair
+(``claude -p`` alone and the agent as cfn spawns it).
 
 Targets (the issue): < 2 ms added at p50 for a call and for the first streamed
 token; a Claude Code agent run under cfn <= 1.2x ``claude -p`` alone.
@@ -513,7 +514,13 @@ async def cfn_agent_spawned(
 
 
 async def run_agents(
-    procs: Processes, settings: Settings, tmp: Path, redis_port: int, rounds: int, full: bool
+    procs: Processes,
+    settings: Settings,
+    tmp: Path,
+    redis_port: int,
+    rounds: int,
+    full: bool,
+    issue_only: bool = False,
 ) -> dict[str, list[Sample]]:
     counter = iter(range(1_000_000))
     modes: dict[str, Callable[[], Awaitable[Sample]]] = {
@@ -524,13 +531,16 @@ async def run_agents(
             procs, settings, tmp, procs.gateway_url, next(counter)
         ),
     }
-    if full:
+    if issue_only:
+        del modes["claude -p via gateway"]
+    elif full:
         modes["cfn agent direct"] = lambda: cfn_agent_once(
             procs, settings, tmp, redis_port, procs.stand_in_url, next(counter)
         )
         modes["cfn agent via gateway"] = lambda: cfn_agent_once(
             procs, settings, tmp, redis_port, procs.gateway_url, next(counter)
         )
+    if full or issue_only:
         modes["cfn agent as cfn spawns it"] = lambda: cfn_agent_spawned(
             settings, tmp, procs.redis_url, redis_port, procs.gateway_url, next(counter)
         )
@@ -582,7 +592,8 @@ def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at
 def report_agents(results: dict[str, list[Sample]], rounds: int, at: str) -> bool:
     table = Table(
         title=f"A scripted Claude Code task (Write, then the final text), {rounds} rounds",
-        caption="CPU s: the run's processes (user + sys, the CLI's included); "
+        caption="CPU s: the CLI's (user + sys; under cfn the CLI runs in a bwrap sandbox, "
+        "whose processes' CPU time does not reach wait4); "
         "throttled: CFS periods in which the agent's cpu group hit its quota",
     )
     for col in ("mode", "median s", "min s", "max s", "CPU s", "throttled", "ratio"):
@@ -601,7 +612,7 @@ def report_agents(results: dict[str, list[Sample]], rounds: int, at: str) -> boo
             f"{statistics.median(wall[mode]):.3f}",
             f"{min(wall[mode]):.3f}",
             f"{max(wall[mode]):.3f}",
-            f"{statistics.median(s[1] for s in samples):.3f}",
+            f"{statistics.median(s[1] for s in samples):.3f}" if mode.startswith("claude") else "-",
             str(sum(s[2] for s in samples)) if mode.endswith("spawns it") else "-",
             "-" if mode.endswith("direct") else f"{ratio:.3f}x",
         )
@@ -653,7 +664,13 @@ async def run(args: argparse.Namespace) -> int:
                     met_calls = report_calls(calls, args.n, load())
                 if args.rounds:
                     agents = await run_agents(
-                        procs, settings, tmp, redis_server.port, args.rounds, not args.no_cfn_agent
+                        procs,
+                        settings,
+                        tmp,
+                        redis_server.port,
+                        args.rounds,
+                        not args.no_cfn_agent,
+                        args.issue_only,
                     )
                     met_agents = report_agents(agents, args.rounds, load())
         finally:
@@ -680,6 +697,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="agent runs per mode (0: skip)")
     parser.add_argument(
         "--no-cfn-agent", action="store_true", help="only claude -p, not the whole cfn agent"
+    )
+    parser.add_argument(
+        "--issue-only",
+        action="store_true",
+        help="only the issue's pair: claude -p alone and the agent as cfn spawns it",
     )
     parser.add_argument("--profile", help="run the gateway under cProfile, writing this file")
     parser.add_argument("--profile-top", type=int, default=30)

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 # podman + runc serve the Docker API; debootstrap makes the base image; dnsname lets
-# containers on a podman (CNI) network find each other by service name.
+# containers on a podman (CNI) network find each other by service name; bubblewrap
+# is the sandbox of the commands an agent's model drives (cfn.system.sandbox).
 APT_PACKAGES=(redis-server redis-tools postgresql chromium podman runc debootstrap
-  golang-github-containernetworking-plugin-dnsname)
+  golang-github-containernetworking-plugin-dnsname bubblewrap)
 
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -4,6 +4,7 @@ claude-agent-sdk, run against the local Anthropic Messages stand-in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -29,7 +30,9 @@ from cfn.agents.claude_code import (
 )
 from cfn.agents.runtime import parse_final
 from cfn.errors import AgentSpawnError, ConfigError, WaitTimeoutError
-from cfn.system.proc import proc_alive, proc_group_members, proc_stat_fields
+from cfn.system.proc import proc_alive, proc_descendants, proc_group_members, proc_stat_fields
+from cfn.system.sandbox import Sandbox
+from cfn.system.sandbox import usable as sandbox_usable
 from tests.support.llm_servers import LLMServer, Recorded, Reply, anthropic_sse, auto_reply
 
 TOKEN = "cfn-gw-token-1234567890"
@@ -99,7 +102,13 @@ def make_run(
         "config_dir": tmp_path / "claude-config",
         "mcp_config": None,
         "max_turns": 8,
-        "base_env": {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8", **SECRETS},
+        "base_env": {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "REDIS_URL": "redis://cfn:T:impl-1-1:acl-pass@127.0.0.1:6379/0",
+            **SECRETS,
+        },
     }
     values.update(overrides)
     return ClaudeRun(**values)
@@ -128,6 +137,56 @@ async def wait_for_file(path: Path, limit: float = BUDGET) -> str:
 
 
 # --- the scripted run ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sandbox_usable("auto"), reason="bwrap does not work here")
+async def test_the_cli_and_its_commands_run_in_the_sandbox(
+    binary: Path, llm: LLMServer, tmp_path: Path
+) -> None:
+    """Under bwrap the CLI still works (the gateway over the network, its config
+    directory, the workspace), while a command its Bash tool runs is uid 1000 and finds
+    neither the state directory nor a file outside the workspace, even by a symlink."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "secret").write_text("state-dir-secret-value")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside-secret-value")
+    config = tmp_path / "claude-config"
+    config.mkdir(mode=0o700)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "link").symlink_to(outside)
+    box = Sandbox(
+        workspace,
+        network=True,
+        writable=(config,),
+        readable=(binary.resolve().parent,),
+        hidden=(state,),
+    )
+    run = make_run(binary, llm, tmp_path, sandbox=box)
+    command = (
+        f"id -u; cat {state}/secret; cat {outside}; cat link; ls {tmp_path}; "
+        "echo made-inside > inside.txt; echo REDIS=${REDIS_URL:-none}"
+    )
+    script(
+        llm,
+        [
+            tool("toolu_b", "Bash", {"command": command, "description": "probe"}),
+            anthropic_sse(['Done.\n{"confidence": 0.8, "summary": "probed"}']),
+        ],
+    )
+    steps = Collector()
+    final = await run_claude(run, steps, timeout=BUDGET)
+    assert not final.is_error and final.subtype == "success", final
+    output = next(s.text for s in steps.steps if s.kind == "tool_result")
+    assert output.splitlines()[0] == "1000", output
+    assert "state-dir-secret-value" not in output and "outside-secret-value" not in output
+    assert "No such file or directory" in output
+    assert "REDIS=none" in output
+    assert (workspace / "inside.txt").read_text() == "made-inside\n"
+    # What the CLI kept for itself went to its config directory, through the bind.
+    assert (config / ".claude.json").exists()
+
 
 
 async def test_a_scripted_run_writes_runs_and_reports(
@@ -230,6 +289,24 @@ def sleeper(llm: LLMServer) -> None:
     its process group and the CLI's pid first."""
     command = "echo $$ $(ps -o pgid= $$) $PPID > pids.txt; exec sleep 300"
     script(llm, [tool("toolu_s", "Bash", {"command": command, "description": "wait"})])
+
+
+def host_pids(pids_text: str, ancestor: int) -> str:
+    """The sleeper's pids as the host sees them: a sandboxed CLI (cfn.system.sandbox)
+    runs in a PID namespace of its own, where ``$$`` and ``$PPID`` are that namespace's.
+    Mapped through the ``NSpid`` lines of the agent's descendants, while they live."""
+    mapping: dict[int, int] = {}
+    for pid in proc_descendants(ancestor):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                fields = line.split()
+                if fields[:1] == ["NSpid:"] and len(fields) > 2:
+                    mapping[int(fields[-1])] = pid
+    if not mapping:
+        return pids_text  # not sandboxed: the host's own pids already
+    sleep_pid, _pgid, cli_pid = (int(x) for x in pids_text.split())
+    host_sleep = mapping[sleep_pid]
+    return f"{host_sleep} {proc_stat_fields(host_sleep, 5)[0]} {mapping[cli_pid]}"
 
 
 def assert_all_gone(pids_text: str) -> None:
@@ -385,7 +462,8 @@ def test_argv_flags(tmp_path: Path) -> None:
 
 def test_environment_drops_secrets_and_points_at_the_gateway(tmp_path: Path) -> None:
     base = {"PATH": "/usr/bin", "HOME": "/home/a", "LANG": "C.UTF-8", "CLAUDECODE": "1"}
-    base |= SECRETS | {"CFN_AGENT_ID": "impl-1", "CLAUDE_CODE_USE_BEDROCK": "1"}
+    base |= SECRETS | {"AGENT_ID": "impl-1", "CLAUDE_CODE_USE_BEDROCK": "1"}
+    base |= {"CFN_STATE_DIR": "/state", "REDIS_URL": "redis://u:acl@h:1", "REDISCLI_AUTH": "acl"}
     base |= {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "8000", "PGPASSWORD": "pg-secret"}
     run = ClaudeRun(
         binary=Path("/opt/claude"),
@@ -412,7 +490,9 @@ def test_environment_drops_secrets_and_points_at_the_gateway(tmp_path: Path) -> 
     ]
     assert env["CLAUDE_CONFIG_DIR"] == str(tmp_path / "cfg")
     assert env["HOME"] == "/home/a" and env["PATH"] == "/usr/bin" and env["LANG"] == "C.UTF-8"
-    assert env["CFN_AGENT_ID"] == "impl-1" and env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8000"
+    assert env["AGENT_ID"] == "impl-1" and env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8000"
+    # No coordination credential nor cfn's own settings for the model's commands.
+    assert not {"CFN_STATE_DIR", "REDIS_URL", "REDISCLI_AUTH"} & set(env)
     for name in ("ANTHROPIC_MODEL", "ANTHROPIC_SMALL_FAST_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL"):
         assert env[name] == "m1"
     for name in (
@@ -616,7 +696,7 @@ async def test_a_supervisor_stop_ends_a_claude_code_agent_in_order(
                 "HOME": str(tmp_path),
             },
         )
-        pids = await wait_for_file(workspace / "pids.txt")
+        pids = host_pids(await wait_for_file(workspace / "pids.txt"), handle.pid)
         lock = keys.lock(acl.lock_resource("ccstop", "impl-1-1"))
         client = redis_sync.Redis.from_url(server.url)
         assert client.exists(lock)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 
 from cfn.agents.tools import Workspace, execute
 from cfn.providers.types import ToolCall
+from cfn.system.sandbox import usable as sandbox_usable
 
 
 def call(name: str, **args: object) -> ToolCall:
@@ -68,3 +70,39 @@ async def test_bad_calls(ws: Workspace) -> None:
     for timeout in (float("nan"), float("inf"), -1, 0, True, "5"):
         reply = await execute(ws, call("run_command", command="echo ran", timeout=timeout))
         assert reply.startswith("error: timeout must be"), (timeout, reply)
+
+
+@pytest.mark.skipif(not sandbox_usable("auto"), reason="bwrap does not work here")
+async def test_run_command_is_sandboxed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command the model runs sees the workspace, not cfn's state directory inside the
+    checkout nor a file outside it, and gets no coordination credential; a timeout still
+    ends everything it started."""
+    checkout = tmp_path / "checkout"
+    state = checkout / ".cfn"
+    state.mkdir(parents=True)
+    (state / "token-secret").write_text("state-secret")
+    (tmp_path / "outside.txt").write_text("outside-secret")
+    monkeypatch.setenv("REDIS_URL", "redis://cfn:T:impl-1-1:acl-secret@127.0.0.1:1/0")
+    monkeypatch.setenv("CFN_MCP_TOKEN", "mcp-secret")
+    ws = Workspace(checkout, command_timeout=5, sandbox_mode="on", hidden=(state,))
+    result = await execute(
+        ws,
+        call(
+            "run_command",
+            command=f"id -u; ls -A .cfn | wc -l; cat {tmp_path}/outside.txt; env; echo made > f",
+        ),
+    )
+    lines = result.splitlines()
+    assert lines[:3] == ["exit: 0", "1000", "0"], result
+    for secret in ("state-secret", "outside-secret", "acl-secret", "mcp-secret"):
+        assert secret not in result
+    assert (checkout / "f").read_text() == "made\n"
+    marker = tmp_path / "checkout" / "late"
+    start = time.monotonic()
+    result = await execute(
+        ws, call("run_command", command="(sleep 2; touch late) & sleep 30", timeout=0.5)
+    )
+    assert result == "exit: killed after 0.5 s timeout"
+    assert time.monotonic() - start < 5
+    await asyncio.sleep(2.5)
+    assert not marker.exists()  # the background command went with the sandbox

@@ -72,6 +72,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (workspace / "project").mkdir(parents=True)
     (workspace / "project" / "deploy.py").write_text(VULNERABLE)
     (workspace / "project" / "clean.py").write_text("def add(a, b):\n    return a + b\n")
+    # A symlink planted in the workspace, to a vulnerable file outside it.
+    (root / "outside-secrets.py").write_text(VULNERABLE)
+    (workspace / "linked").mkdir()
+    (workspace / "linked" / "leak.py").symlink_to(root / "outside-secrets.py")
     (root / "outside").mkdir()
     (root / "outside" / "x.py").write_text("import pickle\n")
     env = {

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import redis
 
+from cfn.system.sandbox import usable as sandbox_usable
 from tests.mcp.conftest import Stack, mcp_session, structured
 
 
@@ -123,6 +124,11 @@ async def test_security_scanner_finds_secret_and_injection(stack: Stack, gateway
             assert refused.is_error and "outside the allowed workspace" in refused.content[0].text
         missing = await session.call_tool("security_scan", {"path": "nope"})
         assert missing.is_error and "does not exist" in missing.content[0].text
+        # The scanners run in a sandbox holding only the workspace: a symlink out of it
+        # dangles there, so the file it names is not scanned.
+        if sandbox_usable("auto"):
+            linked = structured(await session.call_tool("security_scan", {"path": "linked"}))
+            assert linked["total"] == 0, linked
     reply = httpx.post(
         stack.url("security-scanner") + "/execute",
         json={"tool": "security", "action": "scan", "path": "../outside"},

@@ -53,6 +53,7 @@ from cfn.system.proc import (
     signal_tree,
     still_alive,
 )
+from cfn.system.sandbox import Sandbox, scrubbed
 
 __all__ = [
     "ClaudeRun",
@@ -160,6 +161,8 @@ class ClaudeRun:
     max_turns: int
     #: The environment to start from (secrets in it are dropped, see claude_env).
     base_env: Mapping[str, str] = field(repr=False)
+    #: Where the CLI and every command its tools run are confined (None: not at all).
+    sandbox: Sandbox | None = None
 
     @property
     def prompt_file(self) -> Path:
@@ -228,7 +231,11 @@ def _is_secret(name: str, value: str) -> bool:
 def claude_env(run: ClaudeRun) -> dict[str, str]:
     """``run.base_env`` without its secrets, plus what points the CLI at the gateway
     and keeps it from calling anywhere else (telemetry, updates, error reports)."""
-    env = {name: value for name, value in run.base_env.items() if not _is_secret(name, value)}
+    env = {
+        name: value
+        for name, value in scrubbed(run.base_env).items()
+        if not _is_secret(name, value)
+    }
     env.update(
         {
             "ANTHROPIC_BASE_URL": run.gateway_url,
@@ -508,8 +515,11 @@ async def run_claude(
     try:
         stderr = os.open(run.stderr_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            argv = claude_argv(run)
+            if run.sandbox is not None:
+                argv = run.sandbox.argv(argv, cwd=run.workspace)
             proc = await asyncio.create_subprocess_exec(
-                *claude_argv(run),
+                *argv,
                 cwd=run.workspace,
                 env=claude_env(run),
                 stdin=stdin,

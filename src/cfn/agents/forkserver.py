@@ -53,6 +53,7 @@ from cfn.agents import shim
 from cfn.errors import CfnError
 from cfn.settings import Settings, early
 from cfn.system import forkwire as wire
+from cfn.system import sandbox
 from cfn.system.daemon import Daemon, is_ours, record_of, wait_until
 from cfn.system.unix import bind_unix, connect_unix
 
@@ -455,6 +456,8 @@ def preload() -> None:
     # Cached once read (redis-py sends it on every connection): reading the package's
     # metadata costs each forked child ~3 ms otherwise.
     get_lib_version()
+    # Whether bwrap works here, found once (~50 ms) for every agent forked later.
+    sandbox.warm()
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from cfn.providers import (
 )
 from cfn.settings import Settings
 from cfn.system.proc import become_subreaper, proc_descendants, signal_tree
+from cfn.system.sandbox import Sandbox, usable
 
 if TYPE_CHECKING:
     from cfn.agents.claude_code import ClaudeRun
@@ -201,7 +202,12 @@ class AgentRuntime:
         self.claude_turns = 0
         self.gateway_totals: Totals | None = None
         timeout = min(context.resources.timeout_seconds, 600.0)
-        self.workspace = Workspace(Path(context.workspace), command_timeout=timeout)
+        self.workspace = Workspace(
+            Path(context.workspace),
+            command_timeout=timeout,
+            sandbox_mode=settings.cfn_sandbox,
+            hidden=(settings.state_dir.resolve(),),
+        )
         self.responses: list[ChatResponse] = []
         #: The MCP gateway's tools for this agent, when it was given a token.
         self.mcp: GatewayTools | None = None
@@ -305,6 +311,18 @@ class AgentRuntime:
             tools = (*tools, "mcp__cfn")
         base = Path(self.context.cfn.log_file).parent if self.context.cfn.log_file else None
         config = (base or self.settings.state_dir / "claude" / self.context.agent_id) / "claude"
+        sandbox = None
+        if usable(self.settings.cfn_sandbox):
+            # The CLI, its Bash commands and its file tools: the workspace, its own
+            # config directory and its binary; not the state directory it lives in.
+            config.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sandbox = Sandbox(
+                self.workspace.root,
+                network=True,  # the LLM and MCP gateways (and what the task fetches)
+                writable=(config.resolve(),),
+                readable=(binary.resolve().parent,),
+                hidden=(self.settings.state_dir.resolve(),),
+            )
         return ClaudeRun(
             binary=binary,
             workspace=self.workspace.root,
@@ -320,6 +338,7 @@ class AgentRuntime:
             mcp_config=mcp,
             max_turns=self.settings.cfn_claude_max_turns,
             base_env=os.environ,
+            sandbox=sandbox,
         )
 
     async def converse_claude(self) -> RunResult:

@@ -219,6 +219,10 @@ class Supervisor:
                     os.write(2, f"[cfn] agent not started: {exc!r}\n".encode())
             finally:
                 os._exit(code)
+        # Its own process group from here on, whichever of the two gets there first
+        # (a stop right away must reach the group).
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
         self.pid = pid
         self.forked = True
         self.started_at = time.time()

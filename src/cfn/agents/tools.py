@@ -1,12 +1,18 @@
 """The built-in tools an agent can use, confined to its workspace.
 
-Every path is resolved (symlinks included) and must stay inside the
-workspace; anything else is refused with a message the model can read. File
-reads and command output are truncated to keep a conversation bounded.
+Every path must stay inside the workspace, and the kernel checks it when the
+file is opened (``cfn.system.beneath``: ``openat2`` with ``RESOLVE_BENEATH``),
+so a symlink swapped in by the agent's own command between a check and an open
+cannot send a read or a write outside; anything else is refused with a message
+the model can read. Reads are bounded (a huge file is not read whole), a FIFO
+does not hang a read, and command output is truncated to keep a conversation
+bounded.
 ``run_command`` runs ``bash -c`` in the workspace with a timeout and a clean
 process group, so a command that hangs is killed with everything it started.
-It is not a sandbox against a hostile model: agents run with the limits
-their spawner gives them (cgroups, a container), not with fewer rights.
+The command runs in a sandbox (``cfn.system.sandbox``, per ``CFN_SANDBOX``):
+it sees the workspace, the system's programs and the network, not cfn's state
+directory or the rest of the disk, and its environment holds no coordination
+credential (the agent's Redis user, its MCP token) in any case.
 """
 
 from __future__ import annotations
@@ -16,13 +22,17 @@ import contextlib
 import json
 import math
 import os
+import posixpath
 import signal
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cfn.providers.types import ToolCall, ToolSpec
+from cfn.system.beneath import EscapeError, makedirs_beneath, open_beneath
+from cfn.system.sandbox import Sandbox, SandboxUnavailableError, scrubbed, usable
 
 MAX_READ = 64 * 1024
 MAX_WRITE = 1024 * 1024
@@ -33,6 +43,18 @@ DEFAULT_COMMAND_TIMEOUT = 60.0
 
 class ToolError(Exception):
     """A tool call that cannot be done; its message goes back to the model."""
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -48,53 +70,110 @@ class Workspace:
     root: Path
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     written: list[str] = field(default_factory=list)
+    #: CFN_SANDBOX for ``run_command`` (auto, on, off), and what a command must not see.
+    sandbox_mode: str = "off"
+    hidden: tuple[Path, ...] = ()
+
+    _fd: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
 
-    def resolve(self, relative: object) -> Path:
-        if not isinstance(relative, str) or not relative or "\x00" in relative:
+    def sandbox(self) -> Sandbox | None:
+        """Where ``run_command`` runs its commands (None: directly); decided on first use."""
+        if not usable(self.sandbox_mode):
+            return None
+        return Sandbox(self.root, network=True, hidden=self.hidden)
+
+    def relative(self, path: object) -> str:
+        """``path`` as a normalised path relative to the workspace (an absolute one must
+        name a place inside it); ToolError when it leaves the workspace on its face.
+        Symlinks are the kernel's to check, when the file is opened (cfn.system.beneath)."""
+        if not isinstance(path, str) or not path or "\x00" in path:
             raise ToolError("path must be a non-empty string")
-        candidate = (self.root / relative).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
-            raise ToolError(f"path {relative!r} is outside the workspace; refused")
-        return candidate
+        text = path
+        if posixpath.isabs(text):
+            text = posixpath.relpath(posixpath.normpath(text), self.root.as_posix())
+        normal = posixpath.normpath(text)
+        if normal == ".." or normal.startswith("../"):
+            raise ToolError(f"path {path!r} is outside the workspace; refused")
+        return normal
+
+    def _root_fd(self) -> int:
+        """The workspace directory, opened once: every path is opened relative to it."""
+        if self._fd is None:
+            self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._fd
+
+    def _open(self, path: object, flags: int) -> tuple[str, int]:
+        rel = self.relative(path)
+        try:
+            return rel, open_beneath(self._root_fd(), rel, flags)
+        except EscapeError:
+            raise ToolError(f"path {path!r} is outside the workspace; refused") from None
 
     # --- the tools ----------------------------------------------------------------
 
     def read_file(self, path: object) -> str:
-        target = self.resolve(path)
-        if not target.is_file():
-            raise ToolError(f"{path!r} is not a file")
-        data = target.read_bytes()[: MAX_READ + 1]
+        # O_NONBLOCK: a FIFO planted in the workspace must not hang the agent.
+        _rel, fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolError(f"{path!r} is not a file")
+            data = _read_at_most(fd, MAX_READ + 1)  # never the whole of a huge file
+        finally:
+            os.close(fd)
         return _truncate(data.decode("utf-8", errors="replace"), MAX_READ)
 
     def write_file(self, path: object, content: object) -> str:
-        target = self.resolve(path)
+        rel = self.relative(path)
         if not isinstance(content, str):
             raise ToolError("content must be a string")
-        if len(content.encode()) > MAX_WRITE:
+        data = content.encode()
+        if len(data) > MAX_WRITE:
             raise ToolError(f"content over {MAX_WRITE} bytes; refused")
-        if target == self.root or target.is_dir():
+        if rel == ".":
             raise ToolError(f"{path!r} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-        rel = target.relative_to(self.root).as_posix()
+        parent = posixpath.dirname(rel)
+        try:
+            if parent:
+                makedirs_beneath(self._root_fd(), parent)
+        except EscapeError:
+            raise ToolError(f"path {path!r} is outside the workspace; refused") from None
+        except (FileExistsError, NotADirectoryError):
+            raise ToolError(f"a parent of {path!r} is not a directory") from None
+        try:
+            _, fd = self._open(rel, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK)
+        except IsADirectoryError:
+            raise ToolError(f"{path!r} is a directory") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolError(f"{path!r} is not a regular file")
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         if rel not in self.written:
             self.written.append(rel)
-        return f"wrote {len(content.encode())} bytes to {rel}"
+        return f"wrote {len(data)} bytes to {rel}"
 
     def list_files(self, path: object = ".") -> str:
-        target = self.resolve(path or ".")
-        if not target.is_dir():
-            raise ToolError(f"{path!r} is not a directory")
+        rel, fd = self._open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
         entries: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(target):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                entries.append((Path(dirpath) / name).relative_to(self.root).as_posix())
-                if len(entries) >= MAX_LIST:
-                    return "\n".join(entries) + "\n… [more files not listed]"
+        try:
+            # fwalk: each directory opened relative to its parent, symlinks not followed.
+            for dirpath, dirnames, filenames, _dir_fd in os.fwalk(".", dir_fd=fd):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    entries.append(posixpath.normpath(posixpath.join(rel, dirpath, name)))
+                    if len(entries) >= MAX_LIST:
+                        return "\n".join(entries) + "\n… [more files not listed]"
+        except NotADirectoryError:
+            raise ToolError(f"{path!r} is not a directory") from None
+        finally:
+            os.close(fd)
         return "\n".join(entries) if entries else "(empty)"
 
     async def run_command(self, command: object, timeout: object = None) -> str:
@@ -110,11 +189,14 @@ class Workspace:
             ):
                 raise ToolError("timeout must be a positive, finite number of seconds")
             limit = min(float(timeout), self.command_timeout)
+        argv = ["bash", "-c", command]
+        sandbox = self.sandbox()
+        if sandbox is not None:
+            argv = sandbox.argv(argv)
         proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            command,
+            *argv,
             cwd=self.root,
+            env=scrubbed(os.environ),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
@@ -183,7 +265,7 @@ async def execute(workspace: Workspace, call: ToolCall) -> str:
         return "error: arguments must be a JSON object"
     try:
         return await handler(args)
-    except ToolError as exc:
+    except (ToolError, SandboxUnavailableError) as exc:
         return f"error: {exc}"
     except OSError as exc:
         return f"error: {exc.strerror or exc}"

@@ -195,6 +195,12 @@ class Settings(BaseModel):
         description="Limits through cgroups (v1 or v2): auto (where writable, else RLIMIT_AS), on "
         "(required), off (RLIMIT_AS only).",
     )
+    cfn_sandbox: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Commands a model drives (run_command, the Claude Code CLI and its tools, "
+        "the Security Scanner's tools) run under bubblewrap: auto (where it works, else "
+        "directly, said once in the log), on (required), off (never).",
+    )
     cfn_agent_server: Literal["auto", "off"] = Field(
         default="auto",
         description="auto: builtin process agents are forked from a preloaded agent server "

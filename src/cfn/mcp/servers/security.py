@@ -1,7 +1,11 @@
 """Security Scanner (seed port 8084): bandit and detect-secrets on the workspace.
 
 A path is resolved (symlinks included) and must lie inside MCP_WORKSPACE (the
-checkout by default); anything else is refused. Findings come back as one
+checkout by default); anything else is refused. The scanners themselves run in
+a read-only sandbox without network (cfn.system.sandbox, per CFN_SANDBOX) that
+holds the workspace and not cfn's state directory: a symlink an agent planted
+in the workspace, pointing outside it, dangles there instead of being followed
+(and a file swapped for one after the check finds nothing either). Findings come back as one
 list of ``{tool, rule, severity, confidence, file, line, message}`` with file
 paths relative to the workspace. detect-secrets reports a hash of each
 secret, never the secret itself.
@@ -21,6 +25,7 @@ from typing import Any
 from cfn.errors import McpForbiddenError, McpToolError
 from cfn.mcp.base import Call, Common, Tool, ToolOutput, ToolServer, schema
 from cfn.settings import Settings
+from cfn.system.sandbox import Sandbox, SandboxUnavailableError, scrubbed, usable
 
 SCANNERS = ("bandit", "detect-secrets")
 SEVERITY_ORDER = {"HIGH": 0, "MEDIUM": 1, "LOW": 2, "UNDEFINED": 3}
@@ -45,10 +50,16 @@ def resolve_inside(workspace: Path, path: str) -> Path:
     return candidate
 
 
-async def _run(argv: list[str], cwd: Path, timeout: float) -> tuple[int, bytes, bytes]:
+async def _run(
+    argv: list[str], cwd: Path, timeout: float, box: Sandbox | None
+) -> tuple[int, bytes, bytes]:
+    name = argv[2]
+    if box is not None:
+        argv = box.argv(argv, cwd=cwd)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
+        env=scrubbed(os.environ),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -61,7 +72,7 @@ async def _run(argv: list[str], cwd: Path, timeout: float) -> tuple[int, bytes, 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        raise McpToolError(f"{argv[2]} did not finish within {timeout:g} s") from None
+        raise McpToolError(f"{name} did not finish within {timeout:g} s") from None
     return proc.returncode or 0, out, err
 
 
@@ -72,10 +83,12 @@ def _rel(root: Path, file: str, base: Path) -> str:
     return file
 
 
-async def run_bandit(root: Path, target: Path, timeout: float) -> list[dict[str, Any]]:
+async def run_bandit(
+    root: Path, target: Path, timeout: float, box: Sandbox | None = None
+) -> list[dict[str, Any]]:
     base, arg = await asyncio.to_thread(split_target, target)
     code, out, err = await _run(
-        [sys.executable, "-m", "bandit", "-r", "-f", "json", "-q", arg], base, timeout
+        [sys.executable, "-m", "bandit", "-r", "-f", "json", "-q", arg], base, timeout, box
     )
     try:
         report = json.loads(out)
@@ -96,10 +109,12 @@ async def run_bandit(root: Path, target: Path, timeout: float) -> list[dict[str,
     ]
 
 
-async def run_detect_secrets(root: Path, target: Path, timeout: float) -> list[dict[str, Any]]:
+async def run_detect_secrets(
+    root: Path, target: Path, timeout: float, box: Sandbox | None = None
+) -> list[dict[str, Any]]:
     base, arg = await asyncio.to_thread(split_target, target)
     code, out, err = await _run(
-        [sys.executable, "-m", "detect_secrets", "scan", "--all-files", arg], base, timeout
+        [sys.executable, "-m", "detect_secrets", "scan", "--all-files", arg], base, timeout, box
     )
     try:
         report = json.loads(out)
@@ -127,15 +142,24 @@ def build(settings: Settings, common: Common) -> ToolServer:
     workspace = (settings.mcp_workspace or settings.project_root).resolve()
     timeout = settings.mcp_scan_timeout
 
+    def sandbox() -> Sandbox | None:
+        if not usable(settings.cfn_sandbox):
+            return None
+        return Sandbox(workspace, read_only=True, hidden=(settings.state_dir.resolve(),))
+
     async def scan(call: Call, args: dict[str, Any]) -> ToolOutput:
         target = resolve_inside(workspace, args.get("path", "."))
+        try:
+            box = sandbox()
+        except SandboxUnavailableError as exc:
+            raise McpToolError(str(exc)) from None
         wanted = args.get("scanners") or list(SCANNERS)
         minimum = SEVERITY_ORDER[args.get("min_severity", "LOW")]
         jobs = []
         if "bandit" in wanted:
-            jobs.append(run_bandit(workspace, target, timeout))
+            jobs.append(run_bandit(workspace, target, timeout, box))
         if "detect-secrets" in wanted:
-            jobs.append(run_detect_secrets(workspace, target, timeout))
+            jobs.append(run_detect_secrets(workspace, target, timeout, box))
         findings = [f for batch in await asyncio.gather(*jobs) for f in batch]
         findings = [f for f in findings if SEVERITY_ORDER.get(f["severity"], 3) <= minimum]
         findings.sort(key=lambda f: (SEVERITY_ORDER.get(f["severity"], 3), f["file"], f["line"]))
