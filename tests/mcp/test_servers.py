@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
+import threading
 
 import httpx
 import pytest
@@ -93,9 +96,7 @@ async def test_redis_tools(stack: Stack, gateway: str) -> None:
         # The task's own records stay, even for a write-scope token.
         r.hset(f"usage:{task}", mapping={"cost_usd": "0.5"})
         for record in (f"usage:{task}", f"coord:{task}:complete"):
-            refused = await session.call_tool(
-                "redis_delete", {"keys": [record], "confirm": True}
-            )
+            refused = await session.call_tool("redis_delete", {"keys": [record], "confirm": True})
             assert refused.is_error and "records" in refused.content[0].text, record
             assert r.exists(record)
         done = structured(
@@ -160,6 +161,77 @@ async def test_playwright_reads_and_drives_a_local_page(stack: Stack, gateway: s
     # The client ended its session: the gateway ended its upstream session, and the
     # server closed that session's browser context.
     assert httpx.get(health).json()["sessions"] == 0
+
+
+class Outside:
+    """A host that is not on the allow-list: it counts every connection made to it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.seen: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    self.seen.append(conn.recv(200))
+                except OSError:
+                    self.seen.append(b"")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+
+
+async def test_playwright_pages_cannot_leave_the_allow_list(stack: Stack, gateway: str) -> None:
+    """A page that tries every way out (fetch, image, redirects, WebSockets from itself and
+    from data: and blob: frames), a navigation that redirects out and one with user info:
+    the outside host sees no connection at all, while an allowed redirect still works."""
+    outside = Outside()
+    out = f"127.0.0.1:{outside.port}"
+    web = stack.web.url
+    try:
+        async with mcp_session(gateway, stack.token(["browser-automation"])) as session:
+            nav = structured(
+                await session.call_tool(
+                    "browser_navigate", {"url": f"{web}/hostile.html?out={out}"}
+                )
+            )
+            assert nav["status"] == 200
+            await asyncio.sleep(3)  # the page's scripts and frames have their go
+            status = structured(await session.call_tool("browser_text", {"selector": "#status"}))
+            assert status["text"] == "tried"
+            away = await session.call_tool(
+                "browser_navigate", {"url": f"{web}/redirect?to=http://{out}/navigated"}
+            )
+            assert away.is_error, away
+            userinfo = await session.call_tool(
+                "browser_navigate", {"url": f"http://127.0.0.1:{stack.web.port}@{out}/"}
+            )
+            assert userinfo.is_error and "not allowed" in userinfo.content[0].text
+            assert outside.seen == [], outside.seen
+            home = structured(
+                await session.call_tool(
+                    "browser_navigate", {"url": f"{web}/redirect?to=/page.html"}
+                )
+            )
+            assert home["title"] == "cfn test page"
+    finally:
+        outside.close()
+    assert outside.seen == [], outside.seen
 
 
 async def test_n8n_triggers_webhooks_and_reads_executions(stack: Stack, gateway: str) -> None:

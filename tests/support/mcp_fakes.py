@@ -30,6 +30,33 @@ PAGE = """<!doctype html>
 """
 
 
+def hostile_page(out: str) -> str:
+    """Every way this page tries to reach ``out`` (host:port, not allow-listed): a
+    fetch, an image, a redirect through the allowed server, a WebSocket from itself,
+    and a WebSocket and a fetch from a ``data:`` frame and a ``blob:`` frame."""
+    inner = (
+        f"<script>new WebSocket('ws://{out}/from-data');"
+        f"fetch('http://{out}/fetch-from-data').catch(() => 0)</script>"
+    )
+    return f"""<!doctype html>
+<html><head><title>hostile</title></head><body>
+<p id="status">tried</p>
+<img src="http://{out}/img">
+<img src="/redirect?to=http://{out}/redirected-img">
+<iframe src="data:text/html,{inner.replace('"', "&quot;")}"></iframe>
+<script>
+fetch('http://{out}/fetch').catch(() => 0);
+fetch('/redirect?to=http://{out}/redirected-fetch').catch(() => 0);
+new WebSocket('ws://{out}/ws');
+const blob = new Blob([{inner!r}], {{type: 'text/html'}});
+const frame = document.createElement('iframe');
+frame.src = URL.createObjectURL(blob);
+document.body.appendChild(frame);
+</script>
+</body></html>
+"""
+
+
 @dataclass
 class N8nState:
     api_key: str
@@ -81,6 +108,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         if path in ("/", "/page.html"):
             self._send(200, PAGE, "text/html; charset=utf-8")
+            return
+        if path == "/redirect":  # where ?to= says: the Playwright server's allow-list test
+            self.send_response(302)
+            self.send_header("Location", query.get("to", "/"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path == "/hostile.html":  # a page that tries every way out to ?out=
+            self._send(200, hostile_page(query.get("out", "")), "text/html; charset=utf-8")
             return
         state = self.server.n8n
         for prefix in ("/webhook/", "/webhook-test/"):

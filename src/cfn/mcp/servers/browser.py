@@ -9,7 +9,18 @@ without a call). ``/execute`` calls share a context when they pass the same
 
 Every request the page makes, not only the navigation, is checked against
 the URL allow-list (MCP_PLAYWRIGHT_ALLOWED_URLS, fnmatch patterns; default:
-loopback only), so a page cannot pull in or redirect to anything else.
+loopback only), so a page cannot pull in or redirect to anything else:
+
+- an allowed HTTP request is fetched here without following redirects
+  (``route.fetch(max_redirects=0)``); a redirect whose target is not allowed is
+  blocked, and an allowed one is handed to the browser, whose next request is
+  checked again;
+- a WebSocket (``ws:``/``wss:``, checked as ``http:``/``https:``) reaches its server
+  only when allowed (``route_web_socket``), from any page, ``data:`` and ``blob:``
+  pages included; otherwise it is closed before it connects;
+- service workers are blocked (their requests would bypass the routes), and
+  WebRTC may not use UDP outside a proxy (no STUN to outside hosts);
+- URLs with user info, backslashes, whitespace or control characters are refused.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from playwright.async_api import (
     Browser,
@@ -30,6 +41,7 @@ from playwright.async_api import (
     Page,
     Playwright,
     Route,
+    WebSocketRoute,
     async_playwright,
 )
 from playwright.async_api import Error as PlaywrightError
@@ -47,8 +59,11 @@ CHROMIUM_ARGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
+    # WebRTC would reach STUN/TURN servers over UDP, outside any request route.
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
 ACTION_TIMEOUT_MS = 30_000
+ERROR_PAGE_WAIT_MS = 3_000
 MAX_TEXT = 100_000
 ALWAYS_ALLOWED = ("about:blank", "data:*")
 
@@ -111,17 +126,53 @@ class Browsers:
             return self._browser
 
     async def _guard(self, route: Route) -> None:
-        if url_allowed(route.request.url, self.allowed):
-            await route.continue_()
-        else:
-            log.warning("blocked %s (not in MCP_PLAYWRIGHT_ALLOWED_URLS)", route.request.url)
+        url = route.request.url
+        if not url_allowed(url, self.allowed):
+            log.warning("blocked %s (not in MCP_PLAYWRIGHT_ALLOWED_URLS)", url)
             await route.abort("blockedbyclient")
+            return
+        if urlsplit(url).scheme not in ("http", "https"):
+            await route.continue_()  # about:blank, data: (no network)
+            return
+        try:
+            # Not followed here: the browser follows an allowed redirect itself, and
+            # that request comes back through this route.
+            response = await route.fetch(max_redirects=0)
+        except PlaywrightError as exc:
+            log.info("request to %s failed: %s", url, exc.message.splitlines()[0])
+            await route.abort("failed")
+            return
+        location = response.headers.get("location")
+        if 300 <= response.status < 400 and location:
+            target = urljoin(url, location)
+            if not url_allowed(target, self.allowed):
+                log.warning("blocked a redirect from %s to %s", url, target)
+                await route.abort("blockedbyclient")
+                return
+            headers = {**response.headers, "location": target}
+            await route.fulfill(status=response.status, headers=headers, body=b"")
+            return
+        await route.fulfill(response=response)
+
+    async def _guard_socket(self, socket: WebSocketRoute) -> None:
+        url = socket.url
+        parts = urlsplit(url)
+        as_http = {"ws": "http", "wss": "https"}.get(parts.scheme)
+        if as_http is not None and url_allowed(
+            parts._replace(scheme=as_http).geturl(), self.allowed
+        ):
+            socket.connect_to_server()
+            return
+        log.warning("blocked a WebSocket to %s (not in MCP_PLAYWRIGHT_ALLOWED_URLS)", url)
+        await socket.close(code=1008, reason="not allowed")
 
     async def open(self) -> BrowserSession:
         browser = await self.browser()
-        context = await browser.new_context()
+        # Service workers' requests would not pass through the routes below.
+        context = await browser.new_context(service_workers="block")
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         await context.route("**/*", self._guard)
+        await context.route_web_socket("**/*", self._guard_socket)
         page = await context.new_page()
         return BrowserSession(context, page, time.monotonic())
 
@@ -206,6 +257,13 @@ def build(settings: Settings, common: Common) -> ToolServer:
             try:
                 reply = await page.goto(url, wait_until=args.get("wait_until", "load"))
             except PlaywrightError as exc:
+                if "net::ERR_" in exc.message:
+                    # Chromium commits its error page late: left pending, it would
+                    # interrupt this session's next navigation.
+                    with contextlib.suppress(PlaywrightError):
+                        await page.wait_for_url(
+                            "chrome-error://**", wait_until="commit", timeout=ERROR_PAGE_WAIT_MS
+                        )
                 raise fail(exc) from None
             return ToolOutput(
                 {"url": page.url, "title": await page.title(),
