@@ -115,23 +115,7 @@ def _is_agent_process(pid: int, name: str) -> bool:
 
 async def _until_closed(fd: int) -> None:
     """Return when the write end of pipe ``fd`` is closed (what is written is dropped)."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    closed: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not data and not closed.done():
-            closed.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await closed
-    finally:
-        loop.remove_reader(fd)
+    await _read_pipe(fd, line=False)
 
 
 class _Supervisor:
@@ -273,6 +257,13 @@ def _locked(directory: Path) -> Iterator[None]:
 
 async def _read_ready(fd: int, timeout: float) -> bytes:
     """The supervisor's first line on its ready pipe (less when it closes the pipe first)."""
+    async with asyncio.timeout(timeout):
+        return await _read_pipe(fd, line=True)
+
+
+async def _read_pipe(fd: int, *, line: bool) -> bytes:
+    """What arrives on pipe ``fd`` (on the event loop, no thread): up to the end of its
+    first line when ``line``, else until its write end is closed (the data dropped)."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     chunks: list[bytes] = []
@@ -283,15 +274,14 @@ async def _read_ready(fd: int, timeout: float) -> bytes:
             data = os.read(fd, 65536)
         except BlockingIOError:
             return
-        if data:
+        if data and line:
             chunks.append(data)
-        if (not data or data.endswith(b"\n")) and not done.done():
+        if (not data or (line and data.endswith(b"\n"))) and not done.done():
             done.set_result(None)
 
     loop.add_reader(fd, on_readable)
     try:
-        async with asyncio.timeout(timeout):
-            await done
+        await done
     finally:
         loop.remove_reader(fd)
     return b"".join(chunks)
