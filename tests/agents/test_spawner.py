@@ -139,6 +139,23 @@ async def test_cpu_limit_bites(
 
 
 @needs_cgroups
+async def test_cpu_time_counts_processes_nobody_waited_for(
+    spawner: ProcessSpawner, make_context: Any
+) -> None:
+    """A process the agent never waits for (a sandbox's, a daemonised tool's) is not in
+    wait4's figures; the agent's cgroup counts it, and the exit record says so."""
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    script = f"({sys.executable} -c '{burn}' &) ; sleep 2"
+    handle = await spawner.spawn(make_context("impl-1-9"), command=["bash", "-c", script])
+    info = await handle.wait()
+    assert info.ok, handle.log_path.read_text()
+    rusage = info.record["cpu_user"] + info.record["cpu_system"]
+    assert rusage < 0.4, info.record  # bash and sleep: the orphaned burner is not in it
+    assert info.record["cpu_usage_seconds"] >= 0.45, info.record
+    assert info.cpu_seconds == info.record["cpu_usage_seconds"]
+
+
+@needs_cgroups
 @pytest.mark.skipif(
     not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CFS burst (Linux < 5.14)"
 )

@@ -142,6 +142,7 @@ def test_pure_v2_writes_max_files_and_enables_the_controllers(
         "memory_failcnt": 7,
         "max_memory_bytes": 123456,
         "cpu_throttled": 2,
+        "cpu_usage_seconds": 1e-05,  # cpu.stat's usage_usec: v2 needs no cpuacct group
     }
     assert recorded.memory_usage() == 4096
     (group / "memory.max").write_text("max\n")

@@ -230,6 +230,7 @@ class Cgroups:
                     prepare(os.path.dirname(path))
                 paths[controller] = path
                 versions[controller] = version
+            made._add_cpu_accounting(name, root)
             if memory_bytes is not None:
                 made._set_memory_limit(memory_bytes)
             if cpus is not None:
@@ -238,6 +239,39 @@ class Cgroups:
             made.remove()
             raise
         return made
+
+    def _add_cpu_accounting(self, name: str, root: str) -> None:
+        """On cgroup v1, the group's CPU time is kept by its own controller (``cpuacct``):
+        a group there too, when it is mounted (alone or with ``cpu``). On v2 every group's
+        ``cpu.stat`` has it already. Best effort: no accounting group is no error."""
+        if not self.paths or "cpuacct" in self.paths or _v1_mount("cpuacct", root) is None:
+            return
+        found = _own_dir("cpuacct", root)
+        if found is None:
+            return
+        path = os.path.join(found[1], "cfn", name)
+        try:
+            if path not in self.paths.values():
+                if os.path.isdir(path):
+                    _remove_stale(path)
+                _mkdir_under_shared_parent(path)
+        except OSError:
+            return
+        self.paths["cpuacct"] = path
+        self.versions["cpuacct"] = 1
+
+    def cpu_usage(self) -> float | None:
+        """CPU seconds the group's tasks used, every process that was ever in it counted
+        (what wait4 cannot see of processes their parent never waited for)."""
+        acct = self.paths.get("cpuacct")
+        if acct:
+            usage = _read_int(os.path.join(acct, "cpuacct.usage"))
+            return None if usage is None else usage / 1e9
+        for controller, path in self.paths.items():
+            if self._v2(controller):
+                usec = _keyed(os.path.join(path, "cpu.stat")).get("usage_usec")
+                return None if usec is None else usec / 1e6
+        return None
 
     def _set_memory_limit(self, memory_bytes: int) -> None:
         mem = self.paths["memory"]
@@ -362,6 +396,9 @@ class Cgroups:
         if cpu:
             cpu_stat = _keyed(os.path.join(cpu, "cpu.stat"))
             stats["cpu_throttled"] = cpu_stat.get("nr_throttled", 0)
+        usage = self.cpu_usage()
+        if usage is not None:
+            stats["cpu_usage_seconds"] = round(usage, 6)
         return stats
 
     def remove(self, wait: float = RMDIR_WAIT) -> None:

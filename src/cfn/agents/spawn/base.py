@@ -138,6 +138,10 @@ class ExitInfo:
         cpu = None
         if isinstance(record.get("cpu_user"), int | float):
             cpu = round(float(record["cpu_user"]) + float(record.get("cpu_system") or 0), 6)
+        usage = record.get("cpu_usage_seconds")
+        if isinstance(usage, int | float) and not isinstance(usage, bool):
+            # The group's own count: what wait4 misses (a sandbox's processes) included.
+            cpu = max(cpu or 0.0, round(float(usage), 6))
         return cls(
             task_id=str(record.get("task_id", "")),
             agent_id=str(record.get("agent_id", "")),
