@@ -589,11 +589,19 @@ def report_calls(results: dict[str, tuple[list[float], list[float]]], n: int, at
     return met
 
 
+def whole_cpu(mode: str) -> bool:
+    """Whether a mode's CPU figure counts everything: ``claude -p`` (a child we wait for)
+    and the spawned agent (its cgroup's own count); not ``cfn agent run``, whose
+    sandboxed CLI's processes are not waited for by anyone wait4 reports on."""
+    return mode.startswith("claude") or mode.endswith("spawns it")
+
+
 def report_agents(results: dict[str, list[Sample]], rounds: int, at: str) -> bool:
     table = Table(
         title=f"A scripted Claude Code task (Write, then the final text), {rounds} rounds",
-        caption="CPU s: the CLI's (user + sys; under cfn the CLI runs in a bwrap sandbox, "
-        "whose processes' CPU time does not reach wait4); "
+        caption="CPU s: the CLI's alone, or the whole agent's cgroup as cfn spawns it "
+        "(user + sys; '-' for a plain `cfn agent run`, whose sandboxed CLI's CPU time "
+        "does not reach wait4); "
         "throttled: CFS periods in which the agent's cpu group hit its quota",
     )
     for col in ("mode", "median s", "min s", "max s", "CPU s", "throttled", "ratio"):
@@ -612,7 +620,7 @@ def report_agents(results: dict[str, list[Sample]], rounds: int, at: str) -> boo
             f"{statistics.median(wall[mode]):.3f}",
             f"{min(wall[mode]):.3f}",
             f"{max(wall[mode]):.3f}",
-            f"{statistics.median(s[1] for s in samples):.3f}" if mode.startswith("claude") else "-",
+            f"{statistics.median(s[1] for s in samples):.3f}" if whole_cpu(mode) else "-",
             str(sum(s[2] for s in samples)) if mode.endswith("spawns it") else "-",
             "-" if mode.endswith("direct") else f"{ratio:.3f}x",
         )
