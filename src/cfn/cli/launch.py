@@ -55,6 +55,10 @@ FORKABLE_SUBCOMMANDS = {"agents": frozenset({"list", "logs", "stats", "kill"})}
 #: Top-level options that come before the command and keep it forkable.
 OPTIONS = frozenset({"-v", "--verbose"})
 CONNECT_TIMEOUT = 2.0
+#: How long the fork may take once the request is sent. Longer than the connect: the
+#: server may have forked the command already, so giving up early would run it twice
+#: (here and there, until the forked one saw its caller gone).
+PID_TIMEOUT = 30.0
 RELAYED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
 
@@ -99,6 +103,7 @@ def run_on_server(argv: list[str], path: str) -> int | None:
         sock.sendmsg([wire.COMMAND], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         request = wire.encode_command(prog_name(sys.argv[0]), os.getcwd(), argv, os.environ)
         sock.sendall(request)
+        sock.settimeout(PID_TIMEOUT)
         pid = wire.parse_pid(wire.read_line(sock.recv))
     except (OSError, ValueError):
         sock.close()
