@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -33,16 +34,37 @@ openai = LazyModule("openai")  # imported by the worker that runs these tests
 # One xdist worker runs the tests that import the SDKs (seconds of CPU each).
 pytestmark = pytest.mark.xdist_group("llm-sdks")
 
+Closing = Callable[[Any], Any]
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[Closing]:
+    """Keeps the SDK clients a test makes and closes them in its own event loop: left to
+    the garbage collector, the SDK schedules their close on whatever loop runs later, where
+    it fails ("Event loop is closed") and is logged in another test."""
+    clients: list[Any] = []
+
+    def keep(client: Any) -> Any:
+        clients.append(client)
+        return client
+
+    yield keep
+    for client in clients:
+        await client.close()
+
 
 async def test_anthropic_sdk_streams_text_and_tool_use_from_an_openai_provider(
-    gateway_factory: GatewayFactory, llm: LLMServer
+    gateway_factory: GatewayFactory, llm: LLMServer, closing: Closing
 ) -> None:
     gw = await gateway_factory()
     llm.push(
         openai_sse(["Wri", "ting."], tool_calls=[("call_1", "Write", '{"file_path": "a.py"}')])
     )
-    client = anthropic.AsyncAnthropic(
-        base_url=gw.url, api_key=gw.token(provider="kimi", model="kimi-latest", providers=("kimi",))
+    client = closing(
+        anthropic.AsyncAnthropic(
+            base_url=gw.url,
+            api_key=gw.token(provider="kimi", model="kimi-latest", providers=("kimi",)),
+        )
     )
     async with client.messages.stream(
         model="claude-sonnet-4-5",
@@ -73,11 +95,11 @@ async def test_anthropic_sdk_streams_text_and_tool_use_from_an_openai_provider(
 
 
 async def test_openai_sdk_through_the_gateway_to_an_anthropic_provider(
-    gateway_factory: GatewayFactory, llm: LLMServer, redis_server: RedisServer
+    gateway_factory: GatewayFactory, llm: LLMServer, redis_server: RedisServer, closing: Closing
 ) -> None:
     gw = await gateway_factory(zai_api_style="anthropic")
     llm.push(anthropic_sse(["he", "llo"], tool_uses=[("toolu_1", "Bash", '{"command": "ls"}')]))
-    client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=gw.token(), max_retries=0)
+    client = closing(openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=gw.token(), max_retries=0))
     stream = await client.chat.completions.create(
         model="whatever",
         messages=[{"role": "user", "content": "run ls"}],
@@ -178,12 +200,12 @@ async def test_tokens_that_are_refused_and_why(
 
 
 async def test_budget_stops_a_stream_mid_way_and_refuses_the_next_call(
-    gateway_factory: GatewayFactory, llm: LLMServer
+    gateway_factory: GatewayFactory, llm: LLMServer, closing: Closing
 ) -> None:
     # glm-4.6 costs $2.20 per million output tokens: 0.00002 is spent within the stream.
     gw = await gateway_factory(cfn_task_budget_usd=0.00002)
     llm.push(openai_sse(["word " * 40] * 20, usage=None))
-    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.token(), max_retries=0)
+    client = closing(anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.token(), max_retries=0))
     with pytest.raises(anthropic.APIError, match="budget"):
         async with client.messages.stream(
             model="m", max_tokens=4000, messages=[{"role": "user", "content": "go"}]
@@ -200,12 +222,12 @@ async def test_budget_stops_a_stream_mid_way_and_refuses_the_next_call(
 
 
 async def test_fallback_hop_when_the_first_provider_is_rate_limited(
-    gateway_factory: GatewayFactory, llm: LLMServer
+    gateway_factory: GatewayFactory, llm: LLMServer, closing: Closing
 ) -> None:
     gw = await gateway_factory(cfn_retry_after_max=0.5)
     llm.push(openai_error(429, "slow down", {"retry-after": "30"}), openai_json("from kimi"))
     token = gw.token(providers=("zai", "kimi", "openrouter"))
-    client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0)
+    client = closing(openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0))
     reply = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}]
     )
